@@ -1,0 +1,162 @@
+"""Command line: one subcommand per workflow step, so Snakemake rules stay thin.
+
+Heavy imports (torch, timm, MLflow, the report stack) happen inside the subcommand that needs them,
+so ``--help`` and light steps start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ScaleauditError
+
+
+def _json_arg(text: str):
+    """A JSON value given inline, or ``@file`` to read it from a file."""
+    return json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+
+
+def cmd_validate_config(args) -> None:
+    from . import config
+
+    if not args.configs and args.inline is None:
+        raise ScaleauditError("no config given", "name YAML files, or pass --inline JSON")
+    cfg = config.load(*args.configs, overrides=args.inline)
+    n = sum(1 for _ in config.runs(cfg))
+    print(f"{', '.join(args.configs) or 'inline config'}: valid; study {cfg['study']!r}, {n} training runs")
+    if args.resolved:
+        from .files import write_json
+
+        write_json(args.resolved, cfg)
+
+
+def cmd_fetch_data(args) -> None:
+    from . import data
+    from .files import write_json
+
+    out = Path(args.out)
+    mirror = data.resolve_mirror(args.mirror)
+    record = data.fetch(args.dataset, args.size, out, mirror)
+    write_json(out.with_suffix(".json"), record)
+    print(f"{out}: sha256 {record['sha256']} ({record['verified_against']})")
+
+
+def cmd_fetch_weights(args) -> None:
+    from . import models
+    from .files import write_json
+
+    out = Path(args.out)
+    record = models.resolve_weights(args.arm, args.arm_spec, args.weights_dir, args.allow_selfmade, out.parent / "selfmade")
+    write_json(out, record)
+    flag = "" if record["published"] else "  [NOT the published weights]"
+    print(f"{args.arm}: {record['source']} sha256 {record['sha256'][:16]}{flag}")
+
+
+def cmd_init_tracking(args) -> None:
+    from . import tracking
+    from .files import write_json
+
+    uri = tracking.resolve_uri(args.uri)
+    record = tracking.init_experiment(uri, args.experiment, args.artifact_root)
+    write_json(args.out, record)
+    print(f"MLflow experiment {record['experiment']!r} (id {record['experiment_id']}) at {uri}")
+
+
+def cmd_train(args) -> None:
+    from . import train
+    from .files import read_json
+
+    weights = read_json(args.weights) if args.weights else None
+    tracking = read_json(args.tracking) if args.tracking else None
+    train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads)
+
+
+def cmd_aggregate(args) -> None:
+    from . import aggregate
+
+    table = aggregate.collect(args.metrics)
+    aggregate.write(table, args.out)
+    print(f"{args.out}: {len(table)} runs")
+
+
+def cmd_report(args) -> None:
+    from . import report
+
+    report.build(args.runs, args.config, args.out, assets=args.assets)
+    print(f"report written to {args.out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scaleaudit",
+        description="Do large pretrained vision models pay off on narrow medical-imaging tasks? "
+        "The steps of the study; the Snakemake workflow calls them (see README.md).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("validate-config", help="check study config files (merged in order) against the schema")
+    s.add_argument("configs", nargs="*", help="YAML files, later ones override earlier ones")
+    s.add_argument("--inline", type=_json_arg, help="a config as JSON (or @file), merged over the files")
+    s.add_argument("--resolved", help="also write the validated config with defaults filled in (JSON)")
+    s.set_defaults(func=cmd_validate_config)
+
+    s = sub.add_parser("fetch-data", help="download (or copy from a mirror) and verify one MedMNIST file")
+    s.add_argument("--dataset", required=True, help="MedMNIST 2D flag, e.g. breastmnist")
+    s.add_argument("--size", type=int, default=28, help="image size: 28, 64, 128 or 224 (default 28)")
+    s.add_argument("--out", required=True, help="destination .npz; provenance goes next to it as .json")
+    s.add_argument("--mirror", help="local mirror folder ($SCALEAUDIT_MIRROR wins)")
+    s.set_defaults(func=cmd_fetch_data)
+
+    s = sub.add_parser("fetch-weights", help="find an arm's pretrained weights and record their provenance")
+    s.add_argument("--arm", required=True, help="arm name")
+    s.add_argument("--arm-spec", type=_json_arg, required=True, help="the arm's config (JSON, or @file)")
+    s.add_argument("--weights-dir", help="local weights folder ($SCALEAUDIT_WEIGHTS_DIR wins)")
+    s.add_argument("--allow-selfmade", action="store_true", help="make a flagged stand-in when nothing can be had")
+    s.add_argument("--out", required=True, help="provenance record (JSON)")
+    s.set_defaults(func=cmd_fetch_weights)
+
+    s = sub.add_parser("init-tracking", help="create the study's MLflow experiment once, before jobs fan out")
+    s.add_argument("--uri", help="tracking URI ($MLFLOW_TRACKING_URI wins; default sqlite under results/)")
+    s.add_argument("--experiment", required=True, help="experiment name")
+    s.add_argument("--artifact-root", default="results/mlartifacts", help="artifact folder for a SQLite store")
+    s.add_argument("--out", required=True, help="where to record the experiment (JSON)")
+    s.set_defaults(func=cmd_init_tracking)
+
+    s = sub.add_parser("train", help="train and test one run (resumes from its checkpoint)")
+    s.add_argument("--spec", type=_json_arg, required=True, help="resolved run spec (JSON, or @file)")
+    s.add_argument("--data", required=True, help="the dataset's provenance record written by fetch-data")
+    s.add_argument("--weights", help="the arm's weights record written by fetch-weights")
+    s.add_argument("--tracking", help="the experiment record written by init-tracking (omit: no MLflow)")
+    s.add_argument("--out", required=True, help="run folder: metrics.json, predictions.npz, checkpoint")
+    s.add_argument("--threads", type=int, help="CPU threads for torch")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("aggregate", help="one table of all runs from their metrics.json files")
+    s.add_argument("metrics", nargs="+", help="metrics.json files")
+    s.add_argument("--out", required=True, help="CSV table")
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("report", help="render the study report (PDF) from the run table")
+    s.add_argument("--runs", required=True, help="CSV table written by aggregate")
+    s.add_argument("--config", required=True, help="resolved study config (JSON) written by validate-config")
+    s.add_argument("--assets", help="folder for figures and the report source (default: next to --out)")
+    s.add_argument("--out", required=True, help="PDF file")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ScaleauditError as exc:
+        print(f"scaleaudit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Study configuration: schema validation with defaults, cross-reference checks, and the run grid."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import yaml
+
+from .errors import ScaleauditError
+from .files import canonical_hash
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+def schema() -> dict:
+    return yaml.safe_load(resources.files(__package__).joinpath(SCHEMA_FILE).read_text())
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in schema defaults, as Snakemake's ``validate(..., set_default=True)`` does."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return "/".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate(config: dict) -> dict:
+    """Validate against the JSON schema (filling defaults) and check cross-references; return a copy."""
+    config = copy.deepcopy(config)
+    schema_ = schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema_)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  - at {_where(e)}: {e.message}" for e in errors]
+        raise ScaleauditError(
+            "invalid configuration:\n" + "\n".join(lines),
+            "correct these keys (workflow/schemas/config.schema.yaml lists every allowed key)",
+        )
+    check_references(config)
+    return config
+
+
+def check_references(config: dict) -> None:
+    """Names that the schema cannot check: datasets, arms, recipes, sizes and timm models."""
+    from . import data, models  # models pulls in torch/timm; only needed once the schema passed
+
+    for entry in config["data"]["datasets"]:
+        for size in entry["sizes"]:
+            data.official_source(entry["flag"], size)
+    arms = config["arms"]
+    for name in config["design"]["arms"]:
+        if name not in arms:
+            raise ScaleauditError(
+                f"design.arms names an unknown arm {name!r}", f"define it under `arms:` or use one of {', '.join(arms)}"
+            )
+    for name, arm in arms.items():
+        if arm["recipe"] not in config["recipes"]:
+            raise ScaleauditError(
+                f"arm {name!r} uses an unknown recipe {arm['recipe']!r}",
+                f"define it under `recipes:` or use one of {', '.join(config['recipes'])}",
+            )
+        if name in config["design"]["arms"]:
+            models.check_arm(arm, where=f"arm {name!r}")
+
+
+def load(*paths: str | Path, overrides: dict | None = None) -> dict:
+    """Read YAML files (later ones deep-merged over earlier ones, as Snakemake does) and validate."""
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise ScaleauditError(f"config file {path} does not exist", "pass the path of a YAML study config")
+        _merge(merged, yaml.safe_load(path.read_text()) or {})
+    _merge(merged, overrides or {})
+    return validate(merged)
+
+
+def _merge(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def seeds(config: dict) -> list[int]:
+    s = config["design"]["seeds"]
+    return list(range(1, s + 1)) if isinstance(s, int) else list(s)
+
+
+def runs(config: dict) -> Iterator[dict]:
+    """Every (dataset, size, arm, fraction, seed) of the study, as wildcard values."""
+    datasets = [(d["flag"], size) for d in config["data"]["datasets"] for size in d["sizes"]]
+    for (flag, size), arm, fraction, seed in itertools.product(
+        datasets, config["design"]["arms"], config["design"]["fractions"], seeds(config)
+    ):
+        yield {"dataset": flag, "size": int(size), "arm": arm, "fraction": float(fraction), "seed": int(seed)}
+
+
+def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, seed: int) -> dict:
+    """Everything one training job needs, resolved; its hash identifies the run's configuration."""
+    arm_spec = dict(config["arms"][arm])
+    recipe = dict(config["recipes"][arm_spec["recipe"]], name=arm_spec["recipe"])
+    spec: dict[str, Any] = {
+        "study": config["study"],
+        "dataset": dataset,
+        "size": int(size),
+        "arm": arm,
+        "arm_spec": arm_spec,
+        "recipe": recipe,
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "hardware": config["hardware"],
+    }
+    spec["config_hash"] = canonical_hash(spec)
+    return spec

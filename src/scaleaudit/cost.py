@@ -1,0 +1,73 @@
+"""What a run costs: parameters, FLOPs per image, time, peak memory, energy and CO2e."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def parameters(model: nn.Module) -> dict[str, int]:
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
+def flops_per_image(model: nn.Module, in_chans: int, input_size: int, device: torch.device) -> int:
+    """Forward FLOPs for one image, counted by torch's own flop counter (a multiply-add counts 2)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, in_chans, input_size, input_size, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+class EnergyMeter:
+    """Wall time plus codecarbon's energy and CO2e estimate (offline: no network, fixed grid intensity)."""
+
+    def __init__(self, country_iso_code: str):
+        self.country = country_iso_code
+        self.tracker = None
+        self.started = None
+
+    def __enter__(self) -> "EnergyMeter":
+        from codecarbon import OfflineEmissionsTracker
+
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        self.tracker = OfflineEmissionsTracker(
+            country_iso_code=self.country, log_level="error", save_to_file=False, tracking_mode="process",
+            measure_power_secs=15, allow_multiple_runs=True,
+        )
+        self.tracker.start()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.started
+        self.tracker.stop()
+
+    def result(self) -> dict:
+        data = self.tracker.final_emissions_data
+        return {
+            "energy_kwh": float(data.energy_consumed),
+            "co2e_kg": float(data.emissions),
+            "energy_method": (
+                f"codecarbon {data.codecarbon_version} offline, {', '.join(map(str, self.tracker._hardware))}, "
+                f"grid {data.country_iso_code}"
+            ),
+        }

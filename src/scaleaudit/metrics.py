@@ -1,0 +1,78 @@
+"""Evaluation metrics with the MedMNIST conventions, so numbers compare with the papers.
+
+- binary: AUC of the class-1 score; ACC thresholds that score at 0.5
+- multi-class and ordinal: AUC is the unweighted mean of one-vs-rest AUCs; ACC uses the argmax
+- multi-label: per-label AUC and ACC (threshold 0.5), averaged over labels
+Labels may be shaped (N,) or (N, 1). Scores are probabilities: (N, C) softmax outputs, or (N, L)
+sigmoid outputs for multi-label tasks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+
+def _labels(y: np.ndarray, task: str) -> np.ndarray:
+    y = np.asarray(y)
+    return y.reshape(len(y), -1) if task == "multi-label" else y.reshape(-1)
+
+
+def auc(y: np.ndarray, scores: np.ndarray, task: str) -> float:
+    y, scores = _labels(y, task), np.asarray(scores, dtype=np.float64)
+    if task == "binary":
+        return float(roc_auc_score(y, scores[:, -1]))
+    if task == "multi-label":
+        return float(np.mean([roc_auc_score(y[:, i], scores[:, i]) for i in range(y.shape[1])]))
+    per_class = [roc_auc_score(y == c, scores[:, c]) for c in range(scores.shape[1]) if 0 < (y == c).sum() < len(y)]
+    return float(np.mean(per_class))
+
+
+def predictions(scores: np.ndarray, task: str) -> np.ndarray:
+    scores = np.asarray(scores)
+    if task == "binary":
+        return (scores[:, -1] > 0.5).astype(np.int64)
+    if task == "multi-label":
+        return (scores > 0.5).astype(np.int64)
+    return scores.argmax(1)
+
+
+def acc(y: np.ndarray, scores: np.ndarray, task: str) -> float:
+    y = _labels(y, task)
+    return float(np.mean(predictions(scores, task) == y))
+
+
+def balanced_acc(y: np.ndarray, scores: np.ndarray, task: str) -> float:
+    y, pred = _labels(y, task), predictions(scores, task)
+    if task == "multi-label":
+        return float(np.mean([balanced_accuracy_score(y[:, i], pred[:, i]) for i in range(y.shape[1])]))
+    return float(balanced_accuracy_score(y, pred))
+
+
+def ece(y: np.ndarray, scores: np.ndarray, task: str, bins: int = 15) -> float:
+    """Expected calibration error of the predicted label's confidence (per label for multi-label)."""
+    y, scores = _labels(y, task), np.asarray(scores, dtype=np.float64)
+    if task == "multi-label":
+        conf = np.where(scores > 0.5, scores, 1 - scores).ravel()
+        correct = ((scores > 0.5) == y).ravel()
+    else:
+        probs = np.column_stack([1 - scores[:, -1], scores[:, -1]]) if task == "binary" else scores
+        conf, correct = probs.max(1), probs.argmax(1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            total += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(total)
+
+
+def evaluate(y: np.ndarray, scores: np.ndarray, task: str) -> dict[str, float]:
+    """AUC, ACC, balanced accuracy and ECE of one split."""
+    return {
+        "auc": auc(y, scores, task),
+        "acc": acc(y, scores, task),
+        "bacc": balanced_acc(y, scores, task),
+        "ece": ece(y, scores, task),
+    }

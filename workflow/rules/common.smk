@@ -1,0 +1,71 @@
+import json
+import shlex
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from scaleaudit import config as study_config
+from scaleaudit.errors import ScaleauditError
+
+min_version("9.0")
+
+validate(config, schema="../schemas/config.schema.yaml")
+try:
+    study_config.check_references(config)
+except ScaleauditError as exc:
+    raise WorkflowError(f"config: {exc}") from None
+
+STUDY = config["study"]
+RESULTS = f"results/{STUDY}"
+LOGS = f"logs/{STUDY}"
+RUN_DIR = RESULTS + "/runs/{dataset}_{size}/{arm}/frac{fraction}/seed{seed}"
+RUN_TABLE = f"{RESULTS}/runs.csv"
+REPORT = f"reports/{STUDY}.pdf"
+RUNS = list(study_config.runs(config))
+
+
+wildcard_constraints:
+    dataset=r"[a-z0-9]+",
+    size=r"\d+",
+    arm=r"[A-Za-z0-9_.-]+",
+    fraction=r"[0-9.]+",
+    seed=r"\d+",
+
+
+def optional_flag(flag, value):
+    """``--flag 'value'`` for a configured value, nothing for null (the package then reads its env var)."""
+    return f"{flag} {shlex.quote(str(value))}" if value else ""
+
+
+def arm(wildcards):
+    return config["arms"][wildcards.arm]
+
+
+def run_spec(wildcards):
+    """The resolved spec of one training run; a change to it re-runs only that run."""
+    spec = study_config.run_spec(
+        config, wildcards.dataset, int(wildcards.size), wildcards.arm, float(wildcards.fraction), int(wildcards.seed)
+    )
+    return json.dumps(spec, sort_keys=True)
+
+
+def weights_record(wildcards):
+    return f"{RESULTS}/weights/{wildcards.arm}.json" if arm(wildcards)["pretrained"] else []
+
+
+def train_resource(name, default):
+    """An arm's declared resource, else a default that grows with its input size; retries escalate it."""
+
+    def get(wildcards, attempt):
+        declared = arm(wildcards)["resources"].get(name)
+        if declared is None:
+            size = arm(wildcards)["input_size"] or int(wildcards.size)
+            declared = default * max(1, size // 64)
+        return declared * attempt if name in ("mem_mb", "runtime") else declared
+
+    return get
+
+
+def all_metrics():
+    return [RUN_DIR.format(**run) + "/metrics.json" for run in RUNS]

@@ -1,0 +1,47 @@
+localrules:
+    fetch_data,
+    fetch_weights,
+    init_tracking,
+
+
+rule fetch_data:
+    """Download (or copy from the mirror) one MedMNIST file, verified before it lands."""
+    output:
+        npz="results/data/{dataset}_{size}.npz",
+        record="results/data/{dataset}_{size}.json",
+    params:
+        mirror=optional_flag("--mirror", config["data"]["mirror"]),
+    log:
+        "logs/data/{dataset}_{size}.log",
+    shell:
+        "scaleaudit fetch-data --dataset {wildcards.dataset} --size {wildcards.size} --out {output.npz} "
+        "{params.mirror} > {log} 2>&1"
+
+
+rule fetch_weights:
+    """Find a pretrained arm's weights (hub, local folder or file) and record their provenance."""
+    output:
+        f"{RESULTS}/weights/{{arm}}.json",
+    params:
+        spec=lambda wc: json.dumps(arm(wc)),
+        weights_dir=optional_flag("--weights-dir", config["weights"]["dir"]),
+        selfmade="--allow-selfmade" if config["weights"]["allow_selfmade"] else "",
+    log:
+        f"{LOGS}/weights/{{arm}}.log",
+    shell:
+        "scaleaudit fetch-weights --arm {wildcards.arm} --arm-spec {params.spec:q} {params.weights_dir} {params.selfmade} "
+        "--out {output} > {log} 2>&1"
+
+
+rule init_tracking:
+    """Create the study's MLflow experiment once, before training jobs fan out."""
+    output:
+        f"{RESULTS}/tracking.json",
+    params:
+        uri=optional_flag("--uri", config["tracking"]["uri"]),
+        experiment=config["tracking"]["experiment"] or STUDY,
+    log:
+        f"{LOGS}/init_tracking.log",
+    shell:
+        "scaleaudit init-tracking --experiment {params.experiment:q} --out {output} "
+        "--artifact-root results/mlartifacts {params.uri} > {log} 2>&1"

@@ -1,0 +1,42 @@
+localrules:
+    resolve_config,
+    aggregate,
+    report,
+
+
+rule resolve_config:
+    """The validated config with every default filled in: the report's Methods are generated from it."""
+    output:
+        f"{RESULTS}/config.resolved.json",
+    params:
+        config=json.dumps(config, sort_keys=True),
+    log:
+        f"{LOGS}/resolve_config.log",
+    shell:
+        "scaleaudit validate-config --inline {params.config:q} --resolved {output} > {log} 2>&1"
+
+
+rule aggregate:
+    """One table of every run, from the per-run metrics files."""
+    input:
+        all_metrics(),
+    output:
+        RUN_TABLE,
+    log:
+        f"{LOGS}/aggregate.log",
+    shell:
+        "scaleaudit aggregate {input} --out {output} > {log} 2>&1"
+
+
+rule report:
+    """The study report: figures, tables and (later) the verdict, as a PDF."""
+    input:
+        runs=RUN_TABLE,
+        config=f"{RESULTS}/config.resolved.json",
+    output:
+        REPORT,
+    log:
+        f"{LOGS}/report.log",
+    shell:
+        "scaleaudit report --runs {input.runs} --config {input.config} --assets {RESULTS}/report "
+        "--out {output} > {log} 2>&1"

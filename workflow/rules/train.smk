@@ -1,0 +1,23 @@
+rule train:
+    """Train one arm on one dataset, fraction and seed; resumes from its checkpoint when re-run."""
+    input:
+        data="results/data/{dataset}_{size}.npz",
+        record="results/data/{dataset}_{size}.json",
+        weights=weights_record,
+        tracking=f"{RESULTS}/tracking.json",
+    output:
+        metrics=RUN_DIR + "/metrics.json",
+    params:
+        spec=run_spec,
+        outdir=lambda wildcards, output: Path(output.metrics).parent,
+        weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
+    log:
+        LOGS + "/train/{dataset}_{size}/{arm}/frac{fraction}_seed{seed}.log",
+    threads: 1
+    resources:
+        mem_mb=train_resource("mem_mb", 2000),
+        runtime=train_resource("runtime", 30),
+        gpu=train_resource("gpu", 0),
+    shell:
+        "scaleaudit train --spec {params.spec:q} --data {input.record} {params.weights} "
+        "--tracking {input.tracking} --out {params.outdir} --threads {threads} > {log} 2>&1"
