@@ -1,0 +1,36 @@
+# The two commands a new user needs:  make demo  (the CPU demo study)  and  make test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed-stamp
+# scaleaudit's CLI must be on PATH for the workflow's shell commands.
+RUN    := PATH="$(BIN):$$PATH"
+CORES  ?= all
+
+.PHONY: help install demo study test lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "scaleaudit needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(STAMP)  ## create .venv with scaleaudit and its pinned dependencies
+
+demo: $(STAMP)  ## run the CPU demo study (BreastMNIST, 3 arms, 3 seeds) -> reports/demo.pdf
+	$(RUN) snakemake --profile workflow/profiles/local --configfile config/demo.yaml --cores $(CORES)
+
+study: $(STAMP)  ## run the full study (config/config.yaml; GPU-sized) -> reports/full.pdf
+	$(RUN) snakemake --profile workflow/profiles/local --cores $(CORES)
+
+test: $(STAMP)  ## run the test suite (unit tests and the whole workflow on a tiny config)
+	$(RUN) pytest
+
+lint: $(STAMP)  ## snakemake --lint
+	$(RUN) snakemake --lint --configfile config/demo.yaml
+
+clean:  ## remove results, logs and reports (keeps the venv)
+	rm -rf results logs .snakemake reports/*.pdf reports/demo reports/full
