@@ -50,7 +50,7 @@ class EnergyMeter:
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
         self.tracker = OfflineEmissionsTracker(
-            country_iso_code=self.country, log_level="error", save_to_file=False, tracking_mode="process",
+            country_iso_code=self.country, log_level="error", output_methods=[], tracking_mode="process",
             measure_power_secs=15, allow_multiple_runs=True,
         )
         self.tracker.start()

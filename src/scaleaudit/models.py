@@ -91,7 +91,11 @@ def check_arm(arm: dict, where: str = "") -> None:
         )
     if arm.get("pretrained") and not arm.get("weights_file"):
         name = pretrained_name(arm)
-        if timm.models.get_pretrained_cfg(name) is None:
+        try:
+            known = timm.models.get_pretrained_cfg(name) is not None
+        except RuntimeError:  # timm raises for a wrong tag of a known architecture
+            known = False
+        if not known:
             tags = [m for m in timm.list_pretrained(f"{arch}.*")][:8]
             raise ScaleauditError(
                 f"{prefix}timm has no pretrained weights named {name!r}",

@@ -19,7 +19,7 @@ except ScaleauditError as exc:
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
-RUN_DIR = RESULTS + "/runs/{dataset}_{size}/{arm}/frac{fraction}/seed{seed}"
+RUN_DIR = f"{RESULTS}/runs/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}/seed{{seed}}"
 RUN_TABLE = f"{RESULTS}/runs.csv"
 REPORT = f"reports/{STUDY}.pdf"
 RUNS = list(study_config.runs(config))
@@ -68,4 +68,4 @@ def train_resource(name, default):
 
 
 def all_metrics():
-    return [RUN_DIR.format(**run) + "/metrics.json" for run in RUNS]
+    return expand(f"{RUN_DIR}/metrics.json", zip, **{k: [run[k] for run in RUNS] for k in RUNS[0]})

@@ -35,8 +35,10 @@ rule report:
         config=f"{RESULTS}/config.resolved.json",
     output:
         REPORT,
+    params:
+        assets=f"{RESULTS}/report",
     log:
         f"{LOGS}/report.log",
     shell:
-        "scaleaudit report --runs {input.runs} --config {input.config} --assets {RESULTS}/report "
+        "scaleaudit report --runs {input.runs} --config {input.config} --assets {params.assets} "
         "--out {output} > {log} 2>&1"

@@ -6,13 +6,13 @@ rule train:
         weights=weights_record,
         tracking=f"{RESULTS}/tracking.json",
     output:
-        metrics=RUN_DIR + "/metrics.json",
+        metrics=f"{RUN_DIR}/metrics.json",
     params:
         spec=run_spec,
         outdir=lambda wildcards, output: Path(output.metrics).parent,
         weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
     log:
-        LOGS + "/train/{dataset}_{size}/{arm}/frac{fraction}_seed{seed}.log",
+        f"{LOGS}/train/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}_seed{{seed}}.log",
     threads: 1
     resources:
         mem_mb=train_resource("mem_mb", 2000),

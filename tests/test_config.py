@@ -1,0 +1,53 @@
+import pytest
+import yaml
+
+from conftest import REPO
+from scaleaudit import config
+from scaleaudit.errors import ScaleauditError
+
+FULL, DEMO = REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml"
+
+
+def test_shipped_configs_are_valid():
+    full = config.load(FULL)
+    assert len(full["design"]["arms"]) >= 7 and config.seeds(full) == [1, 2, 3, 4, 5]
+    demo = config.load(FULL, DEMO)
+    assert demo["study"] == "demo" and len(list(config.runs(demo))) == 9
+    assert demo["recipes"]["demo_v2"]["scheduler"] == "multistep"
+    assert demo["arms"]["cnn_small"]["input_size"] is None  # schema defaults filled in
+
+
+def test_unknown_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"design": {"arms": ["cnn_small"], "seeds": 1, "fractoins": [0.5]}}))
+    with pytest.raises(ScaleauditError, match="'fractoins' was unexpected") as err:
+        config.load(FULL, bad)
+    assert "at design" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"design": {"seeds": 0}}, "design/seeds"),
+        ({"design": {"seeds": -2}}, "design/seeds"),
+        ({"design": {"fractions": [0.0]}}, "design/fractions/0"),
+        ({"design": {"fractions": [1.2]}}, "design/fractions/0"),
+        ({"data": {"datasets": [{"flag": "breastmnist", "sizes": [32]}]}}, "data/datasets/0/sizes/0"),
+        ({"data": {"datasets": [{"flag": "nosuchmnist"}]}}, "unknown dataset flag 'nosuchmnist'"),
+        ({"design": {"arms": ["cnn_smal"]}}, "unknown arm 'cnn_smal'"),
+        ({"arms": {"cnn_small": {"recipe": "nope"}}}, "unknown recipe 'nope'"),
+        ({"arms": {"cnn_small": {"model": "resnet19"}}}, "unknown model 'resnet19'"),
+    ],
+)
+def test_bad_values_are_rejected_with_their_place(override, message):
+    with pytest.raises(ScaleauditError, match=message):
+        config.load(FULL, DEMO, overrides=override)
+
+
+def test_run_spec_hash_identifies_the_configuration():
+    cfg = config.load(FULL, DEMO)
+    a = config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
+    assert a == config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
+    assert a["config_hash"] != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 2)["config_hash"]
+    cfg["recipes"]["demo_v2"]["lr"] = 0.1
+    assert a["config_hash"] != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)["config_hash"]
