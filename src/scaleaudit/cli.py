@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import ScaleauditError
+from .provenance import package_versions
 
 
 def _json_arg(text: str):
@@ -40,7 +41,7 @@ def cmd_fetch_data(args) -> None:
     out = Path(args.out)
     mirror = data.resolve_mirror(args.mirror)
     record = data.fetch(args.dataset, args.size, out, mirror)
-    write_json(out.with_suffix(".json"), record)
+    write_json(out.with_suffix(".json"), record | {"versions": package_versions()})
     print(f"{out}: sha256 {record['sha256']} ({record['verified_against']})")
 
 
@@ -50,7 +51,7 @@ def cmd_fetch_weights(args) -> None:
 
     out = Path(args.out)
     record = models.resolve_weights(args.arm, args.arm_spec, args.weights_dir, args.allow_selfmade, out.parent / "selfmade")
-    write_json(out, record)
+    write_json(out, record | {"versions": package_versions()})
     flag = "" if record["published"] else "  [NOT the published weights]"
     print(f"{args.arm}: {record['source']} sha256 {record['sha256'][:16]}{flag}")
 
@@ -61,7 +62,7 @@ def cmd_init_tracking(args) -> None:
 
     uri = tracking.resolve_uri(args.uri)
     record = tracking.init_experiment(uri, args.experiment, args.artifact_root)
-    write_json(args.out, record)
+    write_json(args.out, record | {"versions": package_versions()})
     print(f"MLflow experiment {record['experiment']!r} (id {record['experiment_id']}) at {uri}")
 
 

@@ -304,7 +304,8 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
             "data": {k: data_record[k] for k in ("file", "source", "sha256", "verified_against")},
             "weights": weights,
         },
-        "tracking": None if tracked is None else {"run_id": tracked.run_id} | tracking,
+        "tracking": None if tracked is None else {"run_id": tracked.run_id}
+        | {k: tracking[k] for k in ("tracking_uri", "experiment", "experiment_id")},
     }
     labels = trainer.labels["test"]
     with atomic_path(out_dir / "predictions.npz") as tmp:

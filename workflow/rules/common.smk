@@ -10,11 +10,12 @@ from scaleaudit.errors import ScaleauditError
 
 min_version("9.0")
 
-validate(config, schema="../schemas/config.schema.yaml")
+# scaleaudit's validation first: one line per problem, naming the key and the fix, before any job runs.
 try:
-    study_config.check_references(config)
+    config.update(study_config.validate(config))
 except ScaleauditError as exc:
     raise WorkflowError(f"config: {exc}") from None
+validate(config, schema="../schemas/config.schema.yaml")
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
