@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import jsonschema
 import yaml
 
+from . import published
 from .errors import ScaleauditError
 from .files import canonical_hash
 
@@ -56,7 +57,7 @@ def validate(config: dict) -> dict:
 
 
 def check_references(config: dict) -> None:
-    """Names that the schema cannot check: datasets, arms, recipes, sizes and timm models."""
+    """Names that the schema cannot check: datasets, arms, recipes, sizes, timm models and published results."""
     from . import data, models  # models pulls in torch/timm; only needed once the schema passed
 
     for entry in config["data"]["datasets"]:
@@ -74,6 +75,8 @@ def check_references(config: dict) -> None:
                 f"arm {name!r} uses an unknown recipe {arm['recipe']!r}",
                 f"define it under `recipes:` or use one of {', '.join(config['recipes'])}",
             )
+        if arm.get("reproduces"):
+            published.check(arm["reproduces"], where=f"arm {name!r}")
         if name in config["design"]["arms"]:
             models.check_arm(arm, where=f"arm {name!r}")
 
@@ -114,7 +117,8 @@ def runs(config: dict) -> Iterator[dict]:
 
 def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, seed: int) -> dict:
     """Everything one training job needs, resolved; its hash identifies the run's configuration."""
-    arm_spec = dict(config["arms"][arm])
+    # `reproduces` only tells the report what to compare with: it must not change (or re-run) training.
+    arm_spec = {k: v for k, v in config["arms"][arm].items() if k != "reproduces"}
     recipe = dict(config["recipes"][arm_spec["recipe"]], name=arm_spec["recipe"])
     spec: dict[str, Any] = {
         "study": config["study"],
