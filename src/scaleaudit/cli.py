@@ -140,11 +140,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="CSV table")
     s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("report", help="render the study report (PDF) from the run table")
+    s = sub.add_parser("report", help="render the study report (PDF and Markdown) from the run table")
     s.add_argument("--runs", required=True, help="CSV table written by aggregate")
     s.add_argument("--config", required=True, help="resolved study config (JSON) written by validate-config")
     s.add_argument("--assets", help="folder for figures and the report source (default: next to --out)")
-    s.add_argument("--out", required=True, help="PDF file")
+    s.add_argument("--out", required=True, help="PDF file; the Markdown version goes next to it (.md)")
     s.set_defaults(func=cmd_report)
     return p
 

@@ -1,131 +1,608 @@
-"""The study report: seaborn figures and tables from the run table, typeset to PDF with Typst."""
+"""The study report: the verdict, its methods, results, costs and provenance, as PDF (Typst) and Markdown.
+
+The content is built once as a list of blocks (headings, paragraphs, tables, figures) and rendered twice,
+so the PDF and the Markdown version cannot drift apart. Every number comes from the run table and the
+resolved config; the statistics come from ``scaleaudit.stats``.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from . import provenance
+from . import provenance, stats
 from .files import atomic_path, read_json, write_text
 
 PALETTE = "colorblind"
+DATASETS_PER_FIGURE = 4
+FIGURE_DPI = 200
+TEXT_WIDTH_CM, MAX_FIGURE_HEIGHT_CM = 21.0 - 2 * 1.8, 20.0  # A4 less the margins set in to_typst
+TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
 NOT_PUBLISHED = "†"
+DECISION_STYLE = {  # colour-blind-safe colours (Okabe-Ito) and distinct markers, so print in grey still works
+    "better": ("#0072B2", "^"), "equivalent": ("#999999", "o"), "worse": ("#D55E00", "v"), "undecided": ("#CC79A7", "D"),
+}
+
+
+# --- the document model and its two renderings ------------------------------------------------------------
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 1
+
+
+@dataclass
+class Para:
+    text: str
+    strong: bool = False
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list]
+    widths: list[float | None] | None = None  # relative column widths (Typst fr units); None: as wide as its text
+    size: float = 8.5  # font size in pt: wide tables get smaller type so they fit the page
+    caption: str = ""
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass
+class PageBreak:
+    pass
+
+
+@dataclass
+class Document:
+    title: str
+    subtitle: str
+    blocks: list = field(default_factory=list)
 
 
 def esc(text) -> str:
-    """Escape a value for Typst markup."""
+    """Escape a value for Typst markup (every markup character, so no value can start a list or comment)."""
     out = str(text)
-    for ch in "\\#$*_@<>`[]~":
+    for ch in "\\#$*_@<>`[]~/-+=":
         out = out.replace(ch, "\\" + ch)
     return out
 
 
-def table(header: list[str], rows: list[list], columns: str | None = None) -> str:
-    cells = ", ".join(f"[*{esc(h)}*]" for h in header)
-    body = ", ".join(f"[{c}]" for r in rows for c in r)
-    cols = columns or f"{len(header)}"
-    return f"#table(columns: {cols}, stroke: 0.4pt + gray, inset: 4pt, align: left, {cells}, {body})\n"
+def _print_width(png: Path) -> float:
+    """Width in cm at which a figure prints at its drawn size (fonts as designed), shrunk only to fit the page."""
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the PNG header (IHDR)
+    natural = width / FIGURE_DPI * 2.54
+    return min(natural, TEXT_WIDTH_CM, MAX_FIGURE_HEIGHT_CM * width / height)
+
+
+def _typst_cell(value) -> str:
+    return "[" + " \\ ".join(esc(line) for line in str(value).split("\n")) + "]"
+
+
+def to_typst(doc: Document) -> str:
+    out = [
+        '#set page(paper: "a4", margin: (x: 1.8cm, y: 2cm), numbering: "1")',
+        "#set text(size: 10pt)",
+        '#set heading(numbering: "1.1")',
+        "#set par(justify: false)",
+        "#show figure.caption: set text(size: 9pt)",
+        f'#align(center)[#text(size: 15pt, weight: "bold")[{esc(doc.title)}] \\ #text(size: 9pt)[{esc(doc.subtitle)}]]',
+    ]
+    for b in doc.blocks:
+        if isinstance(b, Heading):
+            out.append("=" * b.level + " " + esc(b.text))
+        elif isinstance(b, Para):
+            out.append(f"*{esc(b.text)}*" if b.strong else esc(b.text))
+        elif isinstance(b, Table):
+            cols = "(" + ", ".join(f"{w}fr" if w else "auto" for w in b.widths) + ")" if b.widths else str(len(b.header))
+            head = ", ".join(f"[*{esc(h)}*]" for h in b.header)
+            body = ", ".join(_typst_cell(c) for r in b.rows for c in r)
+            table = (f"#[#set text(size: {b.size}pt)\n#table(columns: {cols}, stroke: 0.4pt + gray, inset: 2.5pt, "
+                     f"align: left, table.header({head}), {body})]")
+            out.append(f"#figure(kind: table, caption: [{esc(b.caption)}])[{table}]" if b.caption else table)
+        elif isinstance(b, Figure):
+            out.append(f'#figure(image("{b.path.name}", width: {_print_width(b.path):.1f}cm), caption: [{esc(b.caption)}])')
+        elif isinstance(b, PageBreak):
+            out.append("#pagebreak()")
+    return "\n\n".join(out) + "\n"
+
+
+def _md(text) -> str:
+    out = str(text)
+    for ch in "\\*_`|<>[]":
+        out = out.replace(ch, "\\" + ch)
+    return out.replace("\n", "<br>")
+
+
+def to_markdown(doc: Document, figures_from: Path) -> str:
+    """Markdown of the same blocks; figure links are relative to ``figures_from`` (the .md file's folder)."""
+    out = [f"# {_md(doc.title)}", f"_{_md(doc.subtitle)}_"]
+    for b in doc.blocks:
+        if isinstance(b, Heading):
+            out.append("#" * (b.level + 1) + " " + _md(b.text))
+        elif isinstance(b, Para):
+            out.append(f"**{_md(b.text)}**" if b.strong else _md(b.text))
+        elif isinstance(b, Table):
+            lines = ["| " + " | ".join(_md(h) for h in b.header) + " |", "|" + "---|" * len(b.header)]
+            lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in b.rows]
+            out.append((f"_{_md(b.caption)}_\n\n" if b.caption else "") + "\n".join(lines))
+        elif isinstance(b, Figure):
+            out.append(f"![{_md(b.caption)}]({os.path.relpath(b.path, figures_from)})\n\n_{_md(b.caption)}_")
+    return "\n\n".join(out) + "\n"
+
+
+# --- formatting -------------------------------------------------------------------------------------------------
+
+
+def num(x, spec: str = ".3f") -> str:
+    """A number for a table; a dash where there is none."""
+    if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
+        return "–"
+    return format(x, spec)
+
+
+def ci(lo, hi, spec: str = "+.3f") -> str:
+    return "–" if math.isnan(lo) else f"[{format(lo, spec)}, {format(hi, spec)}]"
+
+
+def cell_name(r) -> str:
+    return f"{r.dataset} @ {r.size} px"
 
 
 def arm_labels(runs: pd.DataFrame, config: dict) -> dict[str, str]:
     """Display label of each arm, marked when any of its runs used weights that are not the published ones."""
     off_release = set(runs.loc[~runs["weights_published"].astype(bool), "arm"])
     return {
-        a: (config["arms"][a].get("label") or a) + (f" {NOT_PUBLISHED}" if a in off_release else "")
+        a: (config["arms"].get(a, {}).get("label") or a) + (f" {NOT_PUBLISHED}" if a in off_release else "")
         for a in runs["arm"].unique()
     }
 
 
-def summary_by_arm(runs: pd.DataFrame) -> pd.DataFrame:
-    grouped = runs.groupby(["dataset", "size", "arm"], sort=False)
-    return grouped.agg(
-        n=("seed", "size"), auc_mean=("test_auc", "mean"), auc_sd=("test_auc", "std"), acc_mean=("test_acc", "mean"),
-        acc_sd=("test_acc", "std"), params=("params", "first"), flops=("flops_per_image", "first"),
-        train_seconds=("train_seconds", "mean"), energy_kwh=("energy_kwh", "mean"), co2e_kg=("co2e_kg", "mean"),
-    ).reset_index()
+# --- figures ---------------------------------------------------------------------------------------------------
 
 
-def figures(runs: pd.DataFrame, labels: dict[str, str], outdir: Path) -> dict[str, Path]:
+@dataclass
+class Results:
+    """Everything the report shows, computed once from the run table."""
+
+    runs: pd.DataFrame
+    config: dict
+    labels: dict
+    summary: pd.DataFrame
+    comparisons: pd.DataFrame
+    overall: pd.DataFrame
+    iqm: pd.DataFrame
+    reproduction: pd.DataFrame
+
+    @classmethod
+    def of(cls, runs: pd.DataFrame, config: dict) -> Results:
+        v = config["verdict"]
+        kw = dict(metric=v["metric"], confidence=v["confidence"], n_boot=v["bootstrap"])
+        comparisons = stats.compare(runs, rope=v["rope"], **kw)
+        return cls(
+            runs=runs, config=config, labels=arm_labels(runs, config), summary=stats.arm_summary(runs, v["metric"]),
+            comparisons=stats.cost_normalised(runs, comparisons), overall=stats.overall(runs, rope=v["rope"], **kw),
+            iqm=stats.iqm_scores(runs, **kw), reproduction=stats.reproduction(runs, config["arms"]),
+        )
+
+    @property
+    def metric(self) -> str:
+        return self.config["verdict"]["metric"].upper()
+
+
+def figures(res: Results, outdir: Path) -> dict[str, list[Path]]:
+    """The report's figures as PNG files; per-dataset figures are split into parts of at most
+    ``DATASETS_PER_FIGURE`` datasets (rows) so that each part stays readable on one page."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import seaborn as sns
 
-    sns.set_theme(style="whitegrid", context="paper", palette=PALETTE)
-    data = runs.assign(arm_label=runs["arm"].map(labels), panel=runs["dataset"] + " @ " + runs["size"].astype(str) + " px")
-    out = {}
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+    v = res.config["verdict"]
+    group = res.runs.groupby("arm")["group"].first()
+    order = [res.labels[a] for a in sorted(res.labels, key=lambda a: (group[a] != "small", a))]
+    colours = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    runs = res.runs.assign(arm_label=res.runs["arm"].map(res.labels))
+    summary = res.summary.assign(arm_label=res.summary["arm"].map(res.labels), front=stats.pareto_front(res.summary))
+    tasks = sorted(set(zip(runs["dataset"], runs["size"])))
+    fractions = sorted(runs["fraction"].unique())
+    parts = [tasks[i:i + DATASETS_PER_FIGURE] for i in range(0, len(tasks), DATASETS_PER_FIGURE)]
+    out: dict[str, list[Path]] = {}
 
-    g = sns.catplot(data=data, x="test_auc", y="arm_label", col="panel", kind="strip", hue="arm_label",
-                    palette=PALETTE, size=6, jitter=0.15, height=3.2, aspect=1.6, legend=False)
-    g.map_dataframe(sns.pointplot, x="test_auc", y="arm_label", color="black", markers="|", errorbar="sd",
-                    linestyle="none")
-    g.set_axis_labels("test AUC (each point a seed; bar: mean ± sd)", "")
-    g.set_titles("{col_name}")
-    out["auc"] = outdir / "auc_by_arm.png"
-    g.savefig(out["auc"], dpi=200, bbox_inches="tight")
-    plt.close(g.figure)
+    def save(fig, name):
+        path = outdir / f"{name}.png"
+        fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
+        plt.close(fig)
+        out.setdefault(name.rsplit("_", 1)[0], []).append(path)
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    sns.scatterplot(data=data, x="energy_kwh", y="test_auc", hue="arm_label", style="panel", s=60, ax=ax)
-    ax.set_xscale("log")
-    ax.set_xlabel("training energy per run (kWh, log scale)")
-    ax.set_ylabel("test AUC")
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    out["cost"] = outdir / "auc_vs_energy.png"
-    fig.savefig(out["cost"], dpi=200, bbox_inches="tight")
-    plt.close(fig)
+    def title(ax, dataset, size, fraction):
+        many = len(fractions) > 1
+        ax.set_title(f"{dataset} @ {size} px" + (f"\n{fraction:g} of train" if many else ""), fontsize=9)
+
+    def grid(part, height, width=None, **kw):
+        ncol = len(fractions)
+        return plt.subplots(len(part), ncol, squeeze=False, layout="constrained",
+                            figsize=(width or min(max(3.3 * ncol, 5.0), 7.5), height * len(part)), **kw)
+
+    def strips(column, xlabel, name):
+        for k, part in enumerate(parts, 1):
+            fig, axes = grid(part, 0.22 * len(order) + 0.8, width=6.5 if len(fractions) > 1 else 5.5,
+                             sharey=True, sharex="row")
+            for i, (dataset, size) in enumerate(part):
+                for j, fraction in enumerate(fractions):
+                    ax = axes[i, j]
+                    d = runs[(runs["dataset"] == dataset) & (runs["size"] == size) & (runs["fraction"] == fraction)]
+                    sns.stripplot(data=d, x=column, y="arm_label", order=order, hue="arm_label", hue_order=order,
+                                  palette=colours, size=5, jitter=0.15, legend=False, ax=ax)
+                    sns.pointplot(data=d, x=column, y="arm_label", order=order, color="black", markers="|",
+                                  errorbar="sd", linestyle="none", ax=ax)
+                    title(ax, dataset, size, fraction)
+                    ax.set(xlabel="", ylabel="")
+            fig.supxlabel(xlabel, fontsize=9)
+            save(fig, f"{name}_{k}")
+
+    metric = v["metric"]
+    strips(f"test_{metric}", f"test {res.metric} (each point a seed; black: mean ± sd)", "scores")
+    strips("test_ece", "test expected calibration error (lower is better; each point a seed)", "calibration")
+
+    c = res.comparisons
+    if len(c):
+        rows = sorted(set(zip(c["dataset"], c["size"], c["arm"])), reverse=True)
+        fig, axes = plt.subplots(1, len(fractions), squeeze=False, sharey=True, sharex=True, layout="constrained",
+                                 figsize=(7.0 if len(fractions) > 1 else 5.0, 0.28 * len(rows) + 1.2))
+        for ax, fraction in zip(axes[0], fractions):
+            ax.axvspan(-v["rope"], v["rope"], color="0.85", zorder=0)
+            ax.axvline(0, color="0.4", lw=0.8)
+            for y, (dataset, size, arm) in enumerate(rows):
+                r = c[(c["dataset"] == dataset) & (c["size"] == size) & (c["arm"] == arm) & (c["fraction"] == fraction)]
+                if r.empty:
+                    continue
+                r = r.iloc[0]
+                colour, marker = DECISION_STYLE[r["decision"]]
+                if not math.isnan(r["lo"]):
+                    ax.plot([r["lo"], r["hi"]], [y, y], color=colour, lw=2)
+                ax.plot(r["diff"], y, marker=marker, color=colour, ms=6, ls="none")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=3))
+            if len(fractions) > 1:
+                ax.set_title(f"{fraction:g} of train", fontsize=9)
+        axes[0, 0].set_yticks(range(len(rows)), [f"{d} @ {s} px: {res.labels[a]}" for d, s, a in rows])
+        handles = [plt.Rectangle((0, 0), 1, 1, color="0.85", label=f"ROPE ±{v['rope']:g}")]
+        handles += [plt.Line2D([], [], marker=m, color=col, ls="none", label=d)
+                    for d, (col, m) in DECISION_STYLE.items() if d in set(c["decision"])]
+        fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=8, frameon=False)
+        fig.supxlabel(f"{res.metric}: large arm − best small arm (mean paired difference, {v['confidence']:.0%} CI)",
+                      fontsize=9)
+        save(fig, "forest")
+
+    for k, part in enumerate(parts, 1):
+        fig, axes = grid(part, 2.5)
+        for i, (dataset, size) in enumerate(part):
+            for j, fraction in enumerate(fractions):
+                ax = axes[i, j]
+                g = summary[(summary["dataset"] == dataset) & (summary["size"] == size) & (summary["fraction"] == fraction)]
+                front = g[g["front"]].sort_values("energy_kwh")
+                ax.step(front["energy_kwh"], front["score_mean"], where="post", color="0.3", lw=1, ls="--", zorder=1)
+                for r in g.itertuples():
+                    ax.errorbar(r.energy_kwh, r.score_mean, yerr=0 if math.isnan(r.score_sd) else r.score_sd, fmt="o",
+                                color=colours[r.arm_label], ms=6, mec="black" if r.front else "none", capsize=2, zorder=2)
+                ax.set_xscale("log")
+                lo, hi = g["energy_kwh"].min(), g["energy_kwh"].max()
+                ax.set_xlim(lo / 2, max(hi * 2, lo * 20))  # at least a decade, so the log axis gets labelled ticks
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                title(ax, dataset, size, fraction)
+        fig.supxlabel("energy per training run (kWh, log scale)", fontsize=9)
+        fig.supylabel(f"test {res.metric} (mean ± sd over seeds)", fontsize=9)
+        handles = [plt.Line2D([], [], marker="o", ls="none", color=colours[lbl], ms=6, label=lbl) for lbl in order]
+        handles.append(plt.Line2D([], [], color="0.3", ls="--", label="Pareto front (outlined points)"))
+        fig.legend(handles=handles, loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+        save(fig, f"pareto_{k}")
+
+    if len(fractions) > 1 and len(c):
+        wrap = min(len(tasks), 3)
+        fig, axes = plt.subplots(math.ceil(len(tasks) / wrap), wrap, squeeze=False, sharey=True, layout="constrained",
+                                 figsize=(2.4 * wrap, 2.3 * math.ceil(len(tasks) / wrap)))
+        for ax, (dataset, size) in zip(axes.flat, tasks):
+            ax.axhspan(-v["rope"], v["rope"], color="0.85", zorder=0)
+            for arm, d in c[(c["dataset"] == dataset) & (c["size"] == size)].groupby("arm"):
+                d, colour = d.sort_values("fraction"), colours[res.labels[arm]]
+                ax.fill_between(d["fraction"], d["lo"], d["hi"], color=colour, alpha=0.2)
+                ax.plot(d["fraction"], d["diff"], marker="o", color=colour)
+            ax.set_xscale("log")
+            ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_title(f"{dataset} @ {size} px", fontsize=9)
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.axis("off")
+        fig.supxlabel("fraction of the training split (log scale)", fontsize=9)
+        fig.supylabel(f"{res.metric} gain over best small arm", fontsize=9)
+        large = [lbl for lbl in order if lbl in set(c["arm"].map(res.labels))]
+        fig.legend(handles=[plt.Line2D([], [], marker="o", color=colours[lbl], label=lbl) for lbl in large],
+                   loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+        save(fig, "efficiency")
     return out
 
 
-def document(runs: pd.DataFrame, config: dict, figs: dict[str, Path]) -> str:
-    labels = arm_labels(runs, config)
-    summary = summary_by_arm(runs)
-    code = provenance.code_version()
-    doc = [
-        '#set page(paper: "a4", margin: 2cm, numbering: "1")',
-        '#set text(size: 10pt)',
-        '#set heading(numbering: "1.")',
-        f"#align(center)[#text(size: 16pt, weight: \"bold\")[{esc(config['title'])}] \\ "
-        f"study {esc(config['study'])}: {len(runs)} runs, code {esc(code['commit'][:12])}]",
-        "= Verdict",
-        "_The paired statistics and the verdict are not computed yet in this version of the report._",
-        "= Results",
-        f"Test metrics per arm (mean ± sd over seeds). {NOT_PUBLISHED}: at least one run of this arm used "
-        "weights that are *not* the published pretrained weights (a local or self-made file); its numbers do "
-        "not stand for the published model.",
-        table(
-            ["dataset", "arm", "n", "AUC", "ACC", "params (M)", "MFLOPs/img", "train s", "kWh", "CO2e g"],
-            [[esc(f"{r.dataset}@{r.size}"), esc(labels[r.arm]), r.n, f"{r.auc_mean:.3f} ± {r.auc_sd:.3f}",
-              f"{r.acc_mean:.3f} ± {r.acc_sd:.3f}", f"{r.params / 1e6:.2f}", f"{r.flops / 1e6:.0f}",
-              f"{r.train_seconds:.0f}", f"{r.energy_kwh:.2e}", f"{1000 * r.co2e_kg:.2f}"]
-             for r in summary.itertuples()],
-        ),
-        f'#figure(image("{figs["auc"].name}", width: 100%), caption: [Test AUC of every run.])',
-        f'#figure(image("{figs["cost"].name}", width: 90%), caption: [Test AUC against training energy.])',
-        "= Appendix: runs",
-        table(
-            ["arm", "data", "frac", "seed", "AUC", "MLflow run", "weights"],
-            [[esc(labels[r.arm]), esc(f"{r.dataset}@{r.size}"), r.fraction, r.seed, f"{r.test_auc:.3f}",
-              f"#text(size: 7pt)[{esc(r.mlflow_run_id)}]", f"#text(size: 7pt)[{esc(r.weights_source)}]"]
-             for r in runs.itertuples()],
-        ),
+# --- the sections ----------------------------------------------------------------------------------------------
+
+
+def summary_section(res: Results) -> list:
+    v, c = res.config["verdict"], res.comparisons
+    large = [a for a in sorted(res.labels) if a in set(c["arm"])]
+    rows = []
+    for (dataset, size, fraction), g in c.groupby(stats.CELL, sort=True):
+        first = g.iloc[0]
+        row = [f"{dataset} @ {size} px", f"{fraction:g}", f"{res.labels[first.small_arm]}\n{first.small_mean:.3f}"]
+        for arm in large:
+            r = g[g["arm"] == arm]
+            row.append("–" if r.empty else
+                       f"{r.iloc[0].decision}\n{r.iloc[0]['diff']:+.3f} {ci(r.iloc[0].lo, r.iloc[0].hi, '.3f')}")
+        rows.append(row)
+    blocks = [
+        Heading("Summary"),
+        Para(f"Question: {res.config['title']}"),
+        Para(f"How it is decided: each large arm is paired by seed with the best small arm of the same dataset, image "
+             f"size and training fraction (the small arm with the highest mean validation {res.metric}). The "
+             f"{v['confidence']:.0%} bootstrap confidence interval of the mean paired difference in test {res.metric} decides "
+             f"against a region of practical equivalence (ROPE) of ±{v['rope']:g}: better if it lies above "
+             f"+{v['rope']:g}, worse if below −{v['rope']:g}, equivalent if inside, undecided otherwise."),
+        Table(["dataset", "train frac.", "best small arm"] + [res.labels[a] for a in large], rows,
+              widths=[1.2, 0.6, 1.1] + [1.6] * len(large), size=8 if len(large) < 4 else 6.5,
+              caption=f"Verdict per dataset: decision, then mean difference in test {res.metric} with its "
+                      f"{v['confidence']:.0%} CI (large arm minus best small arm)."),
+        Para("Overall: " + stats.verdict_sentence(res.overall, v["rope"], v["metric"], res.labels), strong=True),
     ]
-    return "\n\n".join(doc)
+    total = stats.study_total(res.runs)
+    blocks.append(Para(f"The study's {total['runs']} training runs took {total['train_hours']:.2f} h of training, "
+                       f"{total['energy_kwh']:.3g} kWh and {1000 * total['co2e_kg']:.3g} g CO2e (see Costs)."))
+    if NOT_PUBLISHED in "".join(res.labels.values()):
+        blocks.append(Para(f"{NOT_PUBLISHED} At least one run of this arm used weights that are NOT the published "
+                           "pretrained weights (a self-made or local file): its numbers do not stand for the published "
+                           "model and must not be cited as such."))
+    return blocks + [PageBreak()]
+
+
+def methods_section(res: Results) -> list:
+    cfg, runs = res.config, res.runs
+    design, v = cfg["design"], cfg["verdict"]
+    arms = design["arms"]
+    seeds = design["seeds"] if isinstance(design["seeds"], list) else list(range(1, design["seeds"] + 1))
+    data_rows = []
+    for entry in cfg["data"]["datasets"]:
+        for size in entry["sizes"]:
+            r = runs[(runs["dataset"] == entry["flag"]) & (runs["size"] == size)]
+            full = r.loc[r["fraction"] == r["fraction"].max(), "n_train"] if len(r) else pd.Series(dtype=float)
+            data_rows.append([entry["flag"], f"{size} px", r["task"].iloc[0] if len(r) else "–",
+                              num(full.max() if len(full) else math.nan, ".0f")])
+    arm_rows = []
+    for name in arms:
+        a = cfg["arms"][name]
+        weights = (f"pretrained ({a['weights_tag'] or 'timm default'})" if a["pretrained"] else "scratch") + (
+            f", file {a['weights_file']}" if a.get("weights_file") else "")
+        arm_rows.append([f"{name}\n{res.labels.get(name, a.get('label') or name)}", a["group"], a["model"], weights,
+                         a["train"], str(a["input_size"] or "data size"), a["recipe"], a.get("reproduces") or "–"])
+    recipe_rows = []
+    for name in sorted({cfg["arms"][a]["recipe"] for a in arms}):
+        r = cfg["recipes"][name]
+        sched = r["scheduler"] + (f" at {r['milestones']} ×{r['gamma']}" if r["scheduler"] == "multistep" else "")
+        recipe_rows.append([name, r["optimizer"], f"{r['lr']:g}", f"{r['weight_decay']:g}", r["batch_size"], r["epochs"],
+                            sched, r["resize"], r["normalize"], r["augment"], r["select"],
+                            r.get("early_stop_patience") or "–"])
+    hw = cfg["hardware"]
+    devices = ", ".join(f"{d}: {h} ({n} runs)" for (d, h), n in runs.groupby(["device", "hardware"]).size().items())
+    return [
+        Heading("Methods"),
+        Para(f"Generated from the resolved configuration of study {cfg['study']}. Design: {len(arms)} arms × "
+             f"{sum(len(d['sizes']) for d in cfg['data']['datasets'])} dataset(s) × {len(design['fractions'])} training "
+             f"fraction(s) ({', '.join(f'{f:g}' for f in design['fractions'])}; stratified, seeded subsets of the training "
+             f"split) × {len(seeds)} seeds ({', '.join(map(str, seeds))}); the seed drives initialisation, subsampling, "
+             f"shuffling and augmentation. {len(runs)} runs are in the run table."),
+        Table(["dataset", "image size", "task", "training images (largest fraction)"], data_rows,
+              widths=[1.5, 1, 1, 1.5], caption="Datasets (MedMNIST 2D; official train / validation / test splits)."),
+        Table(["arm", "group", "timm model", "weights", "training", "input size", "recipe", "reproduces"], arm_rows,
+              widths=[2.2, 0.8, 2.2, 1.8, 1.1, 0.9, 1.3, 1.8], size=7.5, caption="Arms (model recipes)."),
+        Table(["recipe", "optimizer", "lr", "weight decay", "batch", "epochs", "schedule", "resize", "normalise",
+               "augment", "select on", "early stop"], recipe_rows,
+              widths=[1.5, 1, 0.8, 0.8, 0.7, 0.7, 1.6, 0.9, 1, 0.9, 0.9, 0.7], size=7,
+              caption="Training recipes; the weights of the epoch best on `select on` are tested once."),
+        Para(f"Hardware: device setting {hw['device']}; runs ran on {devices}. Energy is measured per run "
+             f"({'; '.join(runs['energy_method'].unique())}); CO2e uses the grid intensity of {hw['country_iso_code']}."),
+        Para(f"Statistics (scaleaudit.stats): runs are paired by (dataset, size, fraction, seed). The mean paired "
+             f"difference gets a percentile bootstrap CI ({v['bootstrap']} resamples of the seeds, {v['confidence']:.0%}); "
+             f"the probability of improvement is P(large > small) + P(tie)/2 over pairs of runs; the paired Wilcoxon "
+             f"signed-rank p-value is Holm-adjusted over all comparisons of the study (with n seeds the smallest "
+             f"possible two-sided p is 2/2^n: {2 / 2 ** len(seeds):.3g} here). Undecided comparisons get an estimate of "
+             f"the seeds that would likely decide them: (z·sd / distance from the mean to the nearest ROPE edge)². Across "
+             f"datasets, the interquartile mean (IQM) of the paired differences with a stratified bootstrap CI and the "
+             f"task-averaged probability of improvement follow Agarwal et al. (NeurIPS 2021), as the rliable package "
+             f"computes them. Metric: test {res.metric} (MedMNIST conventions); ROPE ±{v['rope']:g}."),
+    ]
+
+
+def figure_blocks(paths: list[Path], caption: str) -> list:
+    """One figure block per part, numbered when a figure was split (see DATASETS_PER_FIGURE)."""
+    return [Figure(p, caption + (f" (part {k} of {len(paths)})" if len(paths) > 1 else ""))
+            for k, p in enumerate(paths, 1)]
+
+
+def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
+    v, c = res.config["verdict"], res.comparisons
+    L = res.labels
+    summary_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.n, f"{r.score_mean:.3f} ± {num(r.score_sd)}",
+                     num(r.acc_mean), num(r.ece_mean)] for r in res.summary.itertuples()]
+    comp_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], L[r.small_arm], r.n, f"{r.diff:+.3f}", ci(r.lo, r.hi),
+                  num(r.p_improve, ".2f"), num(r.p_wilcoxon, ".3f"), num(r.p_holm, ".3f"), r.decision,
+                  "–" if r.seeds_needed is pd.NA else f"≈{r.seeds_needed}"] for r in c.itertuples()]
+    over_rows = [[L[r.arm], r.tasks, r.runs, f"{r.iqm_diff:+.3f}", ci(r.lo, r.hi), f"{r.p_improve:.2f}", r.decision]
+                 for r in res.overall.itertuples()]
+    iqm_rows = [[L[r.arm], r.group, r.tasks, f"{r.iqm:.3f}", ci(r.lo, r.hi, ".3f")] for r in res.iqm.itertuples()]
+    hours = "accelerator-hour" if c.empty or c["hours"].iloc[0] == "accelerator_hours" else "device-hour"
+    cost_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], f"{r.diff:+.3f}", num(r.extra_kwh, ".3g"),
+                  num(r.energy_ratio, ".3g") + "×", num(r.gain_per_kwh, ".3g"), num(r.extra_hours, ".3g"),
+                  num(r.gain_per_hour, ".3g")] for r in c.itertuples()]
+    blocks = [
+        Heading("Results"),
+        Heading("Scores per dataset", 2),
+        *figure_blocks(figs["scores"], f"Test {res.metric} of every run, per dataset (each point one seed; black bar: mean ± sd)."),
+        Table(["dataset", "fraction", "arm", "seeds", f"test {res.metric} (mean ± sd)", "test ACC", "test ECE"],
+              summary_rows, widths=[1.5, 0.7, 2.2, 0.6, 1.5, 0.8, 0.8], size=8, caption="Test metrics per arm."),
+        Heading("Paired differences", 2),
+    ]
+    if "forest" in figs:
+        blocks += figure_blocks(figs["forest"], f"Forest plot: mean paired difference to the best small arm with its "
+                                              f"{v['confidence']:.0%} bootstrap CI; grey band: ROPE.")
+    blocks += [
+        Table(["dataset", "frac.", "large arm", "best small arm", "pairs", f"Δ {res.metric}", f"{v['confidence']:.0%} CI",
+               "P(impr.)", "p Wilc.", "p Holm", "decision", "seeds needed"], comp_rows,
+              widths=[1.3, 0.5, 1.7, 1.5, 0.5, 0.7, 1.4, 0.6, 0.6, 0.6, 0.9, 0.7], size=7,
+              caption="Each large arm against the best small arm, paired by seed."),
+        Heading("Across datasets", 2),
+        Table(["large arm", "tasks", "paired runs", f"IQM Δ {res.metric}", f"{v['confidence']:.0%} CI (stratified)",
+               "P(improve)", "decision"], over_rows, widths=[2, 0.6, 0.8, 1, 1.5, 0.9, 1], size=8,
+              caption="Interquartile mean of the paired differences over all tasks (dataset × size × fraction)."),
+        Table(["arm", "group", "tasks", f"IQM test {res.metric}", f"{v['confidence']:.0%} CI (stratified)"], iqm_rows,
+              widths=[2.2, 0.8, 0.6, 1.2, 1.6], size=8, caption="Interquartile mean score of each arm over all tasks."),
+        Heading("Performance against cost", 2),
+        *figure_blocks(figs["pareto"], f"Test {res.metric} against training energy per run (log scale); dashed: the "
+                                       "Pareto front (no other arm is both cheaper and better)."),
+        Table(["dataset", "fraction", "large arm", f"Δ {res.metric}", "extra kWh", "energy ×", f"Δ per extra kWh",
+               f"extra {hours}s", f"Δ per extra {hours}"], cost_rows,
+              widths=[1.4, 0.6, 1.8, 0.7, 0.8, 0.7, 0.9, 0.8, 0.9], size=7.5,
+              caption="Cost-normalised gain against the best small arm (per-run means); – where the large arm costs no more."),
+    ]
+    if hours == "device-hour":
+        blocks.append(Para("No run used an accelerator (accelerator-hours are 0), so the time cost is given in "
+                           "device-hours (wall-clock hours on the CPU) instead."))
+    blocks.append(Heading("Data efficiency", 2))
+    if "efficiency" in figs:
+        eff = stats.data_efficiency(c)
+        fracs = [col for col in eff.columns if isinstance(col, float)]
+        blocks += [
+            *figure_blocks(figs["efficiency"], f"Gain over the best small arm against the training fraction (band: "
+                                       f"{v['confidence']:.0%} CI; grey: ROPE)."),
+            Table(["dataset", "large arm"] + [f"Δ at {f:g}" for f in fracs],
+                  [[f"{r['dataset']} @ {r['size']} px", L[r["arm"]]] + [num(r[f], "+.3f") for f in fracs]
+                   for _, r in eff.iterrows()], size=8, caption="Mean paired gain per training fraction."),
+        ]
+    else:
+        only = ", ".join(f"{f:g}" for f in sorted(res.runs["fraction"].unique()))
+        blocks.append(Para(f"One fraction only ({only}): the gain as a function of training-set size needs several "
+                           "values under design.fractions (e.g. 0.1, 0.3, 1.0)."))
+    blocks += [
+        Heading("Calibration", 2),
+        *figure_blocks(figs["calibration"], "Expected calibration error on the test split (15 bins; each point one seed)."),
+    ]
+    return blocks
+
+
+def reproduction_section(res: Results) -> list:
+    rep = res.reproduction
+    blocks = [Heading("Reproduction check")]
+    if rep.empty:
+        return blocks + [Para("No arm of this study names a published result (arm key `reproduces:`) for the "
+                              "datasets and sizes it ran, so nothing is compared with the literature.")]
+    rows = [[res.labels[r.arm], f"{r.dataset} @ {r.size} px", f"{r.paper}\n{r.reference}", r.n,
+             f"{r.auc:.3f} ± {num(r.auc_sd)}", f"{r.pub_auc:.3f}", f"{r.auc_diff:+.3f}",
+             f"{r.acc:.3f} ± {num(r.acc_sd)}", f"{r.pub_acc:.3f}", f"{r.acc_diff:+.3f}",
+             "–" if r.within is None else ("yes" if r.within else "no")] for r in rep.itertuples()]
+    blocks.append(Table(["arm", "dataset", "published (id)", "seeds", "AUC here", "AUC paper", "Δ AUC", "ACC here",
+                         "ACC paper", "Δ ACC", "within spread"], rows,
+                        widths=[1.5, 1.2, 2.6, 0.5, 1.1, 0.7, 0.7, 1.1, 0.7, 0.7, 0.7], size=7,
+                        caption="Reproduced test metrics (full training set, mean ± sd over seeds) beside the published "
+                                "ones; within spread: the published AUC lies within 2 sd of the reproduced mean."))
+    differs = rep[rep["recipe"] != rep["protocol"]]
+    for r in differs.drop_duplicates(["arm", "recipe"]).itertuples():
+        blocks.append(Para(f"{res.labels[r.arm]} was trained with recipe {r.recipe}, not the published protocol "
+                           f"{r.protocol}: the comparison shows how far this recipe is from the paper, not a failed "
+                           "reproduction of it."))
+    return blocks
+
+
+def costs_section(res: Results) -> list:
+    s, L = res.summary, res.labels
+    hours = stats.hours_column(res.runs).replace("_", "-").replace("hours", "h")
+    rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], f"{r.params / 1e6:.2f}", f"{r.flops / 1e9:.3g}",
+             f"{r.train_seconds:.0f}", f"{r.hours:.3g}", f"{r.peak_mem_mb:.0f}", f"{r.energy_kwh:.3g}",
+             f"{1000 * r.co2e_kg:.3g}"] for r in s.itertuples()]
+    t = stats.study_total(res.runs)
+    return [
+        Heading("Costs"),
+        Table(["dataset", "fraction", "arm", "params (M)", "GFLOPs / image", "train s / run", f"{hours} / run",
+               "peak MB", "kWh / run", "g CO2e / run"], rows,
+              widths=[1.4, 0.6, 2, 0.7, 0.8, 0.8, 0.8, 0.7, 0.8, 0.8], size=7.5,
+              caption="Cost per arm (means over seeds; peak memory: the maximum; FLOPs: one forward pass)."),
+        Para(f"Total spent by the study's training runs: {t['runs']} runs, {t['train_hours']:.3g} h training time, "
+             f"{t['device_hours']:.3g} device-hours, {t['accelerator_hours']:.3g} accelerator-hours, "
+             f"{t['energy_kwh']:.3g} kWh, {1000 * t['co2e_kg']:.3g} g CO2e (data download and this report not included)."),
+    ]
+
+
+def appendix_section(res: Results) -> list:
+    runs, L = res.runs, res.labels
+    versions = runs.groupby(["torch_version", "timm_version"]).size()
+    commits = runs.groupby(["code_commit", "code_dirty"]).size()
+    data = runs.drop_duplicates(["dataset", "size"])
+    weights = runs.drop_duplicates("arm")
+    report_env = provenance.package_versions()
+    run_rows = [[L[r.arm], cell_name(r), f"{r.fraction:g}", r.seed, f"{getattr(r, 'test_' + res.config['verdict']['metric']):.3f}",
+                 r.config_hash, r.mlflow_run_id or "–"] for r in runs.sort_values(["dataset", "size", "arm", "fraction", "seed"]).itertuples()]
+    return [
+        PageBreak(),
+        Heading("Appendix: provenance"),
+        Table(["torch", "timm", "runs"], [[t, m, n] for (t, m), n in versions.items()], widths=[1, 1, 1], size=8,
+              caption="Software versions the runs were trained with."),
+        Para("Report rendered with: " + ", ".join(f"{k} {v}" for k, v in report_env.items()) + "."),
+        Table(["code commit", "uncommitted changes", "runs"], [[c, str(d), n] for (c, d), n in commits.items()],
+              widths=[3, 1, 0.6], size=8, caption="Code the runs were trained with."),
+        Table(["dataset", "data SHA-256"], [[cell_name(r), r.data_sha256] for r in data.itertuples()],
+              widths=[1, None], size=7.5, caption="Checksums of the data files."),
+        Table(["arm", "weights", "published", "weights SHA-256"],
+              [[L[r.arm], r.weights_source, "yes" if r.weights_published else f"NO {NOT_PUBLISHED}", r.weights_sha256 or "–"]
+               for r in weights.itertuples()], widths=[1.2, 1.6, 0.6, None], size=6.5, caption="Model weights."),
+        Table(["arm", "dataset", "fraction", "seed", f"test {res.metric}", "config hash", "MLflow run id"], run_rows,
+              widths=[1.8, 1.4, 0.6, 0.4, 0.6, None, None], size=7, caption="Every run."),
+    ]
+
+
+def document(res: Results, figs: dict[str, Path]) -> Document:
+    code = provenance.code_version()
+    doc = Document(res.config["title"],
+                   f"study {res.config['study']}: {len(res.runs)} runs; report code {code['commit'][:12]}")
+    doc.blocks = (summary_section(res) + methods_section(res) + results_section(res, figs) + reproduction_section(res)
+                  + costs_section(res) + appendix_section(res))
+    return doc
 
 
 def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: str | os.PathLike,
           assets: str | os.PathLike | None = None) -> None:
+    """Write the PDF and, next to it, the same report as Markdown (``.md``); figures go to ``assets``."""
     import typst
 
-    runs = pd.read_csv(runs_csv)
+    # hashes and ids stay text (an all-digit hash is no number); an empty cell means none
+    runs = pd.read_csv(runs_csv, dtype=dict.fromkeys(TEXT_COLUMNS, str))
+    runs[TEXT_COLUMNS] = runs[TEXT_COLUMNS].fillna("")
     config = read_json(config_json)
-    assets = Path(assets) if assets else Path(out_pdf).with_suffix("")
+    out_pdf = Path(out_pdf)
+    assets = Path(assets) if assets else out_pdf.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
-    figs = figures(runs, arm_labels(runs, config), assets)
+    res = Results.of(runs, config)
+    doc = document(res, figures(res, assets))
     source = assets / "report.typ"
-    write_text(source, document(runs, config, figs))
+    write_text(source, to_typst(doc))
     with atomic_path(out_pdf) as tmp:
         typst.compile(str(source), output=str(tmp), root=str(assets), format="pdf")
+    md = out_pdf.with_suffix(".md")
+    write_text(md, to_markdown(doc, md.parent))

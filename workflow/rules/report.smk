@@ -29,16 +29,17 @@ rule aggregate:
 
 
 rule report:
-    """The study report: figures, tables and (later) the verdict, as a PDF."""
+    """The study report: the verdict, methods, results, costs and provenance, as PDF and the same as Markdown."""
     input:
         runs=RUN_TABLE,
         config=f"{RESULTS}/config.resolved.json",
     output:
-        REPORT,
+        pdf=REPORT,
+        markdown=REPORT.removesuffix(".pdf") + ".md",
     params:
         assets=f"{RESULTS}/report",
     log:
         f"{LOGS}/report.log",
     shell:
         "scaleaudit report --runs {input.runs} --config {input.config} --assets {params.assets} "
-        "--out {output} > {log} 2>&1"
+        "--out {output.pdf} > {log} 2>&1"

@@ -1,0 +1,92 @@
+"""The report: rendered to PDF and Markdown from a synthetic run table, its text checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from runtable import make_config, make_runs
+
+from scaleaudit import report
+
+pypdf = pytest.importorskip("pypdf")
+
+DATASETS = (("breastmnist", 28), ("pneumoniamnist", 28))
+FIGS = {name: [Path(f"/figs/{name}_1.png")] for name in ("scores", "calibration", "pareto", "forest")}
+
+
+def markdown(runs, **verdict) -> str:
+    """The report's content without drawing figures (fast)."""
+    res = report.Results.of(runs, make_config(runs, **verdict))
+    return report.to_markdown(report.document(res, FIGS), Path("/"))
+
+
+def test_pdf_and_markdown_carry_summary_table_and_appendix(tmp_path):
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS, fractions=(0.3, 1.0), published=False)
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
+    pdf = tmp_path / "reports" / "synthetic.pdf"
+
+    report.build(tmp_path / "runs.csv", tmp_path / "config.json", pdf, assets=tmp_path / "assets")
+
+    text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(pdf).pages).split())
+    # the one-page summary: verdict table per dataset and the overall sentence that the numbers support
+    assert "Verdict per dataset" in text
+    assert "breastmnist @ 28 px" in text and "pneumoniamnist @ 28 px" in text
+    assert "better" in text and "Overall: Scale pays" in text
+    # the sections the issue asks for
+    for section in ("Methods", "Results", "Paired differences", "Across datasets", "Performance against cost",
+                    "Data efficiency", "Calibration", "Reproduction check", "Costs", "Appendix: provenance"):
+        assert section in text, section
+    # the appendix: every run's MLflow id and config hash, the data checksums, versions and commit
+    for r in runs.itertuples():
+        assert r.mlflow_run_id in text and r.config_hash in text
+    assert "breastmnist-sha256-0123456789abcdef" in text and "2.14.1" in text and runs["code_commit"][0] in text
+    # weights that are not the published ones are flagged, and their source is shown
+    assert f"Vit B16 Pretrained {report.NOT_PUBLISHED}" in text and "NOT the published" in text
+    assert "vit_base_patch16_224.augreg_in21k_ft_in1k" in text
+    # reproduction beside the published MedMNIST v2 number (breastmnist ResNet-18 at 28 px: AUC 0.901)
+    assert "0.901" in text and "medmnist_v2/resnet18_28" in text
+
+    md = (pdf.with_suffix(".md")).read_text()
+    assert "Overall: Scale pays" in md and "| breastmnist @ 28 px |" in md
+    for name in ("scores_1", "forest", "pareto_1", "efficiency", "calibration_1"):
+        assert (tmp_path / "assets" / f"{name}.png").stat().st_size > 0
+        assert f"](../assets/{name}.png)" in md  # relative to the .md file
+
+
+def test_verdict_follows_the_runs():
+    gain = markdown(make_runs({"vit_b16_pretrained": 0.05}))
+    none = markdown(make_runs({"vit_b16_pretrained": 0.0}, seeds=10, noise=0.002))
+    assert "Overall: Scale pays" in gain and "Overall: Scale does not pay" in none
+    # the threshold comes from the config
+    assert "Overall: Scale pays" not in markdown(make_runs({"vit_b16_pretrained": 0.05}), rope=0.1)
+
+
+def test_single_fraction_and_cpu_runs_are_said_not_hidden():
+    md = markdown(make_runs(accelerator=False))
+    assert "One fraction only (1)" in md
+    assert "device-hours" in md and "accelerator-hours are 0" in md
+    assert "accelerator-hours are 0" not in markdown(make_runs(accelerator=True))
+
+
+def test_typst_escapes_markup_in_values():
+    assert report.esc("a//b #x [y] *z* -1 = _") == r"a\/\/b \#x \[y\] \*z\* \-1 \= \_"
+
+
+def test_reproduces_is_checked_and_leaves_training_alone():
+    from conftest import REPO
+
+    from scaleaudit import config
+    from scaleaudit.errors import ScaleauditError
+
+    full, demo = REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml"
+    cfg = config.load(full, demo)
+    assert cfg["arms"]["resnet18_scratch"]["reproduces"] == "medmnist_v2/resnet18_28"
+    # a report-only key: the run's spec and hash (and so Snakemake's re-run decision) do not see it
+    other = config.load(full, demo, overrides={"arms": {"resnet18_scratch": {"reproduces": None}}})
+    assert (config.run_spec(cfg, "breastmnist", 28, "resnet18_scratch", 1.0, 1)
+            == config.run_spec(other, "breastmnist", 28, "resnet18_scratch", 1.0, 1))
+    with pytest.raises(ScaleauditError, match="unknown published result 'medmnist_v2/resnet19_28'"):
+        config.load(full, demo, overrides={"arms": {"resnet18_scratch": {"reproduces": "medmnist_v2/resnet19_28"}}})
