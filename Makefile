@@ -33,4 +33,4 @@ lint: $(STAMP)  ## snakemake --lint
 	$(RUN) snakemake --lint --configfile config/demo.yaml
 
 clean:  ## remove results, logs and reports (keeps the venv)
-	rm -rf results logs .snakemake reports/*.pdf reports/demo reports/full
+	rm -rf results logs .snakemake reports/*.pdf reports/*.md reports/demo reports/full

@@ -90,3 +90,11 @@ def test_reproduces_is_checked_and_leaves_training_alone():
             == config.run_spec(other, "breastmnist", 28, "resnet18_scratch", 1.0, 1))
     with pytest.raises(ScaleauditError, match="unknown published result 'medmnist_v2/resnet19_28'"):
         config.load(full, demo, overrides={"arms": {"resnet18_scratch": {"reproduces": "medmnist_v2/resnet19_28"}}})
+
+
+def test_report_needs_no_training_stack():
+    import subprocess
+    import sys
+
+    code = "import sys, scaleaudit.report; print(sorted({'torch', 'timm', 'mlflow', 'codecarbon'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -101,6 +101,16 @@ def test_stratified_bootstrap_resamples_within_tasks():
     # constant tasks: any within-task resample gives the same IQM, so the CI collapses onto it
     lo, hi = stats.stratified_bootstrap_ci([[1.0, 1.0], [3.0, 3.0]], stats.iqm, 0.95, 200, rng)
     assert lo == hi == 2.0
+    # one run in a task shows no spread: no interval rather than a falsely narrow one
+    assert all(map(math.isnan, stats.stratified_bootstrap_ci([[1.0], [3.0, 3.5]], stats.iqm, 0.95, 200, rng)))
+
+
+def test_one_seed_is_never_decided():
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=1, datasets=DATASETS)
+    assert set(decision(runs)) == {"undecided"}
+    over = stats.overall(runs, n_boot=100)
+    assert over.loc[0, "decision"] == "undecided"
+    assert "no CI: fewer than 2 seeds" in stats.verdict_sentence(over, 0.01, "auc")
 
 
 def test_cost_normalised_gain_uses_device_hours_without_accelerator():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import config as study_config
 from . import provenance, stats
 from .files import atomic_path, read_json, write_text
 
@@ -169,7 +170,7 @@ def arm_labels(runs: pd.DataFrame, config: dict) -> dict[str, str]:
     }
 
 
-# --- figures ---------------------------------------------------------------------------------------------------
+# --- what the report shows -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -199,6 +200,9 @@ class Results:
     @property
     def metric(self) -> str:
         return self.config["verdict"]["metric"].upper()
+
+
+# --- figures ---------------------------------------------------------------------------------------------------
 
 
 def figures(res: Results, outdir: Path) -> dict[str, list[Path]]:
@@ -379,7 +383,7 @@ def methods_section(res: Results) -> list:
     cfg, runs = res.config, res.runs
     design, v = cfg["design"], cfg["verdict"]
     arms = design["arms"]
-    seeds = design["seeds"] if isinstance(design["seeds"], list) else list(range(1, design["seeds"] + 1))
+    seeds = study_config.seeds(cfg)
     data_rows = []
     for entry in cfg["data"]["datasets"]:
         for size in entry["sizes"]:

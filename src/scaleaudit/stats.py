@@ -154,9 +154,10 @@ def iqm(values) -> float:
 
 def stratified_bootstrap_ci(tasks: list, stat, confidence: float, n_boot: int,
                             rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile CI of ``stat(list of per-task arrays)``, resampling runs with replacement within each task."""
+    """Percentile CI of ``stat(list of per-task arrays)``, resampling runs with replacement within each task.
+    NaN when a task has fewer than 2 runs: resampling one run shows no spread, and the CI would be falsely narrow."""
     tasks = [np.asarray(t, dtype=float) for t in tasks]
-    if sum(len(t) for t in tasks) < 2:
+    if not tasks or min(len(t) for t in tasks) < 2:
         return math.nan, math.nan
     boot = [stat([t[rng.integers(0, len(t), len(t))] for t in tasks]) for _ in range(n_boot)]
     alpha = (1 - confidence) / 2
@@ -200,7 +201,8 @@ def verdict_sentence(over: pd.DataFrame, rope: float, metric: str, labels: dict 
         return f"No verdict: the study has no large arm paired with a small arm (same cells and seeds) on {name}."
 
     def desc(r) -> str:
-        return f"{(labels or {}).get(r.arm, r.arm)} ({r.iqm_diff:+.3f} {name}, 95 % CI [{r.lo:+.3f}, {r.hi:+.3f}], over {r.tasks} task(s))"
+        interval = "no CI: fewer than 2 seeds" if math.isnan(r.lo) else f"CI [{r.lo:+.3f}, {r.hi:+.3f}]"
+        return f"{(labels or {}).get(r.arm, r.arm)} ({r.iqm_diff:+.3f} {name}, {interval}, over {r.tasks} task(s))"
 
     by = {d: over[over["decision"] == d].sort_values("iqm_diff", ascending=False) for d in DECISIONS}
     margin = f"more than the practical threshold of ±{rope:g} {name}"
