@@ -69,7 +69,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_result_and_one_mlflow_
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "metrics.json").exists()
-    assert read_json_checkpoint_epoch(out / train.CHECKPOINT) == 1
+    assert _checkpoint_epoch(out / train.CHECKPOINT) == 1
     run_id = (out / "mlflow_run_id").read_text().strip()
 
     rerun = subprocess.run(tiny_study.scaleaudit_cli() + args, env=tiny_study.env(), capture_output=True, text=True,
@@ -89,7 +89,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_result_and_one_mlflow_
     assert sorted(steps) == [1, 2, 3]
 
 
-def read_json_checkpoint_epoch(path) -> int:
+def _checkpoint_epoch(path) -> int:
     import torch
 
     return torch.load(path, weights_only=True)["state"]["epoch"]
@@ -190,11 +190,12 @@ def _metrics(work):
     return sorted((work / "results" / "tiny" / "runs").glob("**/metrics.json"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_mirror, tmp_path):
     from mlflow import MlflowClient
 
     work = tiny_study.copy_workflow(tmp_path / "wf")
-    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_study.TINY_CONFIG | {"design": {"arms": ["cnn_a", "cnn_b"], "seeds": 1}}))
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_study.TINY_CONFIG | {"design": {"arms": ["cnn_a", "cnn_b"], "fractions": [1.0], "seeds": 1}}))
     env = tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror))
     cmd = ["snakemake", "--profile", "workflow/profiles/local", "--configfile", "tiny.yaml", "--cores", "1",
            "results/tiny/runs.csv"]

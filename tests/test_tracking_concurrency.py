@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
 JOBS, STEPS = 8, 15
 
 
@@ -47,3 +49,29 @@ def test_eight_processes_log_to_one_sqlite_store(tmp_path):
         assert (tmp_path / f"job{job}" / "mlflow_run_id").read_text().strip() == run.info.run_id
         for key in ("train_loss", "val_auc", "lr"):
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(1, STEPS + 1))
+
+
+def test_retry_rides_out_locked_database_but_not_other_errors(monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from scaleaudit import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def locked_twice():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("INSERT ...", {}, Exception("database is locked"))
+        return "ok"
+
+    assert tracking.retry(locked_twice) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def broken():
+        calls.append(1)
+        raise ValueError("no such table: runs")
+
+    with pytest.raises(ValueError):
+        tracking.retry(broken)
+    assert len(calls) == 1
