@@ -7,12 +7,15 @@ so ``--help`` and light steps start fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 
 from .errors import ScaleauditError
 from .provenance import package_versions
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def _json_arg(text: str):
@@ -155,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except ScaleauditError as exc:
         print(f"scaleaudit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        # Outputs are written atomically, so nothing half-written was left behind.
+        print(f"scaleaudit {args.command}: error: {exc}\n  fix: free disk space or fix the folder's permissions, "
+              "then run the step again (no partial output was kept)", file=sys.stderr)
         return 2
     return 0
 

@@ -40,6 +40,12 @@ def _where(error: jsonschema.ValidationError) -> str:
     return "/".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def _expected(error: jsonschema.ValidationError) -> str:
+    """The failing key's schema description, so that e.g. a bad ``oneOf`` says what would be valid."""
+    desc = error.schema.get("description") if isinstance(error.schema, dict) else None
+    return f" (expected: {desc})" if desc else ""
+
+
 def validate(config: dict) -> dict:
     """Validate against the JSON schema (filling defaults) and check cross-references; return a copy."""
     config = copy.deepcopy(config)
@@ -47,7 +53,7 @@ def validate(config: dict) -> dict:
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema_)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  - at {_where(e)}: {e.message}" for e in errors]
+        lines = [f"  - at {_where(e)}: {e.message}{_expected(e)}" for e in errors]
         raise ScaleauditError(
             "invalid configuration:\n" + "\n".join(lines),
             "correct these keys (workflow/schemas/config.schema.yaml lists every allowed key)",

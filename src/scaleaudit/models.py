@@ -8,6 +8,7 @@ which adapts the input channels and replaces the classifier head.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import timm
@@ -210,6 +211,30 @@ def _takes_img_size(arch: str) -> bool:
     return any(k in module for k in ("vision_transformer", "deit", "eva", "beit", "swin", "vit"))
 
 
+def _check_weight_names(model: nn.Module, file: str, name: str) -> None:
+    """Fail unless the file provides exactly the model's weights (bar the classifier head, which is new).
+
+    timm loads non-strictly whenever the head is replaced, so a file of another architecture would
+    otherwise leave most layers silently at random initialisation.
+    """
+    from timm.models import load_state_dict
+
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads))
+    provided = {k for k in load_state_dict(file) if not k.startswith(heads)}
+    expected = {k for k in model.state_dict() if not k.startswith(heads)}
+    missing, unexpected = sorted(expected - provided), sorted(provided - expected)
+    if missing or unexpected:
+        detail = "; ".join(
+            f"{label} {len(keys)} weights ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+            for label, keys in (("lacks", missing), ("has unknown", unexpected)) if keys
+        )
+        raise ScaleauditError(
+            f"weights file {file} does not fit {name}: it {detail}",
+            "the file is of another architecture: stage the weights of this exact model",
+        )
+
+
 def build(arm: dict, num_classes: int, in_chans: int, input_size: int, weights: dict | None = None) -> nn.Module:
     """Create an arm's model; with ``weights`` (a record from :func:`resolve_weights`) load that file."""
     arch, _ = split_name(arm["model"])
@@ -227,10 +252,17 @@ def build(arm: dict, num_classes: int, in_chans: int, input_size: int, weights: 
                 pretrained_name(arm), pretrained=True, pretrained_cfg_overlay={"file": weights["file"]}, **kwargs
             )
         except (RuntimeError, KeyError, ValueError) as exc:
+            if isinstance(exc.__cause__, pickle.UnpicklingError):  # timm's weights_only=True refused it
+                raise ScaleauditError(
+                    f"weights file {weights['file']} holds pickled Python objects that would run code when loaded; "
+                    "it was refused (weights are loaded with weights_only=True, never via plain pickle)",
+                    "use a .safetensors file, or a plain state_dict of tensors from a source you trust",
+                ) from exc
             raise ScaleauditError(
                 f"weights file {weights['file']} does not fit {pretrained_name(arm)}: {str(exc).splitlines()[0]}",
                 "the file is of another architecture: stage the weights of this exact model",
             ) from exc
+        _check_weight_names(model, weights["file"], pretrained_name(arm))
     else:
         model = timm.create_model(arch, pretrained=False, **kwargs)
     if arm.get("train") == "linear_probe":

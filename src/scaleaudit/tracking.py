@@ -83,12 +83,19 @@ class TrackedRun:
 
     def __init__(self, tracking: dict, run_id_file: Path, run_name: str, tags: dict[str, str]):
         import mlflow
+        from mlflow.exceptions import MlflowException
 
+        check_reachable(tracking["tracking_uri"])  # a server gone since init-tracking: fail now, not after retries
         self.client = mlflow.MlflowClient(tracking_uri=tracking["tracking_uri"])
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
         if run_id is not None:
-            retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-        else:
+            try:
+                retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                run_id = None  # the store was reset since: a new run cleanly replaces the lost one
+        if run_id is None:
             run = retry(lambda: self.client.create_run(tracking["experiment_id"], run_name=run_name, tags=tags))
             run_id = run.info.run_id
             from .files import write_text

@@ -3,14 +3,15 @@ import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from scaleaudit import config as study_config
 from scaleaudit.errors import ScaleauditError
 
 min_version("9.0")
 
-# scaleaudit's validation first: one line per problem, naming the key and the fix, before any job runs.
+# The package's validation (schema with defaults + names the schema cannot check), so that a bad
+# config fails at parse time with the same problem-and-fix message as `scaleaudit validate-config`.
 try:
     config.update(study_config.validate(config))
 except ScaleauditError as exc:
