@@ -3,7 +3,7 @@ import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version
+from snakemake.utils import min_version, validate
 
 from scaleaudit import config as study_config
 from scaleaudit.errors import ScaleauditError
