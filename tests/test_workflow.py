@@ -1,7 +1,5 @@
 """The whole workflow on a tiny study: real Snakemake DAG, real MLflow store, real PDF."""
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ import timm
 import yaml
 from safetensors.torch import save_file
 
-from conftest import REPO
+import tiny_study
 
 TINY = {
     "study": "tiny",
@@ -29,29 +27,16 @@ TINY = {
 }
 
 
-def copy_workflow(dest: Path) -> Path:
-    """The workflow files in a scratch folder, so results land there (links, like the schema's, are resolved)."""
-    shutil.copytree(REPO / "workflow", dest / "workflow")
-    shutil.copytree(REPO / "config", dest / "config")
-    shutil.copy2(REPO / "Snakefile", dest)
-    return dest
-
-
 @pytest.fixture
 def study(tmp_path, tiny_mirror):
-    work = copy_workflow(tmp_path / "study")
+    work = tiny_study.copy_workflow(tmp_path / "study")
     (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     weights = tmp_path / "weights"
     weights.mkdir()
     state = timm.create_model("vit_tiny_patch16_224").state_dict()
     save_file({k: v.contiguous() for k, v in state.items()},
               str(weights / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"))
-    env = os.environ | {
-        "SCALEAUDIT_MIRROR": str(tiny_mirror), "SCALEAUDIT_WEIGHTS_DIR": str(weights), "HF_HUB_OFFLINE": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return work, env
+    return work, tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror), SCALEAUDIT_WEIGHTS_DIR=str(weights))
 
 
 def snakemake(work: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -83,14 +68,3 @@ def test_tiny_study_end_to_end(study):
 
     again = snakemake(work, env, "--dry-run")
     assert "Nothing to be done" in again.stdout + again.stderr
-
-
-def test_bad_config_fails_before_any_job(study):
-    work, env = study
-    bad = yaml.safe_load((work / "tiny.yaml").read_text())
-    bad["design"]["arms"] = ["cnn_small", "vit_big"]
-    (work / "tiny.yaml").write_text(yaml.safe_dump(bad))
-    done = snakemake(work, env)
-    assert done.returncode != 0
-    assert "unknown arm 'vit_big'" in done.stderr + done.stdout
-    assert not (work / "results").exists()

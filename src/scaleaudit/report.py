@@ -482,7 +482,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
         Heading("Performance against cost", 2),
         *figure_blocks(figs["pareto"], f"Test {res.metric} against training energy per run (log scale); dashed: the "
                                        "Pareto front (no other arm is both cheaper and better)."),
-        Table(["dataset", "fraction", "large arm", f"Δ {res.metric}", "extra kWh", "energy ×", f"Δ per extra kWh",
+        Table(["dataset", "fraction", "large arm", f"Δ {res.metric}", "extra kWh", "energy ×", "Δ per extra kWh",
                f"extra {hours}s", f"Δ per extra {hours}"], cost_rows,
               widths=[1.4, 0.6, 1.8, 0.7, 0.8, 0.7, 0.9, 0.8, 0.9], size=7.5,
               caption="Cost-normalised gain against the best small arm (per-run means); – where the large arm costs no more."),
