@@ -36,9 +36,11 @@ def slurm_cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm-state")
     t0 = time.monotonic()
     started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True, timeout=900)
-    if started.returncode == CANNOT and os.environ.get("SCALEAUDIT_REQUIRE_SLURM") != "1":
-        pytest.skip(started.stderr.strip().splitlines()[-1])
-    assert started.returncode == 0, f"cluster.sh start failed:\n{started.stdout}\n{started.stderr}"
+    if started.returncode != 0:
+        subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=60)  # whatever it had started
+        if started.returncode == CANNOT and os.environ.get("SCALEAUDIT_REQUIRE_SLURM") != "1":
+            pytest.skip(started.stderr.strip().splitlines()[-1])
+        pytest.fail(f"cluster.sh start failed:\n{started.stdout}\n{started.stderr}")
     print(f"local Slurm cluster up in {time.monotonic() - t0:.1f} s (packages installed if missing)")
     yield state
     subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=True, timeout=60)

@@ -112,6 +112,7 @@ start_daemon() {  # start_daemon NAME COMMAND...: detached, foreground mode, PID
 }
 
 start() {
+    [ "$(id -u)" -eq 0 ] || cannot "not root (the daemons run as root and the config goes to $ETC)"
     for d in "${DAEMONS[@]}"; do
         ! alive "$d" || die "$d from $S is already running (PID $(cat "$S/$d.started.pid")); run: $0 stop $S"
     done
