@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -102,6 +103,10 @@ def test_sigterm_and_sigkill_then_requeue_equals_uninterrupted(job):
     after_term = kill_after(proc, preempted, 0, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM  # exited through the handler, not killed outright
     assert not list(preempted.glob(".*.tmp")), "a temporary file was left behind"
+    record = json.loads((job / "tracking.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=record["tracking_uri"])
+    run_id = (preempted / "mlflow_run_id").read_text().strip()
+    assert client.get_run(run_id).info.status == "KILLED"
 
     proc = start(job, preempted)
     after_kill = kill_after(proc, preempted, after_term, signal.SIGKILL)
@@ -116,11 +121,6 @@ def test_sigterm_and_sigkill_then_requeue_equals_uninterrupted(job):
     assert not (preempted / "checkpoint.pt").exists()
 
     # One MLflow run per training job, resumed (not duplicated) across the requeues, and finished.
-    import mlflow
-
-    record = json.loads((job / "tracking.json").read_text())
-    client = mlflow.MlflowClient(tracking_uri=record["tracking_uri"])
     runs = client.search_runs([record["experiment_id"]])
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    run_id = (preempted / "mlflow_run_id").read_text().strip()
     assert json.loads((preempted / "metrics.json").read_text())["tracking"]["run_id"] == run_id
