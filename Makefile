@@ -7,10 +7,10 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    := PATH="$(BIN):$$PATH"
 CORES  ?= all
 
-.PHONY: help install demo study test lint clean
+.PHONY: help install demo study test test-slurm lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "scaleaudit needs Python >= 3.11"'
@@ -28,6 +28,9 @@ study: $(STAMP)  ## run the full study (config/config.yaml; GPU-sized) -> report
 
 test: $(STAMP)  ## run the test suite (unit tests and the whole workflow on a tiny config)
 	$(RUN) pytest
+
+test-slurm: $(STAMP)  ## the tiny study through the slurm profile on a local Slurm cluster (as root: installs Slurm)
+	$(RUN) pytest -m slurm -s tests/test_slurm.py
 
 lint: $(STAMP)  ## snakemake --lint
 	$(RUN) snakemake --lint --configfile config/demo.yaml

@@ -75,6 +75,7 @@ def cmd_train(args) -> None:
 
     weights = read_json(args.weights) if args.weights else None
     tracking = read_json(args.tracking) if args.tracking else None
+    train.exit_on_sigterm()
     train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads)
 
 

@@ -8,6 +8,7 @@ epoch with the best validation score are tested once.
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 import time
 from pathlib import Path
@@ -234,6 +235,22 @@ class Trainer:
         return val, test, probs
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived: Slurm preempting or cancelling the job (it sends SIGKILL KillWait seconds later)."""
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into an exception, so the job stops like a failure instead of vanishing.
+
+    Temporary files are removed and the MLflow run is marked KILLED; the checkpoint of the last
+    finished epoch stays, and the requeued job resumes from it. Call it from the main thread.
+    """
+    def handler(signum, frame):
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def configure_torch(seed: int, threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -276,9 +293,9 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
         with cost.EnergyMeter(spec["hardware"]["country_iso_code"]) as meter:
             trainer.fit(checkpoint, on_epoch=(lambda row: tracked.log_metrics(row, step=row["epoch"])) if tracked else (lambda row: None))
             val, test, probs = trainer.test()
-    except BaseException:
+    except BaseException as exc:
         if tracked is not None:
-            tracked.finish("FAILED")
+            tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
         raise
     train_seconds = previous_seconds + meter.seconds
     result = {

@@ -25,6 +25,13 @@ RUN_DIR = f"{RESULTS}/runs/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}/seed{{s
 RUN_TABLE = f"{RESULTS}/runs.csv"
 REPORT = f"reports/{STUDY}.pdf"
 RUNS = list(study_config.runs(config))
+# One software environment for every rule (used with --software-deployment-method conda); it pins
+# what pyproject.toml pins, so the pip venv and conda runs use the same versions.
+CONDA_ENV = "../../envs/scaleaudit.yaml"
+# Training jobs of CPU-only arms at small input sizes last seconds to minutes: on a cluster they are
+# grouped (the slurm profile's group-components says how many share one booking).
+SHORT_TRAIN_GROUP = "short_train"
+SHORT_TRAIN_MAX_SIZE = 64
 
 
 wildcard_constraints:
@@ -67,6 +74,13 @@ def train_resource(name, default):
         return declared * attempt if name in ("mem_mb", "runtime") else declared
 
     return get
+
+
+def train_group(wildcards):
+    """``short_train`` for CPU-only arms at <= 64 px (grouped on a cluster), else no group (one job each)."""
+    declared = arm(wildcards)["resources"]
+    size = arm(wildcards)["input_size"] or int(wildcards.size)
+    return SHORT_TRAIN_GROUP if not declared.get("gpu") and size <= SHORT_TRAIN_MAX_SIZE else None
 
 
 def all_metrics():

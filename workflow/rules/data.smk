@@ -13,6 +13,8 @@ rule fetch_data:
         mirror=optional_flag("--mirror", config["data"]["mirror"]),
     log:
         "logs/data/{dataset}_{size}.log",
+    conda:
+        CONDA_ENV
     shell:
         "scaleaudit fetch-data --dataset {wildcards.dataset} --size {wildcards.size} --out {output.npz} "
         "{params.mirror} > {log} 2>&1"
@@ -28,6 +30,8 @@ rule fetch_weights:
         selfmade="--allow-selfmade" if config["weights"]["allow_selfmade"] else "",
     log:
         f"{LOGS}/weights/{{arm}}.log",
+    conda:
+        CONDA_ENV
     shell:
         "scaleaudit fetch-weights --arm {wildcards.arm} --arm-spec {params.spec:q} {params.weights_dir} {params.selfmade} "
         "--out {output} > {log} 2>&1"
@@ -42,6 +46,8 @@ rule init_tracking:
         experiment=config["tracking"]["experiment"] or STUDY,
     log:
         f"{LOGS}/init_tracking.log",
+    conda:
+        CONDA_ENV
     shell:
         "scaleaudit init-tracking --experiment {params.experiment:q} --out {output} "
         "--artifact-root results/mlartifacts {params.uri} > {log} 2>&1"

@@ -12,6 +12,8 @@ rule resolve_config:
         config=json.dumps(config, sort_keys=True),
     log:
         f"{LOGS}/resolve_config.log",
+    conda:
+        CONDA_ENV
     shell:
         "scaleaudit validate-config --inline {params.config:q} --resolved {output} > {log} 2>&1"
 
@@ -24,6 +26,8 @@ rule aggregate:
         RUN_TABLE,
     log:
         f"{LOGS}/aggregate.log",
+    conda:
+        CONDA_ENV
     shell:
         "scaleaudit aggregate {input} --out {output} > {log} 2>&1"
 
@@ -40,6 +44,8 @@ rule report:
         assets=f"{RESULTS}/report",
     log:
         f"{LOGS}/report.log",
+    conda:
+        CONDA_ENV
     shell:
         "scaleaudit report --runs {input.runs} --config {input.config} --assets {params.assets} "
         "--out {output.pdf} > {log} 2>&1"

@@ -13,11 +13,15 @@ rule train:
         weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
     log:
         f"{LOGS}/train/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}_seed{{seed}}.log",
-    threads: 1
+    threads: train_resource("cpus", 1)
     resources:
         mem_mb=train_resource("mem_mb", 2000),
         runtime=train_resource("runtime", 30),
         gpu=train_resource("gpu", 0),
+    group:
+        train_group
+    conda:
+        CONDA_ENV
     shell:
         "scaleaudit train --spec {params.spec:q} --data {input.record} {params.weights} "
         "--tracking {input.tracking} --out {params.outdir} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,137 @@
+"""The tiny study through the slurm profile on a real single-node Slurm cluster (tests/slurm/cluster.sh).
+
+The cluster is installed from Debian and started once per session; where that is impossible (not root,
+no apt-get, no packages) the test is skipped with the reason, unless SCALEAUDIT_REQUIRE_SLURM=1 (CI) makes
+that a failure. Tracking goes to a real `mlflow server`, the supported mode on a cluster.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_npz, write_sums
+
+pytestmark = pytest.mark.slurm
+
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
+BIN = Path(sys.executable).parent
+CANNOT = 3  # cluster.sh: Slurm cannot run on this machine
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm-state")
+    t0 = time.monotonic()
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=60)  # whatever it had started
+        if started.returncode == CANNOT and os.environ.get("SCALEAUDIT_REQUIRE_SLURM") != "1":
+            pytest.skip(started.stderr.strip().splitlines()[-1])
+        pytest.fail(f"cluster.sh start failed:\n{started.stdout}\n{started.stderr}")
+    print(f"local Slurm cluster up in {time.monotonic() - t0:.1f} s (packages installed if missing)")
+    yield state
+    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=True, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A tracking server as a user would start it on a login node: SQLite stays local to the server."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1",
+           "--port", uri.rsplit(":", 1)[1], "--workers", "1"]
+    log = open(tmp_path / "mlflow-server.log", "w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()
+                assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: the session it leads
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # a graceful shutdown can take long; its data are thrown away
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
+
+
+def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
+    work = tmp_path / "repo"  # a copy of the workflow, so results do not land in the repository
+    work.mkdir()
+    for name in ("Snakefile", "workflow", "config", "envs"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    mirror = tmp_path / "mirror"
+    make_npz(mirror / "breastmnist.npz")
+    write_sums(mirror)
+    env = os.environ | {
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO / "src"),  # jobs inherit the environment (sbatch --export=ALL)
+        "SCALEAUDIT_MIRROR": str(mirror),
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [str(BIN / "snakemake"), "--profile", "workflow/profiles/slurm", "--profile", str(TEST_PROFILE),
+           "--configfile", "config/test.yaml"]
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    print(f"tiny study through Slurm: {time.monotonic() - t0:.1f} s")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-6000:]
+
+    # Every training job went through sbatch: Snakemake logged a Slurm job id for it, and that job's
+    # Slurm log shows it running the job; short CPU-only jobs shared bookings (group short_train).
+    submitted = {m.group(1): m.group(2) for m in re.finditer(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", log)}
+    slurm_logs = {p.stem: p.read_text() for p in (work / ".snakemake" / "slurm_logs").rglob("*.log")}
+    assert set(submitted.values()) == set(slurm_logs)
+    with open(work / "results" / "test" / "runs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["arm"], r["seed"]) for r in rows) == [(a, s) for a in ("cnn_small", "resnet18_scratch") for s in ("1", "2")]
+    for r in rows:
+        out = f"results/test/runs/breastmnist_28/{r['arm']}/frac1.0/seed{r['seed']}/metrics.json"
+        ran_in = [job for job, text in slurm_logs.items() if out in text]
+        assert len(ran_in) == 1, f"{out} ran in Slurm jobs {ran_in}"
+    assert len(submitted) < len(rows), "the short jobs were not grouped"
+    gpu_jobs = [job for job, text in slurm_logs.items() if "resnet18_scratch" in text]
+    assert len(gpu_jobs) == 2
+    for job in gpu_jobs:  # MinJobAge keeps finished jobs known to slurmctld for 300 s
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, check=True).stdout
+        assert re.search(r"TresPer(Job|Node)=\S*gpu:1", shown), shown
+
+    assert (work / "reports" / "test.pdf").stat().st_size > 0
+
+    # Every run is in the tracking server, finished, under the id the run table cites.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.info.run_id for r in runs} == {r["mlflow_run_id"] for r in rows}
+    assert {r.info.status for r in runs} == {"FINISHED"}
