@@ -49,5 +49,7 @@ def test_run_spec_hash_identifies_the_configuration():
     a = config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
     assert a == config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
     assert a["config_hash"] != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 2)["config_hash"]
+    cfg["arms"]["cnn_small"] |= {"label": "renamed", "resources": {"mem_mb": 999}}
+    assert a == config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)  # no re-training for these
     cfg["recipes"]["demo_v2"]["lr"] = 0.1
     assert a["config_hash"] != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)["config_hash"]

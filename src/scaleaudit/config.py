@@ -16,6 +16,7 @@ from .errors import ScaleauditError
 from .files import canonical_hash
 
 SCHEMA_FILE = "config.schema.yaml"
+NOT_TRAINING_KEYS = ("label", "reproduces", "resources")
 
 
 def schema() -> dict:
@@ -123,8 +124,8 @@ def runs(config: dict) -> Iterator[dict]:
 
 def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, seed: int) -> dict:
     """Everything one training job needs, resolved; its hash identifies the run's configuration."""
-    # `reproduces` only tells the report what to compare with: it must not change (or re-run) training.
-    arm_spec = {k: v for k, v in config["arms"][arm].items() if k != "reproduces"}
+    # Display, comparison and scheduling keys do not change what is trained: they must not re-run it.
+    arm_spec = {k: v for k, v in config["arms"][arm].items() if k not in NOT_TRAINING_KEYS}
     recipe = dict(config["recipes"][arm_spec["recipe"]], name=arm_spec["recipe"])
     spec: dict[str, Any] = {
         "study": config["study"],
