@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    := PATH="$(BIN):$$PATH"
 CORES  ?= all
 
-.PHONY: help install demo study test lint clean
+.PHONY: help install demo study test lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test: $(STAMP)  ## run the test suite (unit tests and the whole workflow on a ti
 
 lint: $(STAMP)  ## snakemake --lint
 	$(RUN) snakemake --lint --configfile config/demo.yaml
+
+bench: $(STAMP)  ## time the training path against the MedMNIST v2 reference loop (prints ratios)
+	$(RUN) python benchmarks/bench_train.py $(BENCH_ARGS)
 
 clean:  ## remove results, logs and reports (keeps the venv)
 	rm -rf results logs .snakemake reports/*.pdf reports/demo reports/full
