@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    := PATH="$(BIN):$$PATH"
 CORES  ?= all
 
-.PHONY: help install demo study test test-slurm lint clean
+.PHONY: help install demo study test test-slurm lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test-slurm: $(STAMP)  ## the tiny study through the slurm profile on a local Slu
 
 lint: $(STAMP)  ## snakemake --lint
 	$(RUN) snakemake --lint --configfile config/demo.yaml
+
+bench: $(STAMP)  ## time the training path against the MedMNIST v2 reference loop (prints ratios)
+	$(RUN) python benchmarks/bench_train.py $(BENCH_ARGS)
 
 clean:  ## remove results, logs and reports (keeps the venv)
 	rm -rf results logs .snakemake reports/*.pdf reports/*.md reports/demo reports/full

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import sys
+import threading
 import time
 
 import torch
@@ -38,12 +39,18 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class EnergyMeter:
-    """Wall time plus codecarbon's energy and CO2e estimate (offline: no network, fixed grid intensity)."""
+    """Wall time plus codecarbon's energy and CO2e estimate (offline: no network, fixed grid intensity).
+
+    codecarbon starts in a background thread: its hardware probe (py-cpuinfo runs a subprocess, ~1.5 s
+    on a 2-core CPU) then overlaps the first training steps instead of delaying them. The energy of that
+    window is extrapolated at the mean power codecarbon measured over the rest of the run.
+    """
 
     def __init__(self, country_iso_code: str):
         self.country = country_iso_code
         self.tracker = None
         self.started = None
+        self._starting = None
 
     def __enter__(self) -> "EnergyMeter":
         from codecarbon import OfflineEmissionsTracker
@@ -53,19 +60,22 @@ class EnergyMeter:
             country_iso_code=self.country, log_level="error", output_methods=[], tracking_mode="process",
             measure_power_secs=15, allow_multiple_runs=True,
         )
-        self.tracker.start()
         self.started = time.perf_counter()
+        self._starting = threading.Thread(target=self.tracker.start, name="codecarbon-start", daemon=True)
+        self._starting.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.started
+        self._starting.join()
         self.tracker.stop()
 
     def result(self) -> dict:
         data = self.tracker.final_emissions_data
+        scale = self.seconds / data.duration if data.duration > 0 else 1.0
         return {
-            "energy_kwh": float(data.energy_consumed),
-            "co2e_kg": float(data.emissions),
+            "energy_kwh": float(data.energy_consumed) * scale,
+            "co2e_kg": float(data.emissions) * scale,
             "energy_method": (
                 f"codecarbon {data.codecarbon_version} offline, {', '.join(map(str, self.tracker._hardware))}, "
                 f"grid {data.country_iso_code}"

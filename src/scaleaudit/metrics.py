@@ -10,7 +10,8 @@ sigmoid outputs for multi-label tasks.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+# sklearn is imported where it is used: it pulls in pandas, which a training job's start-up need not pay for.
 
 
 def _labels(y: np.ndarray, task: str) -> np.ndarray:
@@ -19,6 +20,8 @@ def _labels(y: np.ndarray, task: str) -> np.ndarray:
 
 
 def auc(y: np.ndarray, scores: np.ndarray, task: str) -> float:
+    from sklearn.metrics import roc_auc_score
+
     y, scores = _labels(y, task), np.asarray(scores, dtype=np.float64)
     if task == "binary":
         return float(roc_auc_score(y, scores[:, -1]))
@@ -43,6 +46,8 @@ def acc(y: np.ndarray, scores: np.ndarray, task: str) -> float:
 
 
 def balanced_acc(y: np.ndarray, scores: np.ndarray, task: str) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
     y, pred = _labels(y, task), predictions(scores, task)
     if task == "multi-label":
         return float(np.mean([balanced_accuracy_score(y[:, i], pred[:, i]) for i in range(y.shape[1])]))

@@ -1,0 +1,306 @@
+"""scaleaudit's training path against the MedMNIST v2 reference trainer: same model, data, epochs, batch.
+
+    python benchmarks/bench_train.py            (or: make bench)
+
+Each side trains ResNet-18 (CIFAR stem, ``scaleaudit_resnet18_cifar``) at 28 px on real BreastMNIST
+in a fresh subprocess of this run, one after the other, with the same seed, epochs, batch size and
+torch threads. Per epoch the two sides do what their trainers do:
+
+- reference (benchmarks/reference.py): PIL images through torchvision ToTensor + Normalize in a
+  DataLoader, fp32, then an evaluation of train, val and test;
+- scaleaudit (Trainer.fit): uint8 split tensors on the device, batched transforms, bf16 autocast +
+  channels_last where the hardware pays for it (``hardware.precision: auto``), validation on the
+  recipe's cadence (every epoch here) and a checkpoint. The same path in fp32 is shown too.
+
+Printed: training-step images/s and its ratio (the training loop alone), per-epoch wall time and its
+ratio (everything each trainer does per epoch), test AUC, peak memory; the import time of
+``scaleaudit.train``; seconds from process start to the first training step of ``scaleaudit train``;
+and with CUDA, ViT-S/16 at 224 px with the fraction of the GPU's dense bf16 peak it reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MIRROR = REPO.parent / "shared" / "data" / "medmnist"
+# The report stack, experiment tracking and sklearn's pandas: none belongs in a training job's start-up.
+REPORT_STACK = ("matplotlib", "seaborn", "typst", "pandas", "mlflow")
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets.
+BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+FIRST_STEP_CHILD = """\
+import os, sys, time
+from scaleaudit import cli, train
+def first_step(self):
+    print("FIRST_STEP", repr(time.time()), flush=True)
+    os._exit(0)
+train.Trainer.train_epoch = first_step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    return env | {"HF_HUB_OFFLINE": "1"}
+
+
+def data_file(flag: str, explicit: str | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    mirror = Path(os.environ.get("SCALEAUDIT_MIRROR") or DEFAULT_MIRROR)
+    path = mirror / f"{flag}.npz"
+    if not path.exists():
+        sys.exit(f"bench: no {path}; stage the MedMNIST file there or set SCALEAUDIT_MIRROR (or pass --data)")
+    return path
+
+
+def study_config(flag: str, model: str, input_size: int | None, epochs: int, batch_size: int, seed: int,
+                 device: str, precision: str) -> dict:
+    """A one-run study with the MedMNIST v2 recipe (Adam 1e-3, x0.1 at 50% and 75%, no augmentation)."""
+    from scaleaudit import config
+
+    return config.validate({
+        "study": "bench",
+        "data": {"datasets": [{"flag": flag}]},
+        "design": {"arms": ["arm"], "seeds": [seed]},
+        "hardware": {"device": device, "precision": precision},
+        "recipes": {"medmnist_v2": {"optimizer": "adam", "lr": 1e-3, "batch_size": batch_size, "epochs": epochs,
+                                    "scheduler": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1,
+                                    "resize": "nearest", "normalize": "half"}},
+        "arms": {"arm": {"model": model, "input_size": input_size, "recipe": "medmnist_v2", "group": "small"}},
+    })
+
+
+def import_profile() -> dict:
+    """Seconds to import ``scaleaudit.train`` in a fresh interpreter, and which report-stack modules it loaded."""
+    code = ("import json, sys, time\nt = time.perf_counter()\nimport scaleaudit.train\n"
+            f"print(json.dumps({{'seconds': time.perf_counter() - t, 'loaded': [m for m in {REPORT_STACK!r} if m in sys.modules]}}))")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+# -- one side, run in its own process (clean timings and peak memory) -----------------------------
+def _peak_mb(device) -> float:
+    from scaleaudit import cost
+
+    return cost.peak_memory_mb(device)
+
+
+def side_reference(args) -> dict:
+    import timm
+    import torch
+
+    import scaleaudit.models  # noqa: F401 - registers scaleaudit_resnet18_cifar in timm
+    from scaleaudit import data
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import reference
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    splits = data.load_splits(args.data, args.dataset)
+    meta = data.info(args.dataset)
+    torch.manual_seed(args.seed)
+    model = timm.create_model(args.model, num_classes=meta["n_classes"], in_chans=meta["n_channels"],
+                              **({"img_size": args.input_size} if args.input_size else {})).to(device)
+    out = reference.train_and_eval(model, splits, meta["task"], args.epochs, args.batch_size, seed=args.seed,
+                                   device=device, input_size=args.input_size)
+    return out | {"n_train": len(splits["train"][1]), "n_eval": sum(len(splits[s][1]) for s in ("train", "val", "test")),
+                  "peak_mem_mb": _peak_mb(device), "precision": "fp32"}
+
+
+def side_scaleaudit(args) -> dict:
+    import torch
+
+    from scaleaudit import config, train
+
+    cfg = study_config(args.dataset, args.model, args.input_size, args.epochs, args.batch_size, args.seed,
+                       args.device, args.precision)
+    spec = config.run_spec(cfg, args.dataset, 28, "arm", 1.0, args.seed)
+    train.configure_torch(args.seed, args.threads)
+    device = train.pick_device(args.device)
+    trainer = train.Trainer(spec, args.data, None, device, log=lambda msg: None)
+    history, train_seconds = [], []
+    step = trainer.train_epoch
+
+    def timed_epoch() -> float:
+        t0 = time.perf_counter()
+        loss = step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds.append(time.perf_counter() - t0)
+        return loss
+
+    trainer.train_epoch = timed_epoch
+    marks = [time.perf_counter()]
+
+    def on_epoch(row: dict) -> None:
+        marks.append(time.perf_counter())
+        history.append({"epoch": row["epoch"], "train_loss": row["train_loss"], "train_seconds": train_seconds[-1],
+                        "epoch_seconds": marks[-1] - marks[-2], "val_auc": row.get("val_auc")})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer.fit(Path(tmp) / train.CHECKPOINT, on_epoch=on_epoch)
+    _, test, _ = trainer.test()
+    flops = None
+    if device.type == "cuda":
+        from scaleaudit import cost
+
+        flops = cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size, device)
+    return {"history": history, "test": test, "n_train": trainer.n_train, "n_eval": len(trainer.labels["val"]),
+            "peak_mem_mb": _peak_mb(device), "precision": "bf16" if trainer.bf16 else "fp32", "flops_per_image": flops,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+
+
+def run_side(args, side: str, **overrides) -> dict:
+    argv = [sys.executable, __file__, "--side", side]
+    for key, value in (vars(args) | overrides).items():
+        if key in ("side", "startup", "fp32", "datasets", "vit") or value is None:
+            continue
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    out = subprocess.run(argv, env=_env(), capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"bench: the {side} side failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+# -- start-up ----------------------------------------------------------------------------------------
+def startup_seconds(flag: str, data_path: Path, tracked: bool) -> float:
+    """Process start to the first training step of ``scaleaudit train`` (ResNet-18, as the workflow runs it)."""
+    from scaleaudit import config, files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        record = {"file": str(data_path), "source": str(data_path), "sha256": files.file_digest(data_path),
+                  "verified_against": "none (benchmark)"}
+        files.write_json(tmp / "data.json", record)
+        cfg = study_config(flag, "scaleaudit_resnet18_cifar", None, 1, 128, 0, "auto", "auto")
+        files.write_json(tmp / "spec.json", config.run_spec(cfg, flag, 28, "arm", 1.0, 0))
+        argv = ["train", "--spec", f"@{tmp / 'spec.json'}", "--data", str(tmp / "data.json"),
+                "--out", str(tmp / "run"), "--threads", "1"]
+        if tracked:
+            from scaleaudit import tracking
+
+            rec = tracking.init_experiment(f"sqlite:///{tmp / 'mlflow.db'}", "bench", tmp / "mlartifacts")
+            files.write_json(tmp / "tracking.json", rec)
+            argv += ["--tracking", str(tmp / "tracking.json")]
+        t0 = time.time()
+        out = subprocess.run([sys.executable, "-c", FIRST_STEP_CHILD, *argv], env=_env(), capture_output=True, text=True)
+        marks = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("FIRST_STEP")]
+        if not marks:
+            sys.exit(f"bench: the start-up run failed:\n{out.stderr[-3000:]}")
+        return float(marks[0]) - t0
+
+
+# -- report --------------------------------------------------------------------------------------------
+def _rates(result: dict, skip_first: bool = False) -> tuple[float, float]:
+    hist = result["history"][1:] if skip_first and len(result["history"]) > 1 else result["history"]
+    images_per_s = result["n_train"] * len(hist) / sum(h["train_seconds"] for h in hist)
+    return images_per_s, sum(h["epoch_seconds"] for h in hist) / len(hist)
+
+
+def compare(args, label: str, rows: dict[str, dict]) -> None:
+    ref = rows["reference"]
+    print(f"\n{label}")
+    print(f"  {'':28} {'train img/s':>11} {'s/epoch':>8} {'test AUC':>8} {'peak MB':>8}")
+    for name, res in rows.items():
+        rate, epoch = _rates(res)
+        print(f"  {name:28} {rate:11.1f} {epoch:8.2f} {res['test']['auc']:8.3f} {res['peak_mem_mb']:8.0f}")
+    for skip_first in (False, True):
+        if skip_first and len(ref["history"]) < 2:
+            break
+        ref_rate, ref_epoch = _rates(ref, skip_first)
+        for name, res in rows.items():
+            if name == "reference":
+                continue
+            rate, epoch = _rates(res, skip_first)
+            print(f"  {name}{' (epochs 2+)' if skip_first else ''}: training step {rate / ref_rate:.2f}x the "
+                  f"reference's images/s; per-epoch wall {ref_epoch / epoch:.2f}x faster")
+    fast = next(r for n, r in rows.items() if n != "reference")
+    if fast.get("flops_per_image"):
+        rate, _ = _rates(fast, skip_first=True)
+        achieved = 3 * fast["flops_per_image"] * rate  # forward + backward ~ 3 forward passes
+        peak = next((v for k, v in BF16_PEAK.items() if k in fast["device_name"]), None)
+        share = f", {achieved / peak:.1%} of the {fast['device_name']} dense bf16 peak" if peak else ""
+        print(f"  scaleaudit steady state: {achieved / 1e12:.1f} TFLOP/s (3x forward FLOPs){share}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for both sides (the workflow's jobs use 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--datasets", nargs="+", default=["breastmnist"], help="mirror files to run (28 px)")
+    p.add_argument("--data", help="an explicit .npz instead of the mirror's (first dataset only)")
+    p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True, help="also time scaleaudit in fp32")
+    p.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True, help="measure start-up")
+    p.add_argument("--vit", choices=["auto", "on", "off"], default="auto", help="ViT-S/16 at 224 px (auto: with CUDA)")
+    # internal: one side in a subprocess
+    p.add_argument("--side", choices=["reference", "scaleaudit"], help=argparse.SUPPRESS)
+    p.add_argument("--dataset", help=argparse.SUPPRESS)
+    p.add_argument("--model", default="scaleaudit_resnet18_cifar", help=argparse.SUPPRESS)
+    p.add_argument("--input-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.side:
+        print(json.dumps((side_reference if args.side == "reference" else side_scaleaudit)(args)))
+        return
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch threads {args.threads}")
+    print(f"model scaleaudit_resnet18_cifar (ResNet-18, CIFAR stem) at 28 px, batch {args.batch_size}, "
+          f"{args.epochs} epochs, seed {args.seed}, same for both sides, each in its own process")
+    for i, flag in enumerate(args.datasets):
+        path = data_file(flag, args.data if i == 0 else None)
+        base = {"dataset": flag, "data": str(path)}
+        rows = {"reference": run_side(args, "reference", **base)}
+        rows["scaleaudit"] = run_side(args, "scaleaudit", **base)
+        if args.fp32 and rows["scaleaudit"]["precision"] != "fp32":
+            rows["scaleaudit fp32"] = run_side(args, "scaleaudit", **base, precision="fp32")
+        ref, fast = rows["reference"], rows["scaleaudit"]
+        label = (f"{flag} ({path}): {fast['n_train']} training images per epoch\n"
+                 f"  reference per epoch: train, then evaluate train+val+test ({ref['n_eval']} images); "
+                 f"PIL + ToTensor + Normalize in a DataLoader, fp32\n"
+                 f"  scaleaudit per epoch: train, evaluate val ({fast['n_eval']} images), checkpoint; "
+                 f"on-device tensors, {fast['precision']}")
+        compare(args, label, rows)
+
+    if args.vit == "on" or (args.vit == "auto" and torch.cuda.is_available()):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        flag = args.datasets[0]
+        base = {"dataset": flag, "data": str(data_file(flag, args.data)), "model": "vit_small_patch16_224",
+                "input_size": 224, "device": device}
+        rows = {"reference": run_side(args, "reference", **base), "scaleaudit": run_side(args, "scaleaudit", **base)}
+        compare(args, f"ViT-S/16 from scratch at 224 px on {device} ({flag}, resized on the fly by both sides)", rows)
+
+    if args.startup:
+        imp = import_profile()
+        loaded = ", ".join(imp["loaded"]) or "none"
+        print(f"\nstart-up: import scaleaudit.train {imp['seconds']:.2f} s (report stack / mlflow / pandas loaded: {loaded})")
+        path = data_file(args.datasets[0], args.data)
+        for tracked in (False, True):
+            what = "with MLflow tracking (as in the workflow)" if tracked else "without tracking"
+            print(f"  process start -> first training step of `scaleaudit train`, {what}: "
+                  f"{startup_seconds(args.datasets[0], path, tracked):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
