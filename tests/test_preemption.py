@@ -56,7 +56,7 @@ def job(tmp_path):
 def start(job: Path, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "scaleaudit", "train", "--spec", f"@{job / 'spec.json'}",
            "--data", str(job / "data" / "breastmnist_28.json"), "--tracking", str(job / "tracking.json"),
-           "--out", str(out), "--threads", "1"]
+           "--out", str(out), "--threads", "1", "--checkpoint-every", "0"]
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import tiny_study
 from conftest import REPO, make_npz, write_sums
 
 pytestmark = pytest.mark.slurm
@@ -83,11 +83,7 @@ def mlflow_server(tmp_path):
 
 
 def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
-    work = tmp_path / "repo"  # a copy of the workflow, so results do not land in the repository
-    work.mkdir()
-    for name in ("Snakefile", "workflow", "config", "envs"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    work = tiny_study.copy_workflow(tmp_path / "repo")  # results do not land in the repository
     mirror = tmp_path / "mirror"
     make_npz(mirror / "breastmnist.npz")
     write_sums(mirror)

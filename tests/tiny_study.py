@@ -60,9 +60,10 @@ def scaleaudit_cli() -> list[str]:
 
 
 def copy_workflow(dest: Path) -> Path:
-    """A copy of the workflow (Snakefile, workflow/, config/) to run studies in a scratch folder."""
+    """A copy of the workflow (Snakefile, workflow/, config/, envs/) to run studies in a scratch folder."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dest)
     shutil.copytree(REPO / "workflow", dest / "workflow")  # the schema symlink becomes a file
     shutil.copytree(REPO / "config", dest / "config")
+    shutil.copytree(REPO / "envs", dest / "envs")  # rules name their conda env; Snakemake records it
     return dest

@@ -76,7 +76,8 @@ def cmd_train(args) -> None:
     weights = read_json(args.weights) if args.weights else None
     tracking = read_json(args.tracking) if args.tracking else None
     train.exit_on_sigterm()
-    train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads)
+    every = {} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}
+    train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads, **every)
 
 
 def cmd_aggregate(args) -> None:
@@ -137,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking", help="the experiment record written by init-tracking (omit: no MLflow)")
     s.add_argument("--out", required=True, help="run folder: metrics.json, predictions.npz, checkpoint")
     s.add_argument("--threads", type=int, help="CPU threads for torch")
+    s.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   help="checkpoint after the first epoch, then at most this often, and after the last (default 30)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("aggregate", help="one table of all runs from their metrics.json files")
