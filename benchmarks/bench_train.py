@@ -235,7 +235,7 @@ def compare(args, label: str, rows: dict[str, dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10, help="epochs per side (the first one includes warm-up)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads for both sides (the workflow's jobs use 1)")
     p.add_argument("--seed", type=int, default=0)
