@@ -206,7 +206,8 @@ def resolve_weights(arm_name: str, arm: dict, weights_dir: str | None, allow_sel
     )
 
 
-def _takes_img_size(arch: str) -> bool:
+def is_transformer(arch: str) -> bool:
+    """Transformers take their input size at construction (img_size) and gain nothing from channels_last."""
     module = timm.models.model_entrypoint(arch).__module__
     return any(k in module for k in ("vision_transformer", "deit", "eva", "beit", "swin", "vit"))
 
@@ -239,7 +240,7 @@ def build(arm: dict, num_classes: int, in_chans: int, input_size: int, weights: 
     """Create an arm's model; with ``weights`` (a record from :func:`resolve_weights`) load that file."""
     arch, _ = split_name(arm["model"])
     kwargs = {"num_classes": num_classes, "in_chans": in_chans}
-    if _takes_img_size(arch):
+    if is_transformer(arch):
         kwargs["img_size"] = input_size
     if arm["pretrained"]:
         if weights is None:

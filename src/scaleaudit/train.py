@@ -129,7 +129,7 @@ class Trainer:
         self.bf16 = use_bf16(spec["hardware"].get("precision", "auto"), device)
         # channels_last suits the convolutions of CUDA and of oneDNN's bf16 kernels (measured: ~10% per
         # step on CPU in bf16, nothing in fp32); transformers gain nothing from it.
-        is_cnn = not models._takes_img_size(models.split_name(arm["model"])[0])
+        is_cnn = not models.is_transformer(models.split_name(arm["model"])[0])
         fmt = torch.channels_last if is_cnn and (device.type == "cuda" or self.bf16) else torch.contiguous_format
         self.transform = BatchTransform(recipe, in_chans, self.input_size, device, memory_format=fmt)
         self.model = models.build(arm, num_classes, in_chans, self.input_size, weights).to(device, memory_format=fmt)
