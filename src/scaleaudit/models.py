@@ -212,17 +212,29 @@ def is_transformer(arch: str) -> bool:
     return any(k in module for k in ("vision_transformer", "deit", "eva", "beit", "swin", "vit"))
 
 
+def _weight_names(file: str) -> list[str]:
+    """Tensor names of a weights file; a safetensors header is read without loading the tensors again."""
+    from timm.models import load_state_dict
+    from timm.models._helpers import clean_state_dict
+
+    if file.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as fh:
+            return list(clean_state_dict(dict.fromkeys(fh.keys())))  # the prefixes timm's loader strips
+
+    return list(load_state_dict(file))
+
+
 def _check_weight_names(model: nn.Module, file: str, name: str) -> None:
     """Fail unless the file provides exactly the model's weights (bar the classifier head, which is new).
 
     timm loads non-strictly whenever the head is replaced, so a file of another architecture would
     otherwise leave most layers silently at random initialisation.
     """
-    from timm.models import load_state_dict
-
     heads = model.pretrained_cfg.get("classifier") or ()
     heads = tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads))
-    provided = {k for k in load_state_dict(file) if not k.startswith(heads)}
+    provided = {k for k in _weight_names(file) if not k.startswith(heads)}
     expected = {k for k in model.state_dict() if not k.startswith(heads)}
     missing, unexpected = sorted(expected - provided), sorted(provided - expected)
     if missing or unexpected:
