@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models import blank_forward
+
 
 def parameters(model: nn.Module) -> dict[str, int]:
     return {
@@ -20,13 +22,10 @@ def parameters(model: nn.Module) -> dict[str, int]:
     }
 
 
-def flops_per_image(model: nn.Module, in_chans: int, input_size: int, device: torch.device) -> int:
+def flops_per_image(model: nn.Module, in_chans: int, input_size: int) -> int:
     """Forward FLOPs for one image, counted by torch's own flop counter (a multiply-add counts 2)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, in_chans, input_size, input_size, device=device))
-    model.train(was_training)
+    with FlopCounterMode(display=False) as counter:
+        blank_forward(model, in_chans, input_size)
     return int(counter.get_total_flops())
 
 

@@ -212,6 +212,17 @@ def is_transformer(arch: str) -> bool:
     return any(k in module for k in ("vision_transformer", "deit", "eva", "beit", "swin", "vit"))
 
 
+@torch.no_grad()
+def blank_forward(model: nn.Module, in_chans: int, input_size: int) -> None:
+    """One eval-mode pass of a blank image, for hooks and counters to observe; the model's mode is restored."""
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, in_chans, input_size, input_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+
+
 def _weight_names(file: str) -> list[str]:
     """Tensor names of a weights file; a safetensors header is read without loading the tensors again."""
     from timm.models import load_state_dict
