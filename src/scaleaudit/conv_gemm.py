@@ -15,7 +15,7 @@ from torch import nn
 
 from .models import blank_forward
 
-# Output positions per image up to which the GEMM form wins at batch 128: 4x4 maps 1.6-3x; 7x7 and 8x8 mostly lose.
+# Output positions per image up to which the GEMM form wins at batch 128: 4x4 maps 1.8-3.2x; 7x7 and 8x8 mostly lose.
 MAX_POSITIONS = 16
 
 
