@@ -315,7 +315,7 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
     }
     log(f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
         f"{trainer.n_train} training images on {device} in {'bf16' if trainer.bf16 else 'fp32'}"
-        + (f", {len(trainer.gemm_convs)} convolutions as GEMMs" if trainer.gemm_convs else ""))
+        + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else ""))
     previous_seconds = sum(r["seconds"] for r in trainer.state["history"])
     try:
         with cost.EnergyMeter(spec["hardware"]["country_iso_code"]) as meter:
