@@ -3,8 +3,8 @@
     python benchmarks/bench_conv.py [--model scaleaudit_resnet18_cifar --size 28 --in-chans 1]
 
 For every ungrouped convolution of the model, at the feature-map size it sees, forward plus backward
-(input and weight gradients) of a batch under bf16 autocast in channels_last, as a training step runs
-it on a CPU, once with nn.Conv2d (oneDNN) and once as GEMMs. Printed: both times, their ratio, and
+(input and weight gradients) of a batch as a CPU training step runs it (bf16 autocast and channels_last,
+or fp32), once with nn.Conv2d (oneDNN) and once as GEMMs. Printed: both times, their ratio, and
 whether ``conv_gemm.adopt`` picks the layer. On another CPU this shows whether ``MAX_POSITIONS`` holds.
 """
 
@@ -23,9 +23,9 @@ from scaleaudit import conv_gemm
 from scaleaudit.models import is_transformer
 
 
-def _time_step(conv: nn.Module, x: torch.Tensor, repeats: int) -> float:
+def _time_step(conv: nn.Module, x: torch.Tensor, bf16: bool, repeats: int) -> float:
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = conv(x)
         out.backward(torch.ones_like(out))
 
@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=28, help="input size (px)")
     p.add_argument("--in-chans", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
@@ -54,17 +55,19 @@ def main() -> None:
     first = next(iter(shapes))  # it sees the image, which needs no gradient
     adopted = set(conv_gemm.adopt(copy.deepcopy(model), args.in_chans, args.size))
 
-    print(f"{args.model} at {args.size} px, batch {args.batch_size}, bf16 autocast, channels_last, "
+    bf16 = args.precision == "bf16"
+    fmt = torch.channels_last if bf16 else torch.contiguous_format  # as Trainer lays out a CNN on a CPU
+    print(f"{args.model} at {args.size} px, batch {args.batch_size}, {args.precision}, {fmt}, "
           f"{args.threads} thread(s); forward + backward per layer (ms)")
     print(f"  {'layer':24} {'in -> out':>16} {'map':>7} {'oneDNN':>8} {'GEMM':>8} {'ratio':>6}  adopted")
     totals = {"onednn": 0.0, "chosen": 0.0}
     for name, shape in shapes.items():
-        conv = model.get_submodule(name).to(memory_format=torch.channels_last)
+        conv = model.get_submodule(name).to(memory_format=fmt)
         gemm = copy.deepcopy(conv)
         gemm.__class__ = conv_gemm.GemmConv2d
-        x = torch.randn(args.batch_size, *shape[1:]).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(args.batch_size, *shape[1:]).contiguous(memory_format=fmt)
         x.requires_grad_(name != first)
-        onednn, as_gemm = (_time_step(c, x, args.repeats) * 1e3 for c in (conv, gemm))
+        onednn, as_gemm = (_time_step(c, x, bf16, args.repeats) * 1e3 for c in (conv, gemm))
         out = conv(x[:1]).shape[-1]
         totals["onednn"] += onednn
         totals["chosen"] += as_gemm if name in adopted else onednn

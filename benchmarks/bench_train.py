@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -187,7 +188,11 @@ def startup_seconds(flag: str, data_path: Path, tracked: bool) -> float:
         argv = ["train", "--spec", f"@{tmp / 'spec.json'}", "--data", str(tmp / "data.json"),
                 "--out", str(tmp / "run"), "--threads", "1"]
         if tracked:
+            import mlflow  # noqa: F401 - it configures its loggers on import
+
             from scaleaudit import tracking
+
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table creation
 
             rec = tracking.init_experiment(f"sqlite:///{tmp / 'mlflow.db'}", "bench", tmp / "mlartifacts")
             files.write_json(tmp / "tracking.json", rec)
