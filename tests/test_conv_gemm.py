@@ -79,13 +79,14 @@ def test_adopt_leaves_grouped_and_dilated_convolutions_alone():
     assert model.training  # the probing pass restores the mode
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_trainer_on_a_cpu_runs_the_4x4_convolutions_as_gemms(tiny_mirror, tmp_path, precision):
+@pytest.mark.parametrize("precision, adopted", [("fp32", False), ("bf16", True)])
+def test_trainer_runs_the_4x4_convolutions_as_gemms_in_bf16_on_a_cpu(tiny_mirror, tmp_path, precision, adopted):
     cfg = config.load(REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml",
                       overrides={"hardware": {"device": "cpu", "precision": precision}})
     spec = config.run_spec(cfg, "breastmnist", 28, "resnet18_scratch", 1.0, 0)
     record = data.fetch("breastmnist", 28, tmp_path / "breastmnist_28.npz", tiny_mirror)
     trainer = train.Trainer(spec, record["file"], None, torch.device("cpu"), log=lambda msg: None)
-    assert trainer.gemm_convs == [n for n, m in trainer.model.named_modules() if isinstance(m, conv_gemm.GemmConv2d)]
-    assert sorted(trainer.gemm_convs) == sorted(n for n, _ in trainer.model.layer4.named_modules(prefix="layer4")
-                                                if n.endswith(("conv1", "conv2", "downsample.0")))
+    converted = [n for n, m in trainer.model.named_modules() if isinstance(m, conv_gemm.GemmConv2d)]
+    assert trainer.gemm_convs == converted
+    assert converted == (["layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0", "layer4.1.conv1",
+                          "layer4.1.conv2"] if adopted else [])

@@ -1,4 +1,4 @@
-"""Convolutions as explicit im2col matrix multiplies, for the layers where oneDNN's CPU kernels are slow.
+"""Convolutions as explicit im2col matrix multiplies, for the layers where oneDNN's bf16 CPU kernels are slow.
 
 oneDNN's convolutions run far below its own matrix multiply on tiny feature maps: ResNet-18's last
 stage at 28 px works on 4x4 maps, where the bf16 weight gradient of a 512-channel layer takes 70 ms
@@ -15,8 +15,8 @@ from torch import nn
 
 from .models import blank_forward
 
-# Output positions per image up to which the GEMM form wins at batch 128 (4x4 maps: 1.8-3.2x in bf16, 1.3-1.6x
-# in fp32); on 7x7 and 8x8 maps it mostly loses.
+# Output positions per image up to which the GEMM form wins in bf16 at batch 128 (4x4 maps: 1.8-3.2x); on 7x7
+# and 8x8 maps it mostly loses.
 MAX_POSITIONS = 16
 
 

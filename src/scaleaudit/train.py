@@ -134,7 +134,8 @@ class Trainer:
         fmt = torch.channels_last if is_cnn and (device.type == "cuda" or self.bf16) else torch.contiguous_format
         self.transform = BatchTransform(recipe, in_chans, self.input_size, device, memory_format=fmt)
         self.model = models.build(arm, num_classes, in_chans, self.input_size, weights).to(device, memory_format=fmt)
-        self.gemm_convs = conv_gemm.adopt(self.model, in_chans, self.input_size) if device.type == "cpu" else []
+        # measured (benchmarks/bench_conv.py): pays in bf16; in fp32, on contiguous tensors, it does not
+        self.gemm_convs = conv_gemm.adopt(self.model, in_chans, self.input_size) if device.type == "cpu" and self.bf16 else []
         self.optimizer = _optimizer(recipe, [p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = _scheduler(recipe, self.optimizer)
         self.loss_fn = _loss_fn(self.task)
