@@ -75,6 +75,8 @@ def main() -> None:
               f"{as_gemm:8.1f} {onednn / as_gemm:6.2f}  {'yes' if name in adopted else ''}")
     print(f"  all convolutions: oneDNN {totals['onednn']:.0f} ms, with adopt's choice {totals['chosen']:.0f} ms "
           f"({totals['onednn'] / totals['chosen']:.2f}x)")
+    if not bf16:
+        print("  (training converts them only in bf16: in fp32 every convolution stays with oneDNN)")
 
 
 if __name__ == "__main__":

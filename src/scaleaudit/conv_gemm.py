@@ -24,14 +24,16 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _unfold(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
-    """(N, C, H, W) -> (N*Ho*Wo, kh*kw*C): one row per output position, channels innermost."""
+def _unfold(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+            padding: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    """(N, C, H, W) -> (N*Ho*Wo, kh*kw*C), one row per output position with channels innermost; and Ho, Wo."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
     x = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph)).contiguous()
     s = x.stride()
-    return x.as_strided((n, ho, wo, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3])).reshape(n * ho * wo, -1)
+    cols = x.as_strided((n, ho, wo, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3])).reshape(n * ho * wo, -1)
+    return cols, ho, wo
 
 
 def _fold(cols: torch.Tensor, shape: torch.Size, kernel: tuple[int, int], stride: tuple[int, int],
@@ -53,14 +55,13 @@ class _Conv2dAsGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
-        n, _, h, w = x.shape
         k, _, kh, kw = weight.shape
-        cols = _unfold(x, (kh, kw), stride, padding)
+        cols, ho, wo = _unfold(x, (kh, kw), stride, padding)
         w2d = weight.permute(0, 2, 3, 1).reshape(k, -1)  # rows ordered like the columns: (kh, kw, C)
         out = cols @ w2d.t() if bias is None else torch.addmm(bias, cols, w2d.t())
         ctx.save_for_backward(cols, w2d)
         ctx.geometry = (x.shape, (kh, kw), stride, padding, bias is not None)
-        return out.view(n, _out_size(h, kh, stride[0], padding[0]), _out_size(w, kw, stride[1], padding[1]), k).permute(0, 3, 1, 2)
+        return out.view(len(x), ho, wo, k).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
