@@ -157,7 +157,7 @@ def side_scaleaudit(args) -> dict:
 
         flops = cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
     return {"history": history, "test": test, "n_train": trainer.n_train, "n_eval": len(trainer.labels["val"]),
-            "peak_mem_mb": _peak_mb(device), "precision": "bf16" if trainer.bf16 else "fp32", "flops_per_image": flops,
+            "peak_mem_mb": _peak_mb(device), "precision": trainer.precision, "flops_per_image": flops,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
 
 

@@ -144,6 +144,10 @@ class Trainer:
         self.in_chans = in_chans
         self.state = {"epoch": 0, "history": [], "best": None, "best_epoch": None, "best_state": None, "bad_evals": 0}
 
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         ckpt = {
@@ -315,7 +319,7 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
         "flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
     }
     log(f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
-        f"{trainer.n_train} training images on {device} in {'bf16' if trainer.bf16 else 'fp32'}"
+        f"{trainer.n_train} training images on {device} in {trainer.precision}"
         + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else ""))
     previous_seconds = sum(r["seconds"] for r in trainer.state["history"])
     try:
@@ -343,7 +347,7 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
         "cost": size_info | meter.result() | {
             "train_seconds": train_seconds,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "precision": "bf16" if trainer.bf16 else "fp32",
+            "precision": trainer.precision,
             "device_hours": train_seconds / 3600,
             "accelerator_hours": train_seconds / 3600 if device.type == "cuda" else 0.0,
             "peak_mem_mb": cost.peak_memory_mb(device),
