@@ -47,7 +47,8 @@ def simulate_cell(seeds: int, true_diff: float, kind: str, replicates: int, rng:
     return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
 
 
-def _tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:
+def planted_tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:
+    """Paired differences of the seven tasks of TASK_SDS, each of shape ``shape`` + (seeds,)."""
     return [true_mean + off + sd * noise(kind, shape + (seeds,), rng) for sd, off in zip(TASK_SDS, TASK_OFFSETS)]
 
 
@@ -55,7 +56,7 @@ def simulate_tasks(seeds: int, true_mean: float, kind: str, replicates: int, rng
                    rope: float = 0.01, confidence: float = 0.95) -> dict:
     """The across-task summary of one large arm over the seven tasks of TASK_SDS (true task differences
     ``true_mean`` + TASK_OFFSETS): coverage of the mean difference and the decisions."""
-    a = stats.assess(_tasks(seeds, true_mean, kind, (replicates,), rng), rope, confidence)
+    a = stats.assess(planted_tasks(seeds, true_mean, kind, (replicates,), rng), rope, confidence)
     return {"coverage": float(np.mean((a["lo"] <= true_mean) & (true_mean <= a["hi"])))} | rates(a["decision"])
 
 
@@ -63,7 +64,7 @@ def simulate_study(seeds: int, kind: str, replicates: int, rng: np.random.Genera
                    confidence: float = 0.95, arms: int = STUDY_ARMS) -> float:
     """How often a study says "Scale pays" (some large arm's across-task summary is better, at the family's
     simultaneous level) when every one of ``arms`` large arms sits exactly on the ROPE edge (+rope)."""
-    a = stats.assess(_tasks(seeds, rope, kind, (replicates, arms), rng), rope, confidence, family=arms)
+    a = stats.assess(planted_tasks(seeds, rope, kind, (replicates, arms), rng), rope, confidence, family=arms)
     return float(np.mean((a["decision"] == "better").any(axis=1)))
 
 
