@@ -587,7 +587,9 @@ def statistics_paras(res: Results) -> list:
              f"not) is made from the study-level family only, so it is a claim at {v['confidence']:.0%} for the study "
              f"as a whole. Undecided cells get the seeds that would likely decide them: the smallest n whose "
              f"t-interval half-width t(n − 1)·sd/√n at the simultaneous level falls below the distance from the "
-             f"observed mean difference to the nearest ROPE edge, assuming mean and sd stay as observed. Runs with a "
+             f"observed mean difference to the nearest ROPE edge, assuming mean and sd stay as observed. The intervals "
+             f"are closed-form, without resampling, so a cell's result depends only on its own runs and the size of "
+             f"its family. Runs with a "
              f"non-finite score are left out and listed; a run that appears twice in the run table stops the report. "
              f"Metric: test {res.metric} (MedMNIST conventions); ROPE ±{v['rope']:g}."),
         Para(calibration_text(v["confidence"])),
@@ -637,7 +639,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
               caption=f"Each large arm against its small partner, paired by seed; the simultaneous CI (confidence "
                       f"1 − α/m, m = {int(c['family'].max()) if len(c) else 0}) decides."),
         Heading("Across datasets", 2),
-        Table(["large arm", "fraction", "datasets", "pairs", f"mean Δ {res.metric}", f"IQM Δ", f"{v['confidence']:.0%} CI",
+        Table(["large arm", "fraction", "datasets", "pairs", f"mean Δ {res.metric}", "IQM Δ", f"{v['confidence']:.0%} CI",
                "simultaneous CI", "P(improve)", "decision"], over_rows,
               widths=[1.8, 0.7, 0.7, 0.6, 0.8, 0.7, 1.4, 1.4, 0.8, 0.9], size=7.5,
               caption="Per large arm and training fraction, across datasets (each dataset at one image size a task): "
