@@ -76,7 +76,7 @@ def make_config(runs: pd.DataFrame, **verdict) -> dict:
         "data": {"mirror": None, "datasets": [{"flag": d, "sizes": [int(s)]} for d, s in zip(datasets["dataset"], datasets["size"])]},
         "design": {"arms": list(ARMS), "fractions": sorted(runs["fraction"].unique().tolist()),
                    "seeds": int(runs["seed"].max())},
-        "verdict": {"metric": "auc", "rope": 0.01, "confidence": 0.95, "bootstrap": 200} | verdict,
+        "verdict": {"metric": "auc", "rope": 0.01, "confidence": 0.95} | verdict,
         "hardware": {"device": "auto", "country_iso_code": "USA"},
         "tracking": {"uri": None, "experiment": None},
         "weights": {"dir": None, "allow_selfmade": True},

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from runtable import make_config, make_runs
 
-from scaleaudit import report
+from scaleaudit import calibration, report
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -98,3 +99,63 @@ def test_report_needs_no_training_stack():
 
     code = "import sys, scaleaudit.report; print(sorted({'torch', 'timm', 'mlflow', 'codecarbon'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_coverage():
+    md = markdown(make_runs({"vit_b16_pretrained": 0.05}, datasets=DATASETS, fractions=(0.3, 1.0)))
+    assert "two-sided t-interval" in md and "Welch–Satterthwaite" in md
+    assert "two one-sided tests at α/2 each" in md
+    assert "Multiplicity (Bonferroni)" in md and "(m = 4: datasets" in md and "(m = 2: large arms" in md
+    assert "leave one seed out" in md
+    cell = calibration.measured()["cell"]
+    lo, hi = min(r["coverage"] for r in cell), max(r["coverage"] for r in cell)
+    assert f"covered the planted difference in {lo:.1%}–{hi:.1%} of the studies" in md
+    assert "Wilcoxon" not in md and "bootstrap" not in md
+
+
+def test_verdict_sentence_is_a_claim_for_the_study_per_fraction():
+    runs = make_runs({"vit_b16_pretrained": lambda f: 0.05 if f == 1.0 else 0.0}, seeds=10, noise=0.002,
+                     fractions=(0.3, 1.0))
+    md = markdown(runs)
+    assert ("Overall: Scale pays: Vit B16 Pretrained at training fraction 1 (+0.050 AUC mean over 1 dataset(s)" in md)
+    assert "1 other summary(ies) do not; a claim at 95% confidence for the study as a whole (Bonferroni over 2" in md
+
+
+def test_more_comparisons_in_the_design_widen_the_intervals_that_decide():
+    runs = make_runs({"vit_b16_pretrained": 0.03}, seeds=3, noise=0.004, seed=1)
+    assert "Overall: Scale pays" in markdown(runs)
+    config = make_config(runs)
+    config["design"]["fractions"] = [1.0] + [round(0.05 * k, 2) for k in range(1, 15)]  # 15 fractions, 14 not run
+    md = report.to_markdown(report.document(report.Results.of(runs, config), FIGS), Path("/"))
+    assert "Overall: Not decided yet" in md and "(m = 15: large arms × fractions)" in md
+
+
+def test_dropped_scores_missing_seeds_and_thin_cells_are_flagged():
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS)
+    runs.loc[(runs["arm"] == "cnn_small") & (runs["seed"] == 1) & (runs["dataset"] == "breastmnist"), "test_auc"] = float("nan")
+    runs = runs[~((runs["arm"] == "vit_b16_pretrained") & (runs["dataset"] == "pneumoniamnist") & (runs["seed"] == 3))]
+    md = markdown(runs)
+    assert ("Left out: 1 run(s) with a non-finite score: Cnn Small on breastmnist @ 28 px, fraction 1, seed 1 "
+            "(non-finite test\\_auc).") in md
+    assert "Fewer seeds than designed: Vit B16 Pretrained on pneumoniamnist @ 28 px, fraction 1: 2 of 3." in md
+    assert ("No decision (fewer than 3 pairs): Vit B16 Pretrained on pneumoniamnist @ 28 px, fraction 1: "
+            "2 pair(s): at least 3 needed for a decision.") in md
+    assert "Thin datasets left out of the summary (fewer than 3 pairs): Vit B16 Pretrained, fraction 1: " \
+           "pneumoniamnist @ 28 px (2 pair(s))." in md
+    assert "Overall: Scale pays" in md  # the thin cell does not void the arm
+
+
+def test_one_seed_is_never_decided():
+    md = markdown(make_runs({"vit_b16_pretrained": 0.05}, seeds=1))
+    assert "Overall: Not decided yet" in md and "no interval: no dataset with 3 or more pairs" in md
+
+
+def test_duplicated_run_stops_the_report(tmp_path):
+    from scaleaudit import cli
+
+    runs = make_runs()
+    pd.concat([runs, runs.iloc[[0]]]).to_csv(tmp_path / "runs.csv", index=False)
+    (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
+    rc = cli.main(["report", "--runs", str(tmp_path / "runs.csv"), "--config", str(tmp_path / "config.json"),
+                   "--out", str(tmp_path / "r.pdf")])
+    assert rc == 2 and not (tmp_path / "r.pdf").exists()

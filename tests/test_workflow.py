@@ -17,7 +17,6 @@ TINY = {
     "study": "tiny",
     "data": {"datasets": [{"flag": "breastmnist", "sizes": [28]}]},
     "design": {"arms": ["cnn_small", "vit_pt"], "fractions": [0.5, 1.0], "seeds": 2},
-    "verdict": {"bootstrap": 200},
     "recipes": {"tiny": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 2}},
     "arms": {
         "cnn_small": {"recipe": "tiny"},

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import ScaleauditError
 from .files import atomic_path, read_json
 
+RUN_KEY = ["dataset", "size", "fraction", "arm", "seed"]
 SPLIT_METRICS = ("auc", "acc", "bacc", "ece", "loss")
 COST_COLUMNS = (
     "params", "trainable_params", "flops_per_image", "train_seconds", "device", "device_hours",
@@ -41,8 +43,23 @@ def row(metrics: dict) -> dict:
     return out
 
 
+def check(table: pd.DataFrame) -> None:
+    """Reject a table in which a run appears twice: pairing by seed would silently count it twice."""
+    dup = table[table.duplicated(RUN_KEY, keep=False)]
+    if len(dup):
+        keys = dup.drop_duplicates(RUN_KEY)
+        listed = "; ".join(f"{r.arm} on {r.dataset} @ {r.size} px, fraction {r.fraction:g}, seed {r.seed}"
+                           for r in keys.head(5).itertuples())
+        raise ScaleauditError(
+            f"{len(keys)} run(s) appear more than once in the run table ({len(dup)} rows): {listed}"
+            + (" ..." if len(keys) > 5 else ""),
+            "each (dataset, size, fraction, arm, seed) must appear once: aggregate the metrics.json of one study "
+            "only (or remove the duplicated rows of runs.csv)")
+
+
 def collect(paths: list[str | os.PathLike]) -> pd.DataFrame:
     table = pd.DataFrame([row(read_json(p)) for p in paths])
+    check(table)
     return table.sort_values(["dataset", "size", "arm", "fraction", "seed"], ignore_index=True)
 
 

@@ -1,92 +1,105 @@
-"""The verdict: does a large arm beat the best small arm by more than a practical threshold, and at what cost?
+"""The verdict: does a large arm beat the best small arm by more than a practical threshold?
 
-Pure functions on the run table (one row per run, columns as written by ``aggregate``). A *cell* of the
-design is one (dataset, size, fraction); runs of two arms in a cell are paired by seed.
+Pure functions on the run table (one row per run, columns as ``aggregate`` writes them). A *cell* of the design is
+one (dataset, size, fraction); a *task* is one dataset at one image size. Each large-arm run is paired by seed with
+the run of the small arm chosen for that seed (``small_choice``: on the other seeds' validation scores).
 
-The across-task statistics follow Agarwal et al., "Deep reinforcement learning at the edge of the
-statistical precipice" (NeurIPS 2021), as the ``rliable`` package implements them: the interquartile mean
-(25 % trimmed mean over all runs of all tasks), percentile confidence intervals from a stratified
-bootstrap (runs resampled with replacement within each task), and the probability of improvement
-P(X > Y) + P(X = Y) / 2 averaged over tasks. They are written here with numpy because rliable pulls in
-``arch`` and ``absl`` for three short formulas; ``tests/test_stats.py`` checks them against hand-worked values.
+One path serves every statistic, as rliable's ``get_interval_estimates`` serves every estimator: paired differences
+grouped into tasks -> ``interval`` -> ``decide``. Per cell there is one task and the interval is the paired
+t-interval; across tasks it is the t-interval of the mean of the task means (Welch-Satterthwaite degrees of freedom).
+``decide`` sees only an interval, so another interval method with ``t_interval``'s signature (e.g. an anytime-valid
+one) can replace it. ``benchmarks/calibrate_stats.py`` measures coverage and error rates by simulation.
+
+Multiplicity (Bonferroni): the claims of a family of m comparisons are made from simultaneous intervals at confidence
+1 - alpha/m, so the chance that any claim of the family (better, worse or equivalent) is false is at most alpha.
+The families: the per-cell comparisons (cells x large arms) and the study-level summaries (large arms x training
+fractions, across tasks); the report's "Scale pays" is a claim of the second.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from . import published
+from . import aggregate
 
 CELL = ["dataset", "size", "fraction"]
+TASK = ["dataset", "size"]
 DECISIONS = ("better", "equivalent", "worse", "undecided")
+MIN_PAIRS = 3  # no decision from fewer pairs: two differences say almost nothing about their spread
+MAX_SEEDS = 1000  # seeds_needed gives up beyond this
+
+Interval = Callable[[Sequence, float], tuple]  # (tasks, confidence) -> (estimate, lo, hi)
 
 
 def score_column(metric: str, split: str = "test") -> str:
     return f"{split}_{metric}"
 
 
-# --- elementary statistics ---------------------------------------------------------------------------
+# --- estimators and intervals on arrays (vectorised over leading axes, as the simulations use them) ---------------
 
 
-def bootstrap_ci(x, confidence: float, n_boot: int, rng: np.random.Generator, stat=np.mean) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over the values ``x`` (NaN for fewer than 2 values)."""
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2:
-        return math.nan, math.nan
-    boot = stat(x[rng.integers(0, len(x), size=(n_boot, len(x)))], axis=1)
-    alpha = (1 - confidence) / 2
-    return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
+def t_interval(tasks: Sequence, confidence: float) -> tuple:
+    """The mean over tasks of each task's mean, with its t-interval. Each task is an array whose last axis holds its
+    values (seeds). One task: the paired t-interval; several: standard error from the per-task variances and
+    Welch-Satterthwaite degrees of freedom. NaN where a task has fewer than 2 values."""
+    tasks = [np.asarray(t, dtype=float) for t in tasks]
+    if not tasks or min(t.shape[-1] for t in tasks) < 2:
+        nan = np.full(np.broadcast_shapes(*(t.shape[:-1] for t in tasks)) if tasks else (), np.nan)
+        return nan, nan, nan
+    k = len(tasks)
+    estimate = sum(t.mean(axis=-1) for t in tasks) / k
+    v = [t.var(axis=-1, ddof=1) / t.shape[-1] for t in tasks]  # variance of each task mean
+    total = sum(v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = total**2 / sum(vi**2 / (t.shape[-1] - 1) for vi, t in zip(v, tasks))
+        half = np.where(total > 0, sps.t.ppf(0.5 + confidence / 2, df) * np.sqrt(total) / k, 0.0)
+    return estimate, estimate - half, estimate + half
 
 
-def prob_improvement(x, y) -> float:
-    """P(X > Y) + P(X = Y) / 2 for a random run of X and one of Y (the Mann-Whitney U over n_x * n_y)."""
-    x, y = np.asarray(x, dtype=float)[:, None], np.asarray(y, dtype=float)[None, :]
-    return float((x > y).mean() + 0.5 * (x == y).mean())
+def decide(lo, hi, rope: float):
+    """Place an interval against the region of practical equivalence [-rope, +rope]: better (above it), worse
+    (below it), equivalent (inside it) or undecided (across an edge, or no interval). Vectorised."""
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    out = np.select([lo > rope, hi < -rope, (lo >= -rope) & (hi <= rope)], ["better", "worse", "equivalent"],
+                    "undecided")
+    return str(out) if out.ndim == 0 else out
 
 
-def wilcoxon_p(diffs) -> float:
-    """Two-sided paired Wilcoxon signed-rank p-value (1 when every difference is zero, NaN below 2 pairs)."""
+def family_confidence(confidence: float, family: int) -> float:
+    """Confidence of each interval of a family of ``family`` comparisons (Bonferroni: alpha / m each)."""
+    return 1 - (1 - confidence) / max(family, 1)
+
+
+def assess(tasks: Sequence, rope: float, confidence: float, family: int = 1, interval: Interval = t_interval) -> dict:
+    """The one path: the estimate and its interval at ``confidence`` (shown, and what the calibration measures),
+    the simultaneous interval of the family, and the decision that interval supports."""
+    estimate, lo, hi = interval(tasks, confidence)
+    _, adj_lo, adj_hi = interval(tasks, family_confidence(confidence, family))
+    return {"estimate": estimate, "lo": lo, "hi": hi, "adj_lo": adj_lo, "adj_hi": adj_hi,
+            "decision": decide(adj_lo, adj_hi, rope)}
+
+
+def prob_improvement(diffs) -> float:
+    """Paired probability of improvement: the share of seeds on which the large arm beat its partner (ties half)."""
     d = np.asarray(diffs, dtype=float)
-    if len(d) < 2:
-        return math.nan
-    if not np.any(d):
-        return 1.0
-    return float(sps.wilcoxon(d).pvalue)
+    return float((d > 0).mean() + 0.5 * (d == 0).mean()) if len(d) else math.nan
 
 
-def holm(pvalues) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (family-wise error over all comparisons of the study); NaN stays NaN."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok])]
-    m = len(order)
-    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
-    out[order] = adjusted
-    return out
-
-
-def decide(lo: float, hi: float, rope: float) -> str:
-    """Place a confidence interval against the region of practical equivalence [-rope, +rope]."""
-    if math.isnan(lo) or math.isnan(hi):
-        return "undecided"
-    if lo > rope:
-        return "better"
-    if hi < -rope:
-        return "worse"
-    if -rope <= lo and hi <= rope:
-        return "equivalent"
-    return "undecided"
+def iqm(values) -> float:
+    """Interquartile mean: the mean of the middle 50 % of all values (scipy's 25 % trimmed mean, as rliable)."""
+    pooled = np.concatenate([np.ravel(v) for v in values]) if len(values) else np.array([])
+    return float(sps.trim_mean(pooled, 0.25)) if len(pooled) else math.nan
 
 
 def seeds_needed(diffs, rope: float, confidence: float) -> int | None:
-    """How many paired seeds in all would likely decide: the CI half-width z*sd/sqrt(n) must shrink below the
-    distance from the mean difference to the nearest ROPE edge (assuming mean and spread stay as observed).
-    None when that distance is ~0 (the mean sits on an edge) or the spread is unknown."""
+    """Seeds in all that would likely decide, assuming the observed mean difference and sd stay: the smallest n whose
+    t-interval half-width t(n-1) * sd / sqrt(n), at the confidence the decision uses, is below the distance from
+    the mean to the nearest ROPE edge. None when that distance is ~0, the spread is unknown or n > MAX_SEEDS."""
     d = np.asarray(diffs, dtype=float)
     if len(d) < 2:
         return None
@@ -94,25 +107,44 @@ def seeds_needed(diffs, rope: float, confidence: float) -> int | None:
     gap = min(abs(mean - rope), abs(mean + rope))
     if gap < 1e-9 or sd == 0:
         return None
-    z = sps.norm.ppf(0.5 + confidence / 2)
-    return max(len(d) + 1, math.ceil((z * sd / gap) ** 2))
+    n = np.arange(len(d) + 1, MAX_SEEDS + 1)
+    ok = np.flatnonzero(sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n) < gap)
+    return int(n[ok[0]]) if len(ok) else None
 
 
-# --- per cell: each large arm against the best small arm ----------------------------------------------
+# --- the run table: usable runs, choice of the small arm, pairs --------------------------------------------------
 
 
-def best_small(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The small arm of each cell with the highest mean *validation* score (choosing on test would flatter it)."""
+def unusable(runs: pd.DataFrame, metric: str) -> pd.Series:
+    """Why each run cannot enter the verdict ('' when it can): a non-finite test score, or, for a small arm, a
+    non-finite validation score (the small arm is chosen on it)."""
+    test = pd.to_numeric(runs[score_column(metric)], errors="coerce")
+    val = pd.to_numeric(runs[score_column(metric, "val")], errors="coerce")
+    why = pd.Series("", index=runs.index)
+    why = why.mask((runs["group"] == "small") & ~np.isfinite(val), f"non-finite {score_column(metric, 'val')}")
+    return why.mask(~np.isfinite(test), f"non-finite {score_column(metric)}")
+
+
+def small_choice(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """For each (cell, seed): the small arm with the highest mean validation score over the cell's *other* seeds
+    (leave one seed out), so the seed whose test scores are compared played no part in choosing its partner."""
+    val = score_column(metric, "val")
     small = runs[runs["group"] == "small"]
-    means = small.groupby(CELL + ["arm"], as_index=False)[score_column(metric, "val")].mean()
-    best = means.sort_values(score_column(metric, "val"), ascending=False, kind="stable").drop_duplicates(CELL)
-    return best[CELL + ["arm"]].rename(columns={"arm": "small_arm"}).reset_index(drop=True)
+    by_arm = small.groupby(CELL + ["arm"])[val]
+    count = by_arm.transform("count")
+    others = ((by_arm.transform("sum") - small[val]) / (count - 1)).where(count > 1)
+    only_arm = small.groupby(CELL)["arm"].transform("nunique") == 1
+    small = small.assign(loso=others.mask(only_arm, 0.0).fillna(-math.inf))
+    pick = small.sort_values(CELL + ["seed", "loso", "arm"], ascending=[True] * 4 + [False, True], kind="stable")
+    return pick.drop_duplicates(CELL + ["seed"])[CELL + ["seed", "arm"]].rename(columns={"arm": "small_arm"})
 
 
 def paired(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (cell, large arm, seed): the large arm's and the best small arm's test score and difference."""
+    """One row per (cell, large arm, seed) of usable runs: the large arm's and its partner's test score and their
+    difference."""
     col = score_column(metric)
-    small = runs.merge(best_small(runs, metric), on=CELL)
+    runs = runs[unusable(runs, metric) == ""]
+    small = runs.merge(small_choice(runs, metric), on=CELL + ["seed"])
     small = small[small["arm"] == small["small_arm"]][CELL + ["seed", "small_arm", col]]
     large = runs[runs["group"] == "large"][CELL + ["seed", "arm", col]]
     pairs = large.merge(small, on=CELL + ["seed"], suffixes=("_large", "_small"))
@@ -121,190 +153,101 @@ def paired(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pairs.sort_values(CELL + ["arm", "seed"], ignore_index=True)
 
 
+# --- per cell: each large arm against its small partner -------------------------------------------------------
+
+
+COMPARE_COLUMNS = CELL + ["arm", "small_arm", "small_choice", "n", "dropped", "large_mean", "small_mean", "diff", "lo",
+                          "hi", "adj_lo", "adj_hi", "family", "p_improve", "decision", "seeds_needed", "note"]
+
+
 def compare(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95,
-            n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per cell and large arm: mean paired difference to the best small arm with a bootstrap CI, probability of
-    improvement, paired Wilcoxon p (Holm-adjusted over all comparisons) and the decision against the ROPE."""
-    rng = np.random.default_rng(seed)
+            family: int | None = None) -> pd.DataFrame:
+    """Per cell and large arm (every one that has a run, paired or not): the mean paired difference to the small
+    partner with its t-interval, the simultaneous interval of the family of all comparisons (at least ``family``,
+    e.g. the design's count, so missing cells do not loosen it) and the decision; thin cells are kept, with a note."""
+    aggregate.check(runs)
+    why = unusable(runs, metric)
+    pairs = paired(runs, metric)
+    keys = runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates().sort_values(CELL + ["arm"])
+    m = max(family or 0, len(keys))
+    has_small = set(map(tuple, runs.loc[runs["group"] == "small", CELL].drop_duplicates().to_numpy()))
+    by = {k: g for k, g in pairs.groupby(CELL + ["arm"], sort=False)}
     rows = []
-    for (dataset, size, fraction, arm), g in paired(runs, metric).groupby(CELL + ["arm"], sort=True):
-        lo, hi = bootstrap_ci(g["diff"], confidence, n_boot, rng)
-        decision = decide(lo, hi, rope)
-        rows.append({
-            "dataset": dataset, "size": size, "fraction": fraction, "arm": arm, "small_arm": g["small_arm"].iloc[0],
-            "n": len(g), "large_mean": g["large"].mean(), "small_mean": g["small"].mean(), "diff": g["diff"].mean(),
-            "lo": lo, "hi": hi, "p_improve": prob_improvement(g["large"], g["small"]), "p_wilcoxon": wilcoxon_p(g["diff"]),
-            "decision": decision,
-            "seeds_needed": seeds_needed(g["diff"], rope, confidence) if decision == "undecided" else None,
-        })
-    out = pd.DataFrame(rows, columns=CELL + ["arm", "small_arm", "n", "large_mean", "small_mean", "diff", "lo", "hi",
-                                             "p_improve", "p_wilcoxon", "decision", "seeds_needed"])
-    out["p_holm"] = holm(out["p_wilcoxon"])
+    for key in keys.itertuples(index=False, name=None):
+        g = by.get(key, pairs.iloc[:0])
+        in_cell = (runs[CELL] == key[:3]).all(axis=1) & ((runs["arm"] == key[3]) | (runs["group"] == "small"))
+        dropped = int((why[in_cell] != "").sum())
+        choices = g["small_arm"].value_counts()
+        row = dict(zip(CELL + ["arm"], key)) | {
+            "small_arm": choices.index[0] if len(choices) else None,
+            "small_choice": ", ".join(f"{a} ×{k}" for a, k in choices.items()) if len(choices) > 1 else "",
+            "n": len(g), "dropped": dropped, "large_mean": g["large"].mean(), "small_mean": g["small"].mean(),
+            "diff": g["diff"].mean(), "family": m, "p_improve": prob_improvement(g["diff"]), "seeds_needed": None,
+        }
+        notes = [f"{dropped} run(s) with a non-finite score dropped"] if dropped else []
+        if key[:3] not in has_small:
+            notes.append("no small arm in this cell")
+        elif len(g) == 0:
+            notes.append("no seed shared with a small arm")
+        if len(g) >= MIN_PAIRS:
+            a = assess([g["diff"].to_numpy()], rope, confidence, m)
+            row |= {k: float(a[k]) for k in ("lo", "hi", "adj_lo", "adj_hi")} | {"decision": a["decision"]}
+            if a["decision"] == "undecided":
+                row["seeds_needed"] = seeds_needed(g["diff"], rope, family_confidence(confidence, m))
+        else:
+            row |= dict.fromkeys(("lo", "hi", "adj_lo", "adj_hi"), math.nan) | {"decision": "undecided"}
+            if len(g):
+                notes.append(f"{len(g)} pair(s): at least {MIN_PAIRS} needed for a decision")
+        rows.append(row | {"note": "; ".join(notes)})
+    out = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     out["seeds_needed"] = out["seeds_needed"].astype("Int64")
     return out
 
 
-# --- across tasks (Agarwal et al. 2021) ---------------------------------------------------------------------
-
-
-def iqm(values) -> float:
-    """Interquartile mean: the mean of the middle 50 % of all values (scipy's 25 % trimmed mean, as rliable)."""
-    return float(sps.trim_mean(np.concatenate([np.ravel(v) for v in values]), 0.25))
-
-
-def stratified_bootstrap_ci(tasks: list, stat, confidence: float, n_boot: int,
-                            rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile CI of ``stat(list of per-task arrays)``, resampling runs with replacement within each task.
-    NaN when a task has fewer than 2 runs: resampling one run shows no spread, and the CI would be falsely narrow."""
-    tasks = [np.asarray(t, dtype=float) for t in tasks]
-    if not tasks or min(len(t) for t in tasks) < 2:
-        return math.nan, math.nan
-    boot = [stat([t[rng.integers(0, len(t), len(t))] for t in tasks]) for _ in range(n_boot)]
-    alpha = (1 - confidence) / 2
-    return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
+# --- across tasks, per training fraction ---------------------------------------------------------------------------
 
 
 def overall(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95,
-            n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per large arm, across all cells (the tasks): IQM of the paired differences to the best small arm with a
-    stratified-bootstrap CI, the decision against the ROPE, and the probability of improvement averaged over tasks."""
-    rng = np.random.default_rng(seed)
+            family: int | None = None) -> pd.DataFrame:
+    """Per large arm and training fraction, across tasks (datasets at one image size) with at least MIN_PAIRS pairs:
+    the mean of the task mean differences with its t-interval and the simultaneous interval of the family of all
+    such summaries (at least ``family``), the decision, the IQM of all paired differences and the task-averaged
+    paired probability of improvement. Thin tasks are left out and named, never void the summary."""
+    cells = compare(runs, metric, rope, confidence)
+    pairs = paired(runs, metric)
+    keys = cells[["arm", "fraction"]].drop_duplicates().sort_values(["arm", "fraction"])
+    m = max(family or 0, len(keys))
     rows = []
-    for arm, g in paired(runs, metric).groupby("arm", sort=True):
-        cells = [c for _, c in g.groupby(CELL, sort=True)]
-        diffs = [c["diff"].to_numpy() for c in cells]
-        lo, hi = stratified_bootstrap_ci(diffs, iqm, confidence, n_boot, rng)
-        rows.append({
-            "arm": arm, "tasks": len(cells), "runs": len(g), "iqm_diff": iqm(diffs), "lo": lo, "hi": hi,
-            "p_improve": float(np.mean([prob_improvement(c["large"], c["small"]) for c in cells])),
-            "decision": decide(lo, hi, rope),
-        })
-    return pd.DataFrame(rows, columns=["arm", "tasks", "runs", "iqm_diff", "lo", "hi", "p_improve", "decision"])
+    for arm, fraction in keys.itertuples(index=False, name=None):
+        c = cells[(cells["arm"] == arm) & (cells["fraction"] == fraction)]
+        full, thin = c[c["n"] >= MIN_PAIRS], c[c["n"] < MIN_PAIRS]
+        p = pairs[(pairs["arm"] == arm) & (pairs["fraction"] == fraction)]
+        tasks = [g["diff"].to_numpy() for k, g in p.groupby(TASK, sort=True)
+                 if k in set(zip(full["dataset"], full["size"]))]
+        row = {"arm": arm, "fraction": fraction, "tasks": len(tasks), "pairs": int(full["n"].sum()),
+               "thin": "; ".join(f"{r.dataset} @ {r.size} px ({r.n} pair(s))" for r in thin.itertuples()),
+               "dropped": int(c["dropped"].sum()), "iqm_diff": iqm(tasks), "family": m,
+               "p_improve": float(np.mean([prob_improvement(t) for t in tasks])) if tasks else math.nan}
+        if tasks:
+            a = assess(tasks, rope, confidence, m)
+            row |= {"mean_diff": float(a["estimate"])} | {k: float(a[k]) for k in ("lo", "hi", "adj_lo", "adj_hi")}
+            row["decision"] = a["decision"]
+        else:
+            row |= dict.fromkeys(("mean_diff", "lo", "hi", "adj_lo", "adj_hi"), math.nan) | {"decision": "undecided"}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["arm", "fraction", "tasks", "pairs", "thin", "dropped", "mean_diff", "iqm_diff",
+                                       "lo", "hi", "adj_lo", "adj_hi", "family", "p_improve", "decision"])
 
 
-def iqm_scores(runs: pd.DataFrame, metric: str = "auc", confidence: float = 0.95, n_boot: int = 2000,
-               seed: int = 0) -> pd.DataFrame:
-    """IQM of each arm's test score over all its runs of all cells, with a stratified-bootstrap CI."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for arm, g in runs.groupby("arm", sort=True):
-        tasks = [c[score_column(metric)].to_numpy() for _, c in g.groupby(CELL, sort=True)]
-        lo, hi = stratified_bootstrap_ci(tasks, iqm, confidence, n_boot, rng)
-        rows.append({"arm": arm, "group": g["group"].iloc[0], "tasks": len(tasks), "iqm": iqm(tasks), "lo": lo, "hi": hi})
-    return pd.DataFrame(rows, columns=["arm", "group", "tasks", "iqm", "lo", "hi"])
-
-
-def verdict_sentence(over: pd.DataFrame, rope: float, metric: str, labels: dict | None = None) -> str:
-    """One sentence that the across-task decisions support; its wording follows from them, never fixed."""
-    name = metric.upper()
-    if over.empty:
-        return f"No verdict: the study has no large arm paired with a small arm (same cells and seeds) on {name}."
-
-    def desc(r) -> str:
-        interval = "no CI: fewer than 2 seeds" if math.isnan(r.lo) else f"CI [{r.lo:+.3f}, {r.hi:+.3f}]"
-        return f"{(labels or {}).get(r.arm, r.arm)} ({r.iqm_diff:+.3f} {name}, {interval}, over {r.tasks} task(s))"
-
-    by = {d: over[over["decision"] == d].sort_values("iqm_diff", ascending=False) for d in DECISIONS}
-    margin = f"more than the practical threshold of ±{rope:g} {name}"
-    if len(by["better"]):
-        others = len(over) - len(by["better"])
-        tail = f"; {others} other large arm(s) do not" if others else ""
-        return (f"Scale pays: {', '.join(desc(r) for r in by['better'].itertuples())} beat(s) the best small model by "
-                f"{margin}{tail}.")
-    if len(by["undecided"]):
-        return (f"Not decided yet: no large arm is shown to beat the best small model by {margin}, but "
-                f"{', '.join(desc(r) for r in by['undecided'].itertuples())} could still; more seeds are needed.")
-    best = over.sort_values("iqm_diff", ascending=False).iloc[0]
-    if len(by["worse"]) == len(over):
-        return f"Scale does not pay: every large arm is worse than the best small model by {margin}; the closest is {desc(best)}."
-    return (f"Scale does not pay: no large arm beats the best small model by {margin}; the best large arm is "
-            f"{desc(best)}, {best.decision} to it.")
-
-
-# --- cost -----------------------------------------------------------------------------------------------------
-
-
-def hours_column(runs: pd.DataFrame) -> str:
-    """accelerator_hours, or device_hours when no run used an accelerator (a CPU study)."""
-    return "accelerator_hours" if runs["accelerator_hours"].fillna(0).gt(0).any() else "device_hours"
-
-
-def cost_normalised(runs: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
-    """Each comparison's gain per extra kWh and per extra accelerator-hour (device-hours on a CPU-only study).
-    NaN where the large arm costs no more than the small one (then the gain is free, or the loss is saved)."""
-    hours = hours_column(runs)
-    mean_cost = runs.groupby(CELL + ["arm"])[["energy_kwh", hours]].mean()
-    out = comparisons.copy()
-    large = mean_cost.reindex(pd.MultiIndex.from_frame(out[CELL + ["arm"]]))
-    small = mean_cost.reindex(pd.MultiIndex.from_frame(out[CELL + ["small_arm"]]))
-    out["extra_kwh"] = large["energy_kwh"].to_numpy() - small["energy_kwh"].to_numpy()
-    out["extra_hours"] = large[hours].to_numpy() - small[hours].to_numpy()
-    out["energy_ratio"] = large["energy_kwh"].to_numpy() / small["energy_kwh"].to_numpy()
-    out["gain_per_kwh"] = (out["diff"] / out["extra_kwh"]).where(out["extra_kwh"] > 0)
-    out["gain_per_hour"] = (out["diff"] / out["extra_hours"]).where(out["extra_hours"] > 0)
-    out["hours"] = hours
-    return out
-
-
-def arm_summary(runs: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """Per cell and arm: seeds, mean and sd of the test score, accuracy and ECE; mean cost per run."""
+def score_summary(runs: pd.DataFrame, metric: str = "auc", confidence: float = 0.95) -> pd.DataFrame:
+    """Per arm and training fraction, across tasks: the IQM of the arm's finite test scores and the mean of its task
+    means with the same t-interval as the verdict (tasks with fewer than 2 runs are left out of the interval)."""
     col = score_column(metric)
-    hours = hours_column(runs)
-    return runs.groupby(CELL + ["arm"], sort=True).agg(
-        group=("group", "first"), n=("seed", "size"), score_mean=(col, "mean"), score_sd=(col, "std"),
-        acc_mean=("test_acc", "mean"), ece_mean=("test_ece", "mean"), params=("params", "first"),
-        flops=("flops_per_image", "first"), train_seconds=("train_seconds", "mean"), hours=(hours, "mean"),
-        energy_kwh=("energy_kwh", "mean"), co2e_kg=("co2e_kg", "mean"), peak_mem_mb=("peak_mem_mb", "max"),
-    ).reset_index()
-
-
-def pareto_front(summary: pd.DataFrame, cost: str = "energy_kwh", perf: str = "score_mean") -> pd.Series:
-    """True for the arms of each cell that no other arm beats on both cost (lower) and performance (higher)."""
-    front = pd.Series(False, index=summary.index)
-    for _, g in summary.groupby(CELL):
-        best = -math.inf
-        for i, r in g.sort_values([cost, perf], ascending=[True, False]).iterrows():
-            if r[perf] > best:
-                front[i], best = True, r[perf]
-    return front
-
-
-def study_total(runs: pd.DataFrame) -> dict:
-    """What the study's training runs spent in all."""
-    return {"runs": len(runs), "train_hours": runs["train_seconds"].sum() / 3600,
-            "device_hours": runs["device_hours"].sum(), "accelerator_hours": runs["accelerator_hours"].sum(),
-            "energy_kwh": runs["energy_kwh"].sum(), "co2e_kg": runs["co2e_kg"].sum()}
-
-
-# --- data efficiency and reproduction ---------------------------------------------------------------------
-
-
-def data_efficiency(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """The gain of each large arm as a function of training fraction: one row per (dataset, size, arm),
-    one column per fraction (mean paired difference)."""
-    if comparisons.empty:
-        return pd.DataFrame()
-    wide = comparisons.pivot_table(index=["dataset", "size", "arm"], columns="fraction", values="diff")
-    return wide.reset_index()
-
-
-def reproduction(runs: pd.DataFrame, arms: dict, spread: float = 2.0) -> pd.DataFrame:
-    """Reproduced test AUC/ACC (full training set) of each arm with ``reproduces:`` beside the published value;
-    "within" when the published AUC lies within ``spread`` seed standard deviations of the reproduced mean."""
+    ok = runs[np.isfinite(pd.to_numeric(runs[col], errors="coerce"))]
     rows = []
-    full = runs[runs["fraction"] == 1.0]
-    for (arm, dataset, size), g in full.groupby(["arm", "dataset", "size"], sort=True):
-        ref = arms.get(arm, {}).get("reproduces")
-        pub = published.find(ref, dataset, size) if ref else None
-        if pub is None:
-            continue
-        auc_sd = g["test_auc"].std()
-        rows.append({
-            "arm": arm, "dataset": dataset, "size": size, "reference": ref, "paper": pub["paper"],
-            "protocol": pub["protocol"], "recipe": g["recipe"].iloc[0], "n": len(g),
-            "auc": g["test_auc"].mean(), "auc_sd": auc_sd, "acc": g["test_acc"].mean(), "acc_sd": g["test_acc"].std(),
-            "pub_auc": pub["auc"], "pub_acc": pub["acc"], "auc_diff": g["test_auc"].mean() - pub["auc"],
-            "acc_diff": g["test_acc"].mean() - pub["acc"],
-            "within": bool(abs(g["test_auc"].mean() - pub["auc"]) <= spread * auc_sd) if len(g) > 1 else None,
-        })
-    return pd.DataFrame(rows)
+    for (arm, fraction), g in ok.groupby(["arm", "fraction"], sort=True):
+        tasks = [t[col].to_numpy() for _, t in g.groupby(TASK, sort=True)]
+        estimate, lo, hi = t_interval([t for t in tasks if len(t) >= 2], confidence)
+        rows.append({"arm": arm, "group": g["group"].iloc[0], "fraction": fraction, "tasks": len(tasks),
+                     "iqm": iqm(tasks), "mean": float(estimate), "lo": float(lo), "hi": float(hi)})
+    return pd.DataFrame(rows, columns=["arm", "group", "fraction", "tasks", "iqm", "mean", "lo", "hi"])

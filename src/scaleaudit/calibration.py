@@ -1,0 +1,109 @@
+"""The verdict tested like an instrument: simulated studies with a planted truth, and the figures measured on them.
+
+``simulate_cell``, ``simulate_tasks`` and ``simulate_study`` draw many replicate studies at once (numpy arrays with
+the replicates on the first axis) and run them through ``stats.assess``, the path the report uses. Seed noise is
+normal or heavy-tailed (Student t with 4 degrees of freedom, scaled to the same sd). ``benchmarks/calibrate_stats.py``
+prints the full table and stores it in ``calibration.json``, which the report's Methods quotes (``measured``); the
+test suite re-measures a part of it. ``percentile_bootstrap`` is the interval scaleaudit used before (kept as the
+reference that the calibration must tell apart from a calibrated one).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+import numpy as np
+
+from . import stats
+
+NOISE = ("normal", "t4")
+SEED_SD = 0.02  # sd of a paired difference between two runs (seed noise of 0.01-0.03 AUC per run is typical)
+TASK_SDS = (0.01, 0.015, 0.02, 0.025, 0.03, 0.02, 0.015)  # seven tasks of unequal noise for the across-task checks
+TASK_OFFSETS = (-0.01, 0.005, 0.0, 0.01, -0.005, 0.0, 0.0)  # task effects around the planted mean (they sum to 0)
+STUDY_ARMS = 5  # large arms in the study-level check, all planted on the ROPE edge
+
+
+def noise(kind: str, shape, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance noise: normal, or Student t with 4 degrees of freedom (variance 2, so divided by sqrt 2)."""
+    if kind == "normal":
+        return rng.standard_normal(shape)
+    if kind == "t4":
+        return rng.standard_t(4, shape) / np.sqrt(2)
+    raise ValueError(f"unknown noise {kind!r}: one of {NOISE}")
+
+
+def rates(decision: np.ndarray) -> dict:
+    return {d: float(np.mean(decision == d)) for d in stats.DECISIONS}
+
+
+def simulate_cell(seeds: int, true_diff: float, kind: str, replicates: int, rng: np.random.Generator,
+                  rope: float = 0.01, confidence: float = 0.95, interval: stats.Interval = stats.t_interval) -> dict:
+    """One cell (one comparison, family of one) with ``seeds`` paired differences of sd SEED_SD around ``true_diff``:
+    how often its interval covers the truth, and how often each decision is made."""
+    d = true_diff + SEED_SD * noise(kind, (replicates, seeds), rng)
+    a = stats.assess([d], rope, confidence, interval=interval)
+    return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
+
+
+def planted_tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:
+    """Paired differences of the seven tasks of TASK_SDS, each of shape ``shape`` + (seeds,)."""
+    return [true_mean + off + sd * noise(kind, shape + (seeds,), rng) for sd, off in zip(TASK_SDS, TASK_OFFSETS)]
+
+
+def simulate_tasks(seeds: int, true_mean: float, kind: str, replicates: int, rng: np.random.Generator,
+                   rope: float = 0.01, confidence: float = 0.95) -> dict:
+    """The across-task summary of one large arm over the seven tasks of TASK_SDS (true task differences
+    ``true_mean`` + TASK_OFFSETS): coverage of the mean difference and the decisions."""
+    a = stats.assess(planted_tasks(seeds, true_mean, kind, (replicates,), rng), rope, confidence)
+    return {"coverage": float(np.mean((a["lo"] <= true_mean) & (true_mean <= a["hi"])))} | rates(a["decision"])
+
+
+def simulate_study(seeds: int, kind: str, replicates: int, rng: np.random.Generator, rope: float = 0.01,
+                   confidence: float = 0.95, arms: int = STUDY_ARMS) -> float:
+    """How often a study says "Scale pays" (some large arm's across-task summary is better, at the family's
+    simultaneous level) when every one of ``arms`` large arms sits exactly on the ROPE edge (+rope)."""
+    a = stats.assess(planted_tasks(seeds, rope, kind, (replicates, arms), rng), rope, confidence, family=arms)
+    return float(np.mean((a["decision"] == "better").any(axis=1)))
+
+
+def percentile_bootstrap(tasks, confidence: float, n_boot: int = 1000, seed: int = 0) -> tuple:
+    """The interval scaleaudit used before: percentile bootstrap of the mean of task means, resampling seeds within
+    each task (vectorised like ``stats.t_interval``). At 3 seeds it is about [min, max] of the values."""
+    rng = np.random.default_rng(seed)
+    tasks = [np.asarray(t, dtype=float) for t in tasks]
+    boot = sum(t[..., rng.integers(0, t.shape[-1], (n_boot, t.shape[-1]))].mean(axis=-1) for t in tasks) / len(tasks)
+    alpha = (1 - confidence) / 2
+    estimate = sum(t.mean(axis=-1) for t in tasks) / len(tasks)
+    return estimate, np.quantile(boot, alpha, axis=-1), np.quantile(boot, 1 - alpha, axis=-1)
+
+
+def table(replicates: int, seeds=(3, 5, 10, 20), rope: float = 0.01, confidence: float = 0.95, seed: int = 0,
+          interval: stats.Interval = stats.t_interval) -> dict:
+    """The full calibration: per cell (coverage; false better/worse/equivalent with the truth on a ROPE edge; power
+    at +0.02 and +0.05), across tasks (coverage, false better at the edge) and the study-level false "Scale pays"."""
+    rng = np.random.default_rng(seed)
+    cell, tasks, study = [], [], []
+    for kind in NOISE:
+        for n in seeds:
+            at = {t: simulate_cell(n, t, kind, replicates, rng, rope, confidence, interval) for t in
+                  (0.0, rope, -rope, 0.02, 0.05)}
+            cell.append({"noise": kind, "seeds": n, "coverage": at[0.02]["coverage"],
+                         "false_better": at[rope]["better"], "false_worse": at[-rope]["worse"],
+                         "false_equivalent": at[rope]["equivalent"], "power_0.02": at[0.02]["better"],
+                         "power_0.05": at[0.05]["better"], "equivalent_at_0": at[0.0]["equivalent"]})
+            if interval is stats.t_interval:
+                edge = simulate_tasks(n, rope, kind, replicates, rng, rope, confidence)
+                tasks.append({"noise": kind, "seeds": n, "tasks": len(TASK_SDS), "coverage": edge["coverage"],
+                              "false_better": edge["better"]})
+                study.append({"noise": kind, "seeds": n, "arms": STUDY_ARMS,
+                              "false_scale_pays": simulate_study(n, kind, replicates, rng, rope, confidence)})
+    return {"confidence": confidence, "rope": rope, "replicates": replicates, "seed_sd": SEED_SD,
+            "interval": interval.__name__, "cell": cell, "tasks": tasks, "study": study}
+
+
+@cache
+def measured() -> dict:
+    """The figures ``benchmarks/calibrate_stats.py --write`` stored (calibration.json)."""
+    return json.loads(resources.files(__package__).joinpath("calibration.json").read_text())

@@ -1,0 +1,61 @@
+"""The cost ledger: what each arm cost, the gain per extra kWh and accelerator-hour, the Pareto front, totals."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .stats import CELL, score_column
+
+
+def hours_column(runs: pd.DataFrame) -> str:
+    """accelerator_hours, or device_hours when no run used an accelerator (a CPU study)."""
+    return "accelerator_hours" if runs["accelerator_hours"].fillna(0).gt(0).any() else "device_hours"
+
+
+def cost_normalised(runs: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Each comparison's gain per extra kWh and per extra accelerator-hour (device-hours on a CPU-only study).
+    NaN where the large arm costs no more than the small one (then the gain is free, or the loss is saved)."""
+    hours = hours_column(runs)
+    mean_cost = runs.groupby(CELL + ["arm"])[["energy_kwh", hours]].mean()
+    out = comparisons.copy()
+    large = mean_cost.reindex(pd.MultiIndex.from_frame(out[CELL + ["arm"]]))
+    small = mean_cost.reindex(pd.MultiIndex.from_frame(out[CELL + ["small_arm"]]))
+    out["extra_kwh"] = large["energy_kwh"].to_numpy() - small["energy_kwh"].to_numpy()
+    out["extra_hours"] = large[hours].to_numpy() - small[hours].to_numpy()
+    out["energy_ratio"] = large["energy_kwh"].to_numpy() / small["energy_kwh"].to_numpy()
+    out["gain_per_kwh"] = (out["diff"] / out["extra_kwh"]).where(out["extra_kwh"] > 0)
+    out["gain_per_hour"] = (out["diff"] / out["extra_hours"]).where(out["extra_hours"] > 0)
+    out["hours"] = hours
+    return out
+
+
+def arm_summary(runs: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
+    """Per cell and arm: seeds, mean and sd of the test score, accuracy and ECE; mean cost per run."""
+    col = score_column(metric)
+    hours = hours_column(runs)
+    return runs.groupby(CELL + ["arm"], sort=True).agg(
+        group=("group", "first"), n=("seed", "size"), score_mean=(col, "mean"), score_sd=(col, "std"),
+        acc_mean=("test_acc", "mean"), ece_mean=("test_ece", "mean"), params=("params", "first"),
+        flops=("flops_per_image", "first"), train_seconds=("train_seconds", "mean"), hours=(hours, "mean"),
+        energy_kwh=("energy_kwh", "mean"), co2e_kg=("co2e_kg", "mean"), peak_mem_mb=("peak_mem_mb", "max"),
+    ).reset_index()
+
+
+def pareto_front(summary: pd.DataFrame, cost: str = "energy_kwh", perf: str = "score_mean") -> pd.Series:
+    """True for the arms of each cell that no other arm beats on both cost (lower) and performance (higher)."""
+    front = pd.Series(False, index=summary.index)
+    for _, g in summary.groupby(CELL):
+        best = -math.inf
+        for i, r in g.sort_values([cost, perf], ascending=[True, False]).iterrows():
+            if r[perf] > best:
+                front[i], best = True, r[perf]
+    return front
+
+
+def study_total(runs: pd.DataFrame) -> dict:
+    """What the study's training runs spent in all."""
+    return {"runs": len(runs), "train_hours": runs["train_seconds"].sum() / 3600,
+            "device_hours": runs["device_hours"].sum(), "accelerator_hours": runs["accelerator_hours"].sum(),
+            "energy_kwh": runs["energy_kwh"].sum(), "co2e_kg": runs["co2e_kg"].sum()}

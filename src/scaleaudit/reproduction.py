@@ -1,0 +1,29 @@
+"""The reproduction check: arms with ``reproduces:`` beside the published numbers they claim to reproduce."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import published
+
+
+def reproduction(runs: pd.DataFrame, arms: dict, spread: float = 2.0) -> pd.DataFrame:
+    """Reproduced test AUC/ACC (full training set) of each arm with ``reproduces:`` beside the published value;
+    "within" when the published AUC lies within ``spread`` seed standard deviations of the reproduced mean."""
+    rows = []
+    full = runs[runs["fraction"] == 1.0]
+    for (arm, dataset, size), g in full.groupby(["arm", "dataset", "size"], sort=True):
+        ref = arms.get(arm, {}).get("reproduces")
+        pub = published.find(ref, dataset, size) if ref else None
+        if pub is None:
+            continue
+        auc_sd = g["test_auc"].std()
+        rows.append({
+            "arm": arm, "dataset": dataset, "size": size, "reference": ref, "paper": pub["paper"],
+            "protocol": pub["protocol"], "recipe": g["recipe"].iloc[0], "n": len(g),
+            "auc": g["test_auc"].mean(), "auc_sd": auc_sd, "acc": g["test_acc"].mean(), "acc_sd": g["test_acc"].std(),
+            "pub_auc": pub["auc"], "pub_acc": pub["acc"], "auc_diff": g["test_auc"].mean() - pub["auc"],
+            "acc_diff": g["test_acc"].mean() - pub["acc"],
+            "within": bool(abs(g["test_auc"].mean() - pub["auc"]) <= spread * auc_sd) if len(g) > 1 else None,
+        })
+    return pd.DataFrame(rows)
