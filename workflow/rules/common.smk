@@ -29,7 +29,7 @@ RUNS = list(study_config.runs(config))
 # data.mirror, weights.dir, tracking.uri: the config's value, else the environment's (settings.py). The
 # steps that use them run here (localrules), so they resolve them the same way and record what they used.
 SETTINGS = settings.resolve(config)
-# One software environment for every rule (used with --software-deployment-method conda): it installs
+# One software environment for every rule (used with --software-deployment-method conda); it installs
 # the scaleaudit package of this version, pinned to the tested versions (envs/requirements.lock.txt).
 CONDA_ENV = "../../envs/scaleaudit.yaml"
 # Training jobs of CPU-only arms at small input sizes last seconds to minutes: on a cluster they are
