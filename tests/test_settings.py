@@ -38,3 +38,20 @@ def test_fetch_data_records_where_its_mirror_came_from(tmp_path, tiny_mirror):
                           env=tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror)), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert read_json(out.with_suffix(".json"))["settings"]["data.mirror"]["source"] == "$SCALEAUDIT_MIRROR"
+
+
+def test_each_tracked_run_carries_the_settings_its_inputs_were_resolved_with(tmp_path, tiny_mirror, monkeypatch):
+    import mlflow
+
+    from scaleaudit import data, tracking, train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    record = data.fetch("breastmnist", 28, tmp_path / "b.npz", tiny_mirror)
+    record |= {"settings": settings.record("data.mirror", None, {"SCALEAUDIT_MIRROR": str(tiny_mirror)})}
+    uri = tracking.resolve_uri(None, root=tmp_path)
+    experiment = tracking.init_experiment(uri, "unit", tmp_path / "artifacts") | {
+        "settings": settings.record("tracking.uri", None, {})}
+    result = train.run(tiny_study.spec(epochs=1), record, tmp_path / "run", experiment, weights=None, threads=1)
+    params = mlflow.MlflowClient(uri).get_run(result["tracking"]["run_id"]).data.params
+    assert params["setting.data.mirror"] == str(tiny_mirror) and params["setting.data.mirror.source"] == "$SCALEAUDIT_MIRROR"
+    assert params["setting.tracking.uri.source"] == "default"
