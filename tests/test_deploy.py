@@ -129,3 +129,16 @@ use rule * from scaleaudit as scaleaudit_*
     assert (outer / "logs" / "via-module" / "init_tracking.log").exists()
     listed = run([sys.executable, "-m", "snakemake", "--list-rules"], cwd=outer, env=env).stdout.split()
     assert {"scaleaudit_train", "scaleaudit_report", "scaleaudit_all"} <= set(listed)
+
+
+def test_default_profile_only_holds_what_every_profile_agrees_on():
+    """Snakemake lays the default workflow profile over --profile key by key: a key set there would override
+    the slurm profile's (e.g. its retries with growing resources), so it may only repeat their values."""
+    profiles = REPO / "workflow" / "profiles"
+    default = yaml.safe_load((profiles / "default" / "config.yaml").read_text())
+    assert (REPO / "profiles").resolve() == profiles.resolve()  # where Snakemake looks, next to the Snakefile
+    for name in ("local", "slurm"):
+        other = yaml.safe_load((profiles / name / "config.yaml").read_text())
+        clashes = {k: (v, other[k]) for k, v in default.items() if k in other and other[k] != v}
+        assert not clashes, f"workflow/profiles/default overrides the {name} profile: {clashes}"
+    assert "retries" not in default and "executor" not in default
