@@ -7,18 +7,33 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    := PATH="$(BIN):$$PATH"
 CORES  ?= all
 
-.PHONY: help install demo study test test-slurm lint bench clean
+.PHONY: help install lock dist demo study test test-slurm lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+LOCK   := envs/requirements.lock.txt
+PIP    := $(BIN)/pip --disable-pip-version-check
+
+# The tested set (the lock) first, then scaleaudit itself without resolving anything again.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "scaleaudit needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) install --quiet -r $(LOCK)
+	$(PIP) install --quiet --no-deps -e .
 	touch $@
 
-install: $(STAMP)  ## create .venv with scaleaudit and its pinned dependencies
+install: $(STAMP)  ## create .venv with scaleaudit and the locked dependencies (envs/requirements.lock.txt)
+
+lock: $(STAMP)  ## re-pin envs/requirements.lock.txt to what .venv has installed (after testing an upgrade there)
+	$(PIP) install --quiet pip-tools
+	$(PIP) freeze --exclude-editable | grep -v '^scaleaudit' > $(VENV)/tested.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra workflow --extra report --extra test \
+	    --constraint $(VENV)/tested.txt --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	    --no-emit-trusted-host --output-file $(LOCK) pyproject.toml
+
+dist: $(STAMP)  ## build the wheel and sdist into dist/
+	$(BIN)/python -m build --no-isolation --outdir dist .
 
 demo: $(STAMP)  ## run the CPU demo study (BreastMNIST, 3 arms, 3 seeds) -> reports/demo.pdf
 	$(RUN) snakemake --profile workflow/profiles/local --configfile config/demo.yaml --cores $(CORES)
@@ -39,4 +54,4 @@ bench: $(STAMP)  ## time the training path against the MedMNIST v2 reference loo
 	$(RUN) python benchmarks/bench_train.py $(BENCH_ARGS)
 
 clean:  ## remove results, logs and reports (keeps the venv)
-	rm -rf results logs .snakemake reports/*.pdf reports/*.md reports/demo reports/full
+	rm -rf results logs .snakemake dist report.html reports/*.pdf reports/*.md reports/demo reports/full

@@ -1,7 +1,11 @@
 # scaleaudit: do large pretrained vision models pay off on narrow medical-imaging tasks?
-#   snakemake --profile workflow/profiles/local --configfile config/demo.yaml   (the CPU demo)
-#   snakemake --profile workflow/profiles/local                                (the full study)
+#   snakemake --configfile config/demo.yaml      (the CPU demo; workflow/profiles/default applies)
+#   snakemake                                    (the full study)
+#   snakemake --report report.html               (afterwards: figures, run table and PDF in one HTML file)
 configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -87,9 +87,10 @@ def test_download_is_verified_against_the_official_md5(http_server, tmp_path, mo
     assert not (tmp_path / "c.npz").exists()
 
 
-def test_env_mirror_wins_over_config(tiny_mirror, tmp_path, monkeypatch):
-    monkeypatch.setenv(data.MIRROR_ENV, str(tiny_mirror))
-    assert data.resolve_mirror(str(tmp_path)) == tiny_mirror
+def test_config_mirror_wins_over_env(tiny_mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.MIRROR_ENV, str(tmp_path))
+    assert data.resolve_mirror(str(tiny_mirror)) == tiny_mirror
+    assert data.resolve_mirror(None) == tmp_path  # the variable fills a null config key
     monkeypatch.delenv(data.MIRROR_ENV)
     assert data.resolve_mirror(None) is None
     with pytest.raises(ScaleauditError, match="not a folder"):

@@ -60,11 +60,14 @@ def test_local_weights_load_through_timm_and_adapt_channels_and_head(vit_file):
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
 
 
-def test_weights_dir_env_wins(vit_file, monkeypatch, tmp_path):
+def test_weights_dir_from_env_when_config_has_none(vit_file, monkeypatch, tmp_path):
     path, _ = vit_file
     monkeypatch.setenv(models.WEIGHTS_ENV, str(path.parent))
-    record = models.resolve_weights("vit", VIT, str(tmp_path / "elsewhere"), False, tmp_path)
+    record = models.resolve_weights("vit", VIT, None, False, tmp_path)
     assert record["file"] == str(path.resolve())
+    # a configured folder wins over the variable: nothing there, offline, so it is an error
+    with pytest.raises(ScaleauditError, match="not available"):
+        models.resolve_weights("vit", VIT, str(tmp_path / "elsewhere"), False, tmp_path)
 
 
 def test_missing_weights_offline_is_a_clear_error(tmp_path):

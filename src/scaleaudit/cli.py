@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import ScaleauditError
 from .provenance import package_versions
 
@@ -32,40 +33,43 @@ def cmd_validate_config(args) -> None:
     n = sum(1 for _ in config.runs(cfg))
     print(f"{', '.join(args.configs) or 'inline config'}: valid; study {cfg['study']!r}, {n} training runs")
     if args.resolved:
+        from . import settings
         from .files import write_json
 
-        write_json(args.resolved, cfg)
+        write_json(args.resolved, cfg | {"settings": settings.resolve(cfg)})
 
 
 def cmd_fetch_data(args) -> None:
-    from . import data
+    from . import data, settings
     from .files import write_json
 
     out = Path(args.out)
     mirror = data.resolve_mirror(args.mirror)
     record = data.fetch(args.dataset, args.size, out, mirror)
-    write_json(out.with_suffix(".json"), record | {"versions": package_versions()})
+    used = settings.record("data.mirror", args.mirror)
+    write_json(out.with_suffix(".json"), record | {"versions": package_versions(), "settings": used})
     print(f"{out}: sha256 {record['sha256']} ({record['verified_against']})")
 
 
 def cmd_fetch_weights(args) -> None:
-    from . import models
+    from . import models, settings
     from .files import write_json
 
     out = Path(args.out)
     record = models.resolve_weights(args.arm, args.arm_spec, args.weights_dir, args.allow_selfmade, out.parent / "selfmade")
-    write_json(out, record | {"versions": package_versions()})
+    used = settings.record("weights.dir", args.weights_dir)
+    write_json(out, record | {"versions": package_versions(), "settings": used})
     flag = "" if record["published"] else "  [NOT the published weights]"
     print(f"{args.arm}: {record['source']} sha256 {record['sha256'][:16]}{flag}")
 
 
 def cmd_init_tracking(args) -> None:
-    from . import tracking
+    from . import settings, tracking
     from .files import write_json
 
     uri = tracking.resolve_uri(args.uri)
     record = tracking.init_experiment(uri, args.experiment, args.artifact_root)
-    write_json(args.out, record | {"versions": package_versions()})
+    write_json(args.out, record | {"versions": package_versions(), "settings": settings.record("tracking.uri", args.uri)})
     print(f"MLflow experiment {record['experiment']!r} (id {record['experiment_id']}) at {uri}")
 
 
@@ -101,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
         description="Do large pretrained vision models pay off on narrow medical-imaging tasks? "
         "The steps of the study; the Snakemake workflow calls them (see README.md).",
     )
+    p.add_argument("--version", action="version", version=f"scaleaudit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("validate-config", help="check study config files (merged in order) against the schema")
@@ -113,19 +118,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True, help="MedMNIST 2D flag, e.g. breastmnist")
     s.add_argument("--size", type=int, default=28, help="image size: 28, 64, 128 or 224 (default 28)")
     s.add_argument("--out", required=True, help="destination .npz; provenance goes next to it as .json")
-    s.add_argument("--mirror", help="local mirror folder ($SCALEAUDIT_MIRROR wins)")
+    s.add_argument("--mirror", help="local mirror folder (default: $SCALEAUDIT_MIRROR, else download)")
     s.set_defaults(func=cmd_fetch_data)
 
     s = sub.add_parser("fetch-weights", help="find an arm's pretrained weights and record their provenance")
     s.add_argument("--arm", required=True, help="arm name")
     s.add_argument("--arm-spec", type=_json_arg, required=True, help="the arm's config (JSON, or @file)")
-    s.add_argument("--weights-dir", help="local weights folder ($SCALEAUDIT_WEIGHTS_DIR wins)")
+    s.add_argument("--weights-dir", help="local weights folder (default: $SCALEAUDIT_WEIGHTS_DIR, else the hub)")
     s.add_argument("--allow-selfmade", action="store_true", help="make a flagged stand-in when nothing can be had")
     s.add_argument("--out", required=True, help="provenance record (JSON)")
     s.set_defaults(func=cmd_fetch_weights)
 
     s = sub.add_parser("init-tracking", help="create the study's MLflow experiment once, before jobs fan out")
-    s.add_argument("--uri", help="tracking URI ($MLFLOW_TRACKING_URI wins; default sqlite under results/)")
+    s.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under results/)")
     s.add_argument("--experiment", required=True, help="experiment name")
     s.add_argument("--artifact-root", default="results/mlartifacts", help="artifact folder for a SQLite store")
     s.add_argument("--out", required=True, help="where to record the experiment (JSON)")

@@ -6,14 +6,14 @@ import copy
 import itertools
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import jsonschema
 import yaml
 
 from . import published
 from .errors import ScaleauditError
-from .files import canonical_hash
+from .records import RunSpec
 
 SCHEMA_FILE = "config.schema.yaml"
 NOT_TRAINING_KEYS = ("label", "reproduces", "resources")
@@ -127,16 +127,5 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
     # Display, comparison and scheduling keys do not change what is trained: they must not re-run it.
     arm_spec = {k: v for k, v in config["arms"][arm].items() if k not in NOT_TRAINING_KEYS}
     recipe = dict(config["recipes"][arm_spec["recipe"]], name=arm_spec["recipe"])
-    spec: dict[str, Any] = {
-        "study": config["study"],
-        "dataset": dataset,
-        "size": int(size),
-        "arm": arm,
-        "arm_spec": arm_spec,
-        "recipe": recipe,
-        "fraction": float(fraction),
-        "seed": int(seed),
-        "hardware": config["hardware"],
-    }
-    spec["config_hash"] = canonical_hash(spec)
-    return spec
+    return RunSpec.create(study=config["study"], dataset=dataset, size=size, arm=arm, arm_spec=arm_spec, recipe=recipe,
+                          fraction=fraction, seed=seed, hardware=config["hardware"]).to_dict()

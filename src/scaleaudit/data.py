@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import settings
 from .errors import ScaleauditError
 from .files import atomic_path, file_digest
 
-MIRROR_ENV = "SCALEAUDIT_MIRROR"
+MIRROR_ENV = settings.BY_KEY["data.mirror"].env
 SPLITS = ("train", "val", "test")
 TASKS = ("binary", "multi-class", "ordinal", "multi-label")
 
@@ -59,8 +60,8 @@ def official_source(flag: str, size: int) -> dict:
 
 
 def resolve_mirror(configured: str | None) -> Path | None:
-    """The mirror folder: ``$SCALEAUDIT_MIRROR`` wins over the config key; None means the network."""
-    chosen = os.environ.get(MIRROR_ENV) or configured
+    """The mirror folder: the config key, else ``$SCALEAUDIT_MIRROR`` (settings.py); None means the network."""
+    chosen = settings.value("data.mirror", configured)
     if not chosen:
         return None
     mirror = Path(chosen).expanduser()

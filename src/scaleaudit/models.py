@@ -7,7 +7,6 @@ which adapts the input channels and replaces the classifier head.
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import torch
 from timm.models import register_model
 from torch import nn
 
+from . import settings
 from .errors import ScaleauditError
 from .files import file_digest
 
-WEIGHTS_ENV = "SCALEAUDIT_WEIGHTS_DIR"
+WEIGHTS_ENV = settings.BY_KEY["weights.dir"].env
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
@@ -157,13 +157,13 @@ def _write_selfmade(name: str, dest: Path) -> None:
 def resolve_weights(arm_name: str, arm: dict, weights_dir: str | None, allow_selfmade: bool, selfmade_dir: Path) -> dict:
     """Find an arm's pretrained weights and describe their provenance.
 
-    Order: the arm's ``weights_file``; ``{weights_dir}/{arch.tag}{suffix}`` (``$SCALEAUDIT_WEIGHTS_DIR`` wins
-    over the config); the hub; and only with ``allow_selfmade`` a self-made stand-in. Anything but the
+    Order: the arm's ``weights_file``; ``{weights_dir}/{arch.tag}{suffix}`` (the config's
+    ``weights.dir``, else ``$SCALEAUDIT_WEIGHTS_DIR``); the hub; and only with ``allow_selfmade`` a self-made stand-in. Anything but the
     hub download is flagged ``published: false``.
     """
     name = pretrained_name(arm)
     record = {"arm": arm_name, "model": arm["model"], "pretrained_name": name}
-    weights_dir = os.environ.get(WEIGHTS_ENV) or weights_dir
+    weights_dir = settings.value("weights.dir", weights_dir)
     candidates = []
     if arm.get("weights_file"):
         candidates.append(Path(arm["weights_file"]).expanduser())

@@ -1,4 +1,4 @@
-"""The published numbers of ../STUDY.md (published.json) that reproduced arms are set beside."""
+"""The published numbers of docs/study.md (published.json) that reproduced arms are set beside."""
 
 from __future__ import annotations
 

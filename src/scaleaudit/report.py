@@ -518,7 +518,8 @@ def methods_section(res: Results) -> list:
              f"{sum(len(d['sizes']) for d in cfg['data']['datasets'])} dataset(s) × {len(design['fractions'])} training "
              f"fraction(s) ({', '.join(f'{f:g}' for f in design['fractions'])}; stratified, seeded subsets of the training "
              f"split) × {len(seeds)} seeds ({', '.join(map(str, seeds))}); the seed drives initialisation, subsampling, "
-             f"shuffling and augmentation. {len(runs)} runs are in the run table."),
+             f"shuffling and augmentation. {len(runs)} runs are in the run table. The study design, the metric "
+             f"conventions and the sources of the published numbers: docs/study.md of the scaleaudit repository."),
         Table(["dataset", "image size", "task", "training images (largest fraction)"], data_rows,
               widths=[1.5, 1, 1, 1.5], caption="Datasets (MedMNIST 2D; official train / validation / test splits)."),
         Table(["arm", "group", "timm model", "weights", "training", "input size", "recipe", "reproduces"], arm_rows,

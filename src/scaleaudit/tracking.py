@@ -1,7 +1,7 @@
 """MLflow tracking: where runs go, one experiment per study, one MLflow run per training job.
 
 The default store is an embedded SQLite file under ``results/``; a tracking server is used when
-``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` names one. The experiment is created once, before
+``tracking.uri`` (else ``$MLFLOW_TRACKING_URI``) names one. The experiment is created once, before
 training jobs fan out, because parallel ``set_experiment`` calls race in MLflow.
 """
 
@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from . import settings
 from .errors import ScaleauditError
 
 T = TypeVar("T")
@@ -21,8 +22,8 @@ DEFAULT_DB = "results/mlflow.db"
 
 
 def resolve_uri(configured: str | None, root: str | os.PathLike = ".") -> str:
-    """``$MLFLOW_TRACKING_URI`` > config > ``sqlite:///<root>/results/mlflow.db`` (absolute)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    """config > ``$MLFLOW_TRACKING_URI`` (settings.py) > ``sqlite:///<root>/results/mlflow.db`` (absolute)."""
+    uri = settings.value("tracking.uri", configured)
     if uri:
         return uri
     db = (Path(root) / DEFAULT_DB).resolve()

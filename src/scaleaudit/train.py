@@ -18,9 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import conv_gemm, cost, data, metrics, models, provenance
+from . import conv_gemm, cost, data, metrics, models, provenance, settings
 from .errors import ScaleauditError
 from .files import atomic_path, write_json
+from .records import RunInfo, RunResult, RunSpec
 
 MEAN_STD = {"half": ((0.5,), (0.5,)), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 CHECKPOINT = "checkpoint.pt"
@@ -298,6 +299,7 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
         print(f"[{spec['arm']} {spec['dataset']}@{spec['size']} f={spec['fraction']} s={spec['seed']}] {msg}",
               file=sys.stderr, flush=True)
 
+    run_spec = RunSpec.from_dict(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "run_config.json", spec)
     configure_torch(spec["seed"], threads)
@@ -313,7 +315,8 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
 
         run_name = f"{spec['arm']}/{spec['dataset']}_{spec['size']}/f{spec['fraction']}/s{spec['seed']}"
         tracked = TrackedRun(tracking, out_dir / "mlflow_run_id", run_name=run_name, tags=_tags(spec, weights))
-        tracked.log_params(_params(spec, data_record, weights, trainer.n_train))
+        tracked.log_params(_params(spec, data_record, weights, trainer.n_train)
+                           | settings.as_params(settings.recorded(data_record, weights, tracking)))
 
     size_info = cost.parameters(trainer.model) | {
         "flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
@@ -332,19 +335,17 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
             tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
         raise
     train_seconds = previous_seconds + meter.seconds
-    result = {
-        "run": {k: spec[k] for k in ("study", "dataset", "size", "arm", "fraction", "seed", "config_hash")}
-        | {"group": spec["arm_spec"]["group"], "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"],
-           "train_mode": spec["arm_spec"]["train"], "input_size": trainer.input_size, "recipe": spec["recipe"]["name"]},
-        "task": trainer.task,
-        "n_train": trainer.n_train,
-        "best_epoch": trainer.state["best_epoch"],
-        "epochs_run": trainer.state["epoch"],
-        "stopped_early": bool(trainer.state.get("stopped_early")),
-        "val": val,
-        "test": test,
-        "history": trainer.state["history"],
-        "cost": size_info | meter.result() | {
+    record = RunResult(
+        run=RunInfo.of(run_spec, trainer.input_size),
+        task=trainer.task,
+        n_train=trainer.n_train,
+        best_epoch=trainer.state["best_epoch"],
+        epochs_run=trainer.state["epoch"],
+        stopped_early=bool(trainer.state.get("stopped_early")),
+        val=val,
+        test=test,
+        history=trainer.state["history"],
+        cost=size_info | meter.result() | {
             "train_seconds": train_seconds,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "precision": trainer.precision,
@@ -352,13 +353,14 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
             "accelerator_hours": train_seconds / 3600 if device.type == "cuda" else 0.0,
             "peak_mem_mb": cost.peak_memory_mb(device),
         },
-        "provenance": provenance.record() | {
+        provenance=provenance.record() | {
             "data": {k: data_record[k] for k in ("file", "source", "sha256", "verified_against")},
             "weights": weights,
         },
-        "tracking": None if tracked is None else {"run_id": tracked.run_id}
+        tracking=None if tracked is None else {"run_id": tracked.run_id}
         | {k: tracking[k] for k in ("tracking_uri", "experiment", "experiment_id")},
-    }
+    )
+    result = record.to_dict()
     labels = trainer.labels["test"]
     with atomic_path(out_dir / "predictions.npz") as tmp:
         with open(tmp, "wb") as fh:
@@ -369,7 +371,7 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
         tracked.log_artifacts([out_dir / "run_config.json", out_dir / "predictions.npz"])
         tracked.log_dict(result, "metrics.json")
         tracked.finish()
-    write_json(out_dir / "metrics.json", result)
+    record.save(out_dir / "metrics.json")
     checkpoint.unlink(missing_ok=True)
     log(f"test auc {test['auc']:.4f} acc {test['acc']:.4f} (best epoch {trainer.state['best_epoch']}, {train_seconds:.0f} s)")
     return result

@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from scaleaudit import config as study_config
+from scaleaudit import settings
 from scaleaudit.errors import ScaleauditError
 
 min_version("9.0")
@@ -25,8 +26,11 @@ RUN_DIR = f"{RESULTS}/runs/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}/seed{{s
 RUN_TABLE = f"{RESULTS}/runs.csv"
 REPORT = f"reports/{STUDY}.pdf"
 RUNS = list(study_config.runs(config))
-# One software environment for every rule (used with --software-deployment-method conda); it pins
-# what pyproject.toml pins, so the pip venv and conda runs use the same versions.
+# data.mirror, weights.dir, tracking.uri: the config's value, else the environment's (settings.py). The
+# steps that use them run here (localrules), so they resolve them the same way and record what they used.
+SETTINGS = settings.resolve(config)
+# One software environment for every rule (used with --software-deployment-method conda); it installs
+# the scaleaudit package of this version, pinned to the tested versions (envs/requirements.lock.txt).
 CONDA_ENV = "../../envs/scaleaudit.yaml"
 # Training jobs of CPU-only arms at small input sizes last seconds to minutes: on a cluster they are
 # grouped (the slurm profile's group-components says how many share one booking).
@@ -43,7 +47,7 @@ wildcard_constraints:
 
 
 def optional_flag(flag, value):
-    """``--flag 'value'`` for a configured value, nothing for null (the package then reads its env var)."""
+    """``--flag 'value'`` for a configured value; nothing for null (the step then reads the environment)."""
     return f"{flag} {shlex.quote(str(value))}" if value else ""
 
 

@@ -10,6 +10,7 @@ rule fetch_data:
         npz="results/data/{dataset}_{size}.npz",
         record="results/data/{dataset}_{size}.json",
     params:
+        # null in the config: the command takes $SCALEAUDIT_MIRROR (settings.py), and records which it used
         mirror=optional_flag("--mirror", config["data"]["mirror"]),
     log:
         "logs/data/{dataset}_{size}.log",
@@ -26,7 +27,7 @@ rule fetch_weights:
         f"{RESULTS}/weights/{{arm}}.json",
     params:
         spec=lambda wc: json.dumps(arm(wc)),
-        weights_dir=optional_flag("--weights-dir", config["weights"]["dir"]),
+        weights_dir=optional_flag("--weights-dir", config["weights"]["dir"]),  # else $SCALEAUDIT_WEIGHTS_DIR
         selfmade="--allow-selfmade" if config["weights"]["allow_selfmade"] else "",
     log:
         f"{LOGS}/weights/{{arm}}.log",
@@ -42,7 +43,7 @@ rule init_tracking:
     output:
         f"{RESULTS}/tracking.json",
     params:
-        uri=optional_flag("--uri", config["tracking"]["uri"]),
+        uri=optional_flag("--uri", config["tracking"]["uri"]),  # else $MLFLOW_TRACKING_URI
         experiment=config["tracking"]["experiment"] or STUDY,
     log:
         f"{LOGS}/init_tracking.log",

@@ -5,11 +5,14 @@ localrules:
 
 
 rule resolve_config:
-    """The validated config with every default filled in: the report's Methods are generated from it."""
+    """The validated config with every default filled in, and how each setting was resolved (config, else
+    environment: scaleaudit/settings.py); the report's Methods are generated from it."""
     output:
         f"{RESULTS}/config.resolved.json",
     params:
         config=json.dumps(config, sort_keys=True),
+        # not read by the command (it resolves them itself, in this environment): a changed override re-runs it
+        settings=json.dumps(SETTINGS, sort_keys=True),
     log:
         f"{LOGS}/resolve_config.log",
     conda:
@@ -23,7 +26,7 @@ rule aggregate:
     input:
         all_metrics(),
     output:
-        RUN_TABLE,
+        report(RUN_TABLE, caption="../report/runs.rst", category="Runs"),
     log:
         f"{LOGS}/aggregate.log",
     conda:
@@ -38,14 +41,19 @@ rule report:
         runs=RUN_TABLE,
         config=f"{RESULTS}/config.resolved.json",
     output:
-        pdf=REPORT,
+        pdf=report(REPORT, caption="../report/pdf.rst", category="Report"),
         markdown=REPORT.removesuffix(".pdf") + ".md",
-    params:
-        assets=f"{RESULTS}/report",
+        assets=report(
+            directory(f"{RESULTS}/report"),
+            patterns=["{figure}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+            labels={"figure": "{figure}"},
+        ),
     log:
         f"{LOGS}/report.log",
     conda:
         CONDA_ENV
     shell:
-        "scaleaudit report --runs {input.runs} --config {input.config} --assets {params.assets} "
+        "scaleaudit report --runs {input.runs} --config {input.config} --assets {output.assets} "
         "--out {output.pdf} > {log} 2>&1"

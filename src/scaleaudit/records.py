@@ -1,0 +1,151 @@
+"""Typed run records: the spec a training job gets, and the result it writes as ``metrics.json``.
+
+The layout of ``metrics.json`` lives here and nowhere else: ``train`` builds a ``RunResult`` and saves
+it, ``aggregate`` loads it back and flattens it with ``RunResult.row``, and the tests read it the same
+way. The spec travels as JSON (``scaleaudit train --spec``); ``RunSpec.from_dict`` checks it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import ScaleauditError
+from .files import canonical_hash, read_json, write_json
+
+SPLIT_METRICS = ("auc", "acc", "bacc", "ece", "loss")
+COST_COLUMNS = (
+    "params", "trainable_params", "flops_per_image", "train_seconds", "device", "device_hours",
+    "accelerator_hours", "peak_mem_mb", "energy_kwh", "co2e_kg", "energy_method",
+)
+
+
+def _keys(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _check_keys(cls, d: dict, what: str, fix: str) -> None:
+    missing, unknown = _keys(cls) - set(d), set(d) - _keys(cls)
+    if missing or unknown:
+        problems = [f"missing {', '.join(sorted(missing))}" if missing else "",
+                    f"unknown {', '.join(sorted(unknown))}" if unknown else ""]
+        raise ScaleauditError(f"{what} does not have the layout of {cls.__name__}: "
+                              + "; ".join(p for p in problems if p), fix)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one training job needs, resolved; ``config_hash`` identifies what is trained."""
+
+    study: str
+    dataset: str
+    size: int
+    arm: str
+    arm_spec: dict
+    recipe: dict
+    fraction: float
+    seed: int
+    hardware: dict
+    config_hash: str
+
+    @classmethod
+    def create(cls, **values: Any) -> "RunSpec":
+        """A spec from its fields; the hash is computed over all of them (the hash of the spec dict without it)."""
+        values = {"size": int(values.pop("size")), "fraction": float(values.pop("fraction")),
+                  "seed": int(values.pop("seed"))} | values
+        ordered = {f.name: values[f.name] for f in fields(cls) if f.name != "config_hash"}
+        return cls(**ordered, config_hash=canonical_hash(ordered))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        _check_keys(cls, d, "the run spec", "pass the spec the workflow resolves (config.run_spec), not a hand-made one")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What was run: the ``run`` block of metrics.json and the identifying columns of the run table."""
+
+    study: str
+    dataset: str
+    size: int
+    arm: str
+    fraction: float
+    seed: int
+    config_hash: str
+    group: str
+    model: str
+    pretrained: bool
+    train_mode: str
+    input_size: int
+    recipe: str
+
+    @classmethod
+    def of(cls, spec: RunSpec, input_size: int) -> "RunInfo":
+        arm = spec.arm_spec
+        return cls(study=spec.study, dataset=spec.dataset, size=spec.size, arm=spec.arm, fraction=spec.fraction,
+                   seed=spec.seed, config_hash=spec.config_hash, group=arm["group"], model=arm["model"],
+                   pretrained=arm["pretrained"], train_mode=arm["train"], input_size=input_size,
+                   recipe=spec.recipe["name"])
+
+
+@dataclass
+class RunResult:
+    """One finished run: ``metrics.json``."""
+
+    run: RunInfo
+    task: str
+    n_train: int
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    val: dict  # SPLIT_METRICS of the selected weights
+    test: dict
+    history: list  # one dict per epoch: epoch, train_loss, lr, val_* (on eval epochs), seconds
+    cost: dict  # COST_COLUMNS and the precision
+    provenance: dict  # code, versions, hardware, data, weights
+    tracking: dict | None  # MLflow run_id, tracking_uri, experiment, experiment_id
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"run": asdict(self.run)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "metrics") -> "RunResult":
+        fix = "it was written by another scaleaudit version or edited: delete the run folder and train it again"
+        _check_keys(cls, d, where, fix)
+        _check_keys(RunInfo, d["run"], f"{where} (run)", fix)
+        return cls(**(d | {"run": RunInfo(**d["run"])}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunResult":
+        return cls.from_dict(read_json(path), where=str(path))
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_dict())
+
+    def row(self) -> dict:
+        """The run as one row of the run table (the columns that stats and the report use)."""
+        prov, weights = self.provenance, self.provenance["weights"]
+        out = asdict(self.run) | {"task": self.task, "n_train": self.n_train, "best_epoch": self.best_epoch,
+                                  "epochs_run": self.epochs_run}
+        for split in ("test", "val"):
+            out |= {f"{split}_{k}": getattr(self, split)[k] for k in SPLIT_METRICS}
+        out |= {k: self.cost[k] for k in COST_COLUMNS}
+        out |= {
+            "weights_source": weights["source"] if weights else "none (trained from scratch)",
+            "weights_sha256": weights["sha256"] if weights else "",
+            # Scratch arms use no published weights by design; only pretrained arms can be off-release.
+            "weights_published": bool(weights["published"]) if weights else True,
+            "data_sha256": prov["data"]["sha256"],
+            "code_commit": prov["code"]["commit"],
+            "code_dirty": prov["code"]["dirty"],
+            "torch_version": prov["versions"]["torch"],
+            "timm_version": prov["versions"]["timm"],
+            "hardware": prov["hardware"].get("gpu") or prov["hardware"]["cpu"],
+            "mlflow_run_id": (self.tracking or {}).get("run_id", ""),
+        }
+        return out

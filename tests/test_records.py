@@ -1,0 +1,50 @@
+"""metrics.json has one layout (records.RunResult) that train writes and aggregate reads."""
+
+import pytest
+
+import tiny_study
+from scaleaudit import aggregate, records, train
+from scaleaudit.errors import ScaleauditError
+from scaleaudit.files import read_json, write_json
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("records")
+    from conftest import make_npz, write_sums
+
+    mirror = tmp / "mirror"
+    make_npz(mirror / "breastmnist.npz")
+    write_sums(mirror)
+    record = tiny_study.fetch(mirror, tmp / "data")
+    train.run(tiny_study.spec(epochs=1), record, tmp / "run", tracking=None, weights=None, threads=1)
+    return tmp / "run" / "metrics.json"
+
+
+def test_metrics_json_round_trips_and_aggregates(one_run):
+    result = records.RunResult.load(one_run)
+    assert result.to_dict() == read_json(one_run)
+    assert result.run.config_hash == tiny_study.spec(epochs=1)["config_hash"] and result.epochs_run == 1
+    table = aggregate.collect([one_run])
+    assert table.loc[0, "test_auc"] == result.test["auc"] and table.loc[0, "arm"] == "cnn_a"
+    assert table.loc[0, "weights_source"] == "none (trained from scratch)"
+
+
+def test_a_foreign_metrics_file_is_a_clear_error(one_run, tmp_path):
+    doc = read_json(one_run)
+    del doc["cost"]
+    doc["extra"] = 1
+    write_json(tmp_path / "metrics.json", doc)
+    with pytest.raises(ScaleauditError, match="missing cost; unknown extra") as err:
+        aggregate.collect([tmp_path / "metrics.json"])
+    assert "train it again" in err.value.fix
+
+
+def test_spec_hash_covers_every_field_and_bad_specs_are_rejected():
+    spec = tiny_study.spec()
+    assert records.RunSpec.from_dict(spec).to_dict() == spec
+    fields = {k: v for k, v in spec.items() if k != "config_hash"}
+    assert records.RunSpec.create(**fields).config_hash == spec["config_hash"]
+    assert records.RunSpec.create(**(fields | {"seed": 2})).config_hash != spec["config_hash"]
+    with pytest.raises(ScaleauditError, match="missing seed"):
+        records.RunSpec.from_dict({k: v for k, v in spec.items() if k != "seed"})
