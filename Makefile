@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    := PATH="$(BIN):$$PATH"
 CORES  ?= all
 
-.PHONY: help install demo study test test-slurm lint bench clean
+.PHONY: help install demo study test test-slurm lint bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ lint: $(STAMP)  ## snakemake --lint
 
 bench: $(STAMP)  ## time the training path against the MedMNIST v2 reference loop (prints ratios)
 	$(RUN) python benchmarks/bench_train.py $(BENCH_ARGS)
+
+gpu-check: $(STAMP)  ## on a CUDA machine: driver, SIGTERM/resume equality, GPU benchmarks, one table
+	$(RUN) python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:  ## remove results, logs and reports (keeps the venv)
 	rm -rf results logs .snakemake reports/*.pdf reports/*.md reports/demo reports/full

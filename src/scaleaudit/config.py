@@ -122,6 +122,13 @@ def runs(config: dict) -> Iterator[dict]:
         yield {"dataset": flag, "size": int(size), "arm": arm, "fraction": float(fraction), "seed": int(seed)}
 
 
+def device_request(device: str, arm: dict) -> str:
+    """Where an arm's runs train: ``hardware.device``, or under ``auto`` CUDA exactly for arms that book a GPU."""
+    if device != "auto":
+        return device
+    return "cuda" if arm.get("resources", {}).get("gpu") else "cpu"
+
+
 def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, seed: int) -> dict:
     """Everything one training job needs, resolved; its hash identifies the run's configuration."""
     # Display, comparison and scheduling keys do not change what is trained: they must not re-run it.
@@ -137,6 +144,7 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
         "fraction": float(fraction),
         "seed": int(seed),
         "hardware": config["hardware"],
+        "device": device_request(config["hardware"]["device"], config["arms"][arm]),
     }
     spec["config_hash"] = canonical_hash(spec)
     return spec

@@ -8,6 +8,7 @@ epoch with the best validation score are tested once.
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import sys
 import time
@@ -27,12 +28,39 @@ CHECKPOINT = "checkpoint.pt"
 # Saving is ~0.5 s for ResNet-18 on a CPU (weights, optimiser, best weights): every epoch of a small
 # model would spend ~10 % of the time on it. A kill loses at most this much training, never a result.
 CHECKPOINT_EVERY_S = 30.0
+CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace: required for deterministic cuBLAS results
+
+
+def cuda_diagnosis() -> str:
+    """Why CUDA is not usable here, in torch's own words (driver and CUDA versions), for a refusal message."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build (no CUDA support compiled in)"
+    try:
+        torch.cuda.init()
+        reason = "no CUDA device is visible"
+    except Exception as exc:  # noqa: BLE001 - torch names the cause: no driver, driver too old, ...
+        reason = str(exc).splitlines()[0]
+    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda}; {reason}; "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}")
 
 
 def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ScaleauditError("hardware.device is 'cuda' but no CUDA device is visible", "use device: auto or cpu")
-    return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
+    """``cpu``; ``cuda``, which fails at once with the reason when CUDA is not usable; ``auto``: cuda when visible.
+
+    A run that asks for a GPU must not fall back to the CPU: it would run for hours on one thread and
+    time out on every retry instead of failing with the reason.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "auto":
+        return torch.device("cpu")
+    raise ScaleauditError(
+        f"this run asks for a GPU but CUDA is not usable here: {cuda_diagnosis()}",
+        "run it where a GPU is visible (on Slurm: book one, e.g. resources: {gpu: 1}), install a driver that fits "
+        "this CUDA version, or set hardware.device: cpu to train on the CPU on purpose",
+    )
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -157,7 +185,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            # this device's state only: get_rng_state_all() would create a context on every visible GPU
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "state": self.state,
         }
         with atomic_path(path) as tmp:
@@ -168,7 +197,9 @@ class Trainer:
         if not path.exists():
             return False
         try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=True)
+            # Onto the CPU: RNG states must stay CPU ByteTensors (set_state refuses others); model and
+            # optimiser states are copied to their parameters' device by load_state_dict.
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means: start over
             self.log(f"checkpoint {path} is unreadable ({type(exc).__name__}); starting from scratch")
             return False
@@ -178,10 +209,10 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.generator.set_state(ckpt["generator"])
+        self.generator.set_state(ckpt["generator"].cpu())
         torch.set_rng_state(ckpt["torch_rng"].cpu())
-        if ckpt["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
+        if self.device.type == "cuda" and isinstance(ckpt["cuda_rng"], torch.Tensor):
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), self.device)
         self.state = ckpt["state"]
         return True
 
@@ -194,15 +225,19 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
-            x = self.transform(images[idx], self.generator)
-            with self.autocast:
-                loss = self.loss_fn(self.model(x), labels[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.detach() * len(idx)
+            total += self.train_step(images[idx], labels[idx]) * len(idx)
         self.scheduler.step()
         return float(total) / len(order)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a uint8 batch; returns the loss on the device (no sync)."""
+        x = self.transform(images, self.generator)
+        with self.autocast:
+            loss = self.loss_fn(self.model(x), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     @torch.inference_mode()
     def predict(self, split: str) -> tuple[np.ndarray, float]:
@@ -281,12 +316,27 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def configure_torch(seed: int, threads: int | None) -> None:
+def configure_torch(seed: int, threads: int | None, determinism: str = "deterministic") -> None:
+    """Threads, seed and the determinism policy (``hardware.determinism``); call before any CUDA work.
+
+    ``deterministic``: a seed gives the same result on the same hardware and software, on the CPU and
+    on CUDA. Ops without a deterministic kernel raise instead of warning on every call, and cuBLAS gets
+    the fixed workspace it needs (CUBLAS_WORKSPACE_CONFIG, read when its first handle is created).
+    ``fast``: cuDNN benchmarks and picks the fastest kernels; results vary from run to run.
+    """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    # Deterministic kernels make CPU runs bit-identical for a seed; warn_only keeps CUDA runs working.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if determinism == "deterministic":
+        workspace = os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        if workspace not in (":4096:8", ":16:8"):
+            raise ScaleauditError(f"CUBLAS_WORKSPACE_CONFIG={workspace!r} makes cuBLAS non-deterministic",
+                                  "unset it (or use :4096:8 or :16:8), or set hardware.determinism: fast")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
     # Filling each new tensor with NaN only helps to find reads of uninitialised memory (~4% of a CPU step).
     torch.utils.deterministic.fill_uninitialized_memory = False
 
@@ -300,8 +350,8 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "run_config.json", spec)
-    configure_torch(spec["seed"], threads)
-    device = pick_device(spec["hardware"]["device"])
+    configure_torch(spec["seed"], threads, spec["hardware"]["determinism"])
+    device = pick_device(spec["device"])
     trainer = Trainer(spec, data_record["file"], weights, device, log=log)
     checkpoint = out_dir / CHECKPOINT
     if trainer.load(checkpoint):
