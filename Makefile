@@ -24,6 +24,7 @@ demo: $(STAMP)  ## run the CPU demo study (BreastMNIST, 3 arms, 3 seeds) -> repo
 	$(RUN) snakemake --profile workflow/profiles/local --configfile config/demo.yaml --cores $(CORES)
 
 study: $(STAMP)  ## run the full study (config/config.yaml; GPU-sized) -> reports/full.pdf
+	$(RUN) scaleaudit plan config/config.yaml --brief
 	$(RUN) snakemake --profile workflow/profiles/local --cores $(CORES)
 
 test: $(STAMP)  ## run the test suite (unit tests and the whole workflow on a tiny config)
