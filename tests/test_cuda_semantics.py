@@ -144,3 +144,62 @@ def test_device_request_follows_the_gpu_booking_and_the_test_config_trains_on_cp
     assert {config.run_spec(test, "breastmnist", 28, a, 1.0, 1)["device"] for a in test["design"]["arms"]} == {"cpu"}
     demo = config.load(REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml")
     assert {config.run_spec(demo, "breastmnist", 28, a, 1.0, 1)["device"] for a in demo["design"]["arms"]} == {"cpu"}
+
+
+# -- checkpoints sized to the model ------------------------------------------------------------------
+
+
+def test_linear_probe_checkpoints_hold_no_frozen_weights_and_resume_exactly(tiny_data, tmp_path, torch_policy):
+    spec = tiny_study.spec(arm="cnn_b", epochs=2)  # cnn_b: a linear probe
+    train.configure_torch(spec["seed"], 1)
+    straight = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
+    straight.fit(tmp_path / "straight.pt")
+    frozen = {n for n, p in straight.model.named_parameters() if not p.requires_grad}
+    saved = torch.load(tmp_path / "straight.pt", weights_only=True)
+    assert frozen and not frozen & set(saved["model"]) and not frozen & set(straight.state["best_state"])
+    assert set(saved["model"]) >= {n for n, p in straight.model.named_parameters() if p.requires_grad}
+
+    first = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
+    first.spec = dict(spec, recipe=dict(spec["recipe"], epochs=1))
+    first.fit(tmp_path / "ckpt.pt")
+    resumed = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
+    assert resumed.load(tmp_path / "ckpt.pt")
+    resumed.fit(tmp_path / "ckpt.pt")
+    assert resumed.test()[1] == straight.test()[1]
+
+
+def test_checkpoint_interval_grows_with_the_time_a_save_takes(tiny_data, tmp_path, monkeypatch):
+    """Epochs of 10 s on a fake clock, saves of 2 s: at most 2 % of the time saving means every 100 s."""
+    clock = [0.0]
+    fake_time = type("FakeTime", (), {"monotonic": staticmethod(lambda: clock[0]),
+                                      "perf_counter": staticmethod(lambda: clock[0])})
+    monkeypatch.setattr(train, "time", fake_time)
+    spec = tiny_study.spec(epochs=25)
+    trainer = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
+    saves = []
+
+    def save(path):
+        clock[0] += 2.0
+        saves.append(trainer.state["epoch"])
+
+    monkeypatch.setattr(trainer, "save", save)
+    monkeypatch.setattr(trainer, "train_epoch", lambda: clock.__setitem__(0, clock[0] + 10.0) or 0.5)
+    trainer.fit(tmp_path / "ckpt.pt", checkpoint_every_s=30.0)
+    assert saves == [1, 11, 21, 25]  # first, every 100 s of training (not every 30 s), last
+    saves.clear()
+    trainer.state |= {"epoch": 0, "history": [], "stopped_early": False}
+    trainer.fit(tmp_path / "ckpt.pt", checkpoint_every_s=0)
+    assert saves == list(range(1, 26))  # 0: every epoch
+
+
+@pytest.mark.parametrize("switch, mode", [("none", None), ("compile", "default"), ("cudagraphs", "reduce-overhead")])
+def test_compile_switch_wraps_the_forward_pass(tiny_data, monkeypatch, switch, mode):
+    """Compiling takes minutes on a CPU: here torch.compile is recorded and replaced by the eager module."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: calls.append(mode or "default") or module)
+    raw = copy.deepcopy(tiny_study.TINY_CONFIG)
+    raw["hardware"]["compile"] = switch
+    spec = config.run_spec(config.validate(raw), "breastmnist", 28, "cnn_a", 1.0, 1)
+    trainer = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
+    assert calls == ([mode] if mode else []) and trainer.net is trainer.model
+    assert config.validate(copy.deepcopy(tiny_study.TINY_CONFIG))["hardware"]["compile"] == "none"  # off by default

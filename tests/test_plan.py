@@ -40,8 +40,14 @@ def test_plan_of_the_full_study_counts_every_run_and_its_flops():
     assert row["device_hours"] * 3600 > arithmetic and row["energy_kwh"] == pytest.approx(row["device_hours"] * 0.7)
     probe = next(r for r in est["rows"] if r["arm"] == "vit_b16_linear_probe" and r["dataset"] == "pathmnist")
     assert probe["flops"] < row["flops"] / 2  # a frozen backbone is never back-propagated
-    small = next(r for r in est["rows"] if r["arm"] == "resnet18_scratch" and r["dataset"] == "pathmnist")
-    assert "launch-bound" in small["method"]  # 28 px on an H100: kernel launches, not FLOPs, set the pace
+    shared = next(r for r in est["rows"] if r["arm"] == "resnet18_scratch" and r["dataset"] == "pathmnist")
+    assert shared["runs_per_gpu"] == 8
+    cfg["arms"]["resnet18_scratch"]["resources"]["runs_per_gpu"] = 1
+    alone = next(r for r in plan.make(cfg, calibrate_steps=0, gpu_name="NVIDIA H100 80GB HBM3", utilization=0.5,
+                                      log=lambda m: None)["rows"]
+                 if r["arm"] == "resnet18_scratch" and r["dataset"] == "pathmnist")
+    assert "launch-bound" in alone["method"]  # 28 px on an H100: kernel launches, not FLOPs, set the pace
+    assert shared["device_hours"] < alone["device_hours"] / 2 and shared["flops"] == alone["flops"]
     with pytest.raises(Exception, match="no dense bf16 peak"):
         plan.make(cfg, calibrate_steps=0, gpu_name="NVIDIA H100", log=lambda m: None)
 

@@ -77,7 +77,8 @@ def cmd_train(args) -> None:
     tracking = read_json(args.tracking) if args.tracking else None
     train.exit_on_sigterm()
     every = {} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}
-    train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads, **every)
+    train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads,
+              runs_per_gpu=args.runs_per_gpu, **every)
 
 
 def cmd_plan(args) -> None:
@@ -154,6 +155,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="CPU threads for torch")
     s.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                    help="checkpoint after the first epoch, then at most this often, and after the last (default 30)")
+    s.add_argument("--runs-per-gpu", type=int, default=1,
+                   help="runs sharing this GPU at once: each is charged 1/n of its energy and hours (default 1)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("plan", help="estimate the study's runs, FLOPs, device-hours and energy before it starts")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as study_config
-from . import data, devices
+from . import data, devices, features
 from .errors import ScaleauditError
 
 LAUNCH_S = 8e-6            # eager PyTorch: host time per dispatched op, the floor of a launch-bound GPU step
@@ -87,21 +87,25 @@ def calibrate(spec: dict, device, steps: int, batch: int) -> dict:
         spec = dict(spec, fraction=1.0, arm_spec=dict(spec["arm_spec"], pretrained=False),
                     recipe=dict(spec["recipe"], batch_size=batch))
         trainer = train.Trainer(spec, path, None, device, log=lambda msg: None)
+        raw = train._on_device(data.load_splits(path, spec["dataset"])["train"][0], device)
     images, labels = trainer.tensors["train"]
     idx = torch.arange(batch, device=device) % len(images)
-    x, y = images[idx], labels[idx]
+    x, y, raw = images[idx], labels[idx], raw[idx]
 
-    def run(n: int) -> float:
+    def timed(step, n: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
-            trainer.train_step(x, y)
+            step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    run(1)
-    seconds = run(steps)
-    return {"seconds_per_image": seconds / (steps * batch), "batch": batch, "steps": steps}
+    train_step = lambda: trainer.train_step(x, y)  # noqa: E731
+    forward = lambda: features.compute(trainer.model, trainer.transform, raw, batch, trainer.autocast)  # noqa: E731
+    timed(train_step, 1)
+    timed(forward, 1)
+    return {"seconds_per_image": timed(train_step, steps) / (steps * batch),
+            "forward_seconds_per_image": timed(forward, steps) / (steps * batch), "batch": batch, "steps": steps}
 
 
 def count_step(spec: dict) -> dict:
@@ -152,6 +156,8 @@ def make(config: dict, calibrate_steps: int = 2, gpu_name: str | None = None,
                 spec = study_config.run_spec(config, entry["flag"], size, arm_name, fractions[0], seeds[0])
                 arm, recipe, meta = spec["arm_spec"], spec["recipe"], data.info(entry["flag"])
                 on_gpu = spec["device"] == "cuda"
+                # runs sharing a GPU overlap their launches and start-ups, not their arithmetic
+                share = config["arms"][arm_name]["resources"].get("runs_per_gpu", 1) if on_gpu else 1
                 measured_here = calibrate_steps > 0 and (not on_gpu or (here_cuda and gpu_name is None))
                 key = (arm_name, meta["n_channels"], meta["n_classes"], size)
                 if key not in cache:
@@ -168,26 +174,35 @@ def make(config: dict, calibrate_steps: int = 2, gpu_name: str | None = None,
                             raise ScaleauditError(f"no dense bf16 peak is known for the GPU {gpu!r}",
                                                   "name one listed in src/scaleaudit/devices.py (--gpu), or add it there")
                         arithmetic = train_factor(arm) * counted["flops_per_image"] / (peak * utilization)
-                        launches = counted["ops_per_step"] * LAUNCH_S / batch
+                        launches = counted["ops_per_step"] * LAUNCH_S / batch / share
                         counted |= {"seconds_per_image": max(arithmetic, launches),
+                                    "forward_seconds_per_image": counted["flops_per_image"] / (peak * utilization),
                                     "method": f"{utilization:.0%} of {gpu} bf16 peak"
                                     + (", launch-bound" if launches > arithmetic else "")}
                     else:
-                        counted |= {"seconds_per_image": math.nan, "method": "not calibrated"}
+                        counted |= {"seconds_per_image": math.nan, "forward_seconds_per_image": math.nan,
+                                    "method": "not calibrated"}
                 cal = cache[key]
                 n_val, n_test = meta["n_samples"]["val"], meta["n_samples"]["test"]
                 watts = (devices.board_power(gpu) or math.nan) if on_gpu else devices.CPU_WATTS_PER_THREAD * threads
                 eval_share = 1.0 if arm["train"] == "linear_probe" else EVAL_SHARE
                 flops = seconds = 0.0
+                if features.usable(spec):  # the backbone's features once per dataset, then head-only steps
+                    n_all = sum(meta["n_samples"].values())
+                    flops = cal["flops_per_image"] * n_all
+                    seconds = cal["forward_seconds_per_image"] * n_all
                 for fraction in fractions:
                     trained, inferred = images_per_run(recipe, n_train_of(entry["flag"], fraction), n_val, n_test)
+                    if features.usable(spec):  # a linear layer on cached features: start-up dominates
+                        seconds += len(seeds) * STARTUP_S
+                        continue
                     flops += len(seeds) * cal["flops_per_image"] * (train_factor(arm) * trained + inferred)
-                    seconds += len(seeds) * (cal["seconds_per_image"] * (trained + eval_share * inferred) + STARTUP_S)
+                    seconds += len(seeds) * (cal["seconds_per_image"] * (trained + eval_share * inferred) + STARTUP_S / share)
                 rows.append({
                     "arm": arm_name, "dataset": entry["flag"], "size": int(size), "runs": len(fractions) * len(seeds),
                     "flops": flops, "device": gpu if on_gpu else "cpu", "device_hours": seconds / 3600,
                     "energy_kwh": seconds / 3600 * watts / 1000, "method": cal["method"],
-                    "early_stopping": recipe["early_stop_patience"] is not None,
+                    "early_stopping": recipe["early_stop_patience"] is not None, "runs_per_gpu": share,
                 })
     total = {k: sum(r[k] for r in rows) for k in ("runs", "flops", "device_hours", "energy_kwh")}
     return {"study": config["study"], "rows": rows, "total": total, "gpu": gpu, "utilization": utilization,
