@@ -34,20 +34,6 @@ TARGET_RESNET_RATIO = 10.0
 TARGET_VIT_B_SHARE = 0.35
 
 
-def synthetic_breastmnist(path: Path, n_train: int, seed: int = 0) -> Path:
-    """A learnable BreastMNIST-shaped file (1 channel, 2 classes, 28 px) for when no mirror is staged."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in (("train", n_train), ("val", max(n_train // 8, 20)), ("test", max(n_train // 8, 20))):
-        labels = rng.integers(0, 2, size=count)
-        images = rng.integers(0, 90, size=(count, 28, 28), dtype=np.uint8)
-        images[:, 7:21, 7:21] += (labels * 120).astype(np.uint8).reshape(-1, 1, 1)
-        arrays |= {f"{split}_images": images, f"{split}_labels": labels.reshape(-1, 1)}
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-    return path
-
-
 def driver_rows(device: str) -> list[tuple[str, str, bool]]:
     import torch
 
@@ -185,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         tmp = Path(tmp)
-        synthetic = synthetic_breastmnist(tmp / "breastmnist.npz", args.images)
+        from scaleaudit import plan
+
+        synthetic = plan.synthetic_npz(tmp / "breastmnist.npz", "breastmnist", args.images)
         rows = driver_rows(args.device) if args.device == "cuda" else []
         rows.append(resume_check(args.device, synthetic, tmp))
         if args.bench:
