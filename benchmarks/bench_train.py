@@ -193,16 +193,35 @@ def side_steps(args) -> dict:
 SIDES = {"reference": side_reference, "scaleaudit": side_scaleaudit, "steps": side_steps}
 
 
-def run_side(args, side: str, **overrides) -> dict:
+def _side_argv(args, side: str, overrides: dict) -> list[str]:
     argv = [sys.executable, __file__, "--side", side]
     for key, value in (vars(args) | overrides).items():
-        if key in ("side", "startup", "fp32", "datasets", "vit", "json", "vit_steps") or value is None:
+        if key in ("side", "startup", "fp32", "datasets", "vit", "json", "vit_steps", "shared") or value is None:
             continue
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    out = subprocess.run(argv, env=_env(), capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"bench: the {side} side failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.splitlines()[-1])
+    return argv
+
+
+def _side_result(side: str, out: subprocess.CompletedProcess | tuple) -> dict:
+    code, stdout, stderr = out if isinstance(out, tuple) else (out.returncode, out.stdout, out.stderr)
+    if code:
+        sys.exit(f"bench: the {side} side failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.splitlines()[-1])
+
+
+def run_side(args, side: str, **overrides) -> dict:
+    return _side_result(side, subprocess.run(_side_argv(args, side, overrides), env=_env(), capture_output=True, text=True))
+
+
+def run_shared(args, n: int, **overrides) -> float:
+    """Aggregate images/s of ``n`` step-timing processes training at once on the same device (runs sharing a GPU)."""
+    procs = [subprocess.Popen(_side_argv(args, "steps", overrides), env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate()
+        results.append(_side_result("steps", (proc.returncode, stdout, stderr)))
+    return sum(r["images_per_s"] for r in results)
 
 
 # -- start-up ----------------------------------------------------------------------------------------
@@ -291,7 +310,10 @@ def main() -> None:
                    help="scaleaudit's hardware.determinism (default: the study's default)")
     p.add_argument("--vit", choices=["auto", "on", "off"], default="auto",
                    help="ViT-S/16 and ViT-B/16 at 224 px, step by step (auto: with CUDA)")
-    p.add_argument("--vit-steps", type=int, default=100, help="timed ViT training steps after 10 warm-up steps")
+    p.add_argument("--vit-steps", type=int, default=100,
+                   help="timed training steps (after 10 warm-up steps) of the ViT and shared-run timings")
+    p.add_argument("--shared", type=int, nargs="*", help="aggregate 28 px ResNet-18 images/s with these many runs "
+                   "training at once on the device (default on CUDA: 1 2 4 8; pass none to skip)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     # internal: one side in a subprocess
     p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
@@ -311,6 +333,8 @@ def main() -> None:
     from scaleaudit import devices
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.shared is None:
+        args.shared = [1, 2, 4, 8] if args.device == "cuda" else []
     summary = {"device": args.device, "resnet18_28": {}, "vit": []}
     cpu = devices.current("cpu")["name"]
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -341,6 +365,16 @@ def main() -> None:
                            input_size=224, batch_size=batch, steps=args.vit_steps)
             print_steps(res)
             summary["vit"].append(res)
+
+    if args.shared:
+        flag = args.datasets[0]
+        base = dict(dataset=flag, data=str(data_file(flag, args.data)), model="scaleaudit_resnet18_cifar",
+                    batch_size=args.batch_size, steps=args.vit_steps)
+        print(f"\nruns sharing one {args.device}: ResNet-18 at 28 px, batch {args.batch_size}, {args.vit_steps} steps each")
+        rates = {n: run_shared(args, n, **base) for n in args.shared}
+        for n, rate in rates.items():
+            print(f"  {n} at once: {rate:9.1f} img/s in all, {rate / rates[args.shared[0]]:.2f}x {args.shared[0]} run(s)")
+        summary["shared"] = {str(n): rate for n, rate in rates.items()}
 
     if args.startup:
         imp = import_profile()

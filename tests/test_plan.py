@@ -69,7 +69,7 @@ def test_report_sets_the_estimate_against_the_measured_cost():
                      published=False)
     res = report.Results.of(runs, make_config(runs))
     measured = report.stats.study_total(runs)
-    estimate = {"study": "synthetic", "total": {"runs": len(runs), "device_hours": 2 * measured["device_hours"],
+    estimate = {"study": "synthetic", "startup_s": 20.0, "total": {"runs": len(runs), "device_hours": 2 * measured["device_hours"],
                                                "energy_kwh": measured["energy_kwh"] / 2, "flops": 1e15}}
     text = report.to_markdown(report.document(res, {k: [] for k in ("scores", "calibration", "pareto", "forest")},
                                               estimate), REPO)

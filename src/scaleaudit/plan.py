@@ -235,7 +235,7 @@ def versus_measured(plan: dict, measured: dict) -> str:
     if est["runs"] == measured["runs"] and measured["device_hours"] > 0 and measured["energy_kwh"] > 0:
         text += (f" (estimate / measured: {est['device_hours'] / measured['device_hours']:.2f}x in time, "
                  f"{est['energy_kwh'] / measured['energy_kwh']:.2f}x in energy)")
-    return text + "."
+    return text + f"; the estimate counts {plan['startup_s']:.0f} s of start-up per run, the measurement training time only."
 
 
 def default_path(config: dict) -> Path:

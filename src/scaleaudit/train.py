@@ -435,6 +435,8 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
             tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
         raise
     train_seconds = previous_seconds + meter.seconds
+    # runs sharing a GPU split its hours and energy: summed over the study they are the GPU's own
+    share = runs_per_gpu if device.type == "cuda" else 1
     result = {
         "run": {k: spec[k] for k in ("study", "dataset", "size", "arm", "fraction", "seed", "config_hash")}
         | {"group": spec["arm_spec"]["group"], "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"],
@@ -447,14 +449,13 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
         "val": val,
         "test": test,
         "history": trainer.state["history"],
-        "cost": size_info | meter.result(gpu_share=1 / runs_per_gpu if device.type == "cuda" else 1.0) | {
+        "cost": size_info | meter.result(gpu_share=1 / share) | {
             "train_seconds": train_seconds,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "precision": trainer.precision,
-            "device_hours": train_seconds / 3600,
-            # runs sharing a GPU split its hours: the sum over the study stays the GPU's own time
-            "accelerator_hours": train_seconds / 3600 / runs_per_gpu if device.type == "cuda" else 0.0,
-            "runs_per_gpu": runs_per_gpu if device.type == "cuda" else 1,
+            "device_hours": train_seconds / 3600 / share,
+            "accelerator_hours": train_seconds / 3600 / share if device.type == "cuda" else 0.0,
+            "runs_per_gpu": share,
             "peak_mem_mb": cost.peak_memory_mb(device),
         },
         "provenance": provenance.record() | {
