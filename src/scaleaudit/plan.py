@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as study_config
-from . import data, devices, features
+from . import data, devices
 from .errors import ScaleauditError
 
 LAUNCH_S = 8e-6            # eager PyTorch: host time per dispatched op, the floor of a launch-bound GPU step
@@ -80,7 +80,7 @@ def calibrate(spec: dict, device, steps: int, batch: int) -> dict:
     """Seconds per training image of a run's real training path, timed over ``steps`` steps after one warm-up."""
     import torch
 
-    from . import train
+    from . import features, train
 
     with tempfile.TemporaryDirectory(prefix="scaleaudit-plan-") as tmp:
         path = synthetic_npz(Path(tmp) / "calibration.npz", spec["dataset"], batch, spec["size"])
@@ -143,7 +143,7 @@ def make(config: dict, calibrate_steps: int = 2, gpu_name: str | None = None,
     """The plan of a validated study config (see the module docstring)."""
     import torch
 
-    from . import train
+    from . import features, train
 
     here_cuda = torch.cuda.is_available()
     gpu = gpu_name or (torch.cuda.get_device_name(0) if here_cuda else DEFAULT_GPU)
