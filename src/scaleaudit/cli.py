@@ -165,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
                                  "(default: results/<study>/plan.json)")
     s.add_argument("--gpu", help="estimate GPU arms for this device (its full CUDA name, see devices.py) from FLOPs; "
                                  "default: measured on this machine's GPU, else NVIDIA H100 80GB HBM3")
-    s.add_argument("--utilization", type=float, default=0.35, help="share of the GPU's bf16 peak for --gpu (default 0.35)")
+    s.add_argument("--utilization", type=float, default=0.35,
+                   help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default 0.35)")
     s.add_argument("--calibration-steps", type=int, default=2, help="timed training steps per arm (0: no calibration)")
     s.add_argument("--brief", action="store_true", help="print only the summary line")
     s.set_defaults(func=cmd_plan)
