@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    := PATH="$(BIN):$$PATH"
 CORES  ?= all
 
-.PHONY: help install lock dist demo study test test-slurm lint bench clean
+.PHONY: help install lock dist demo study test test-slurm lint bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,7 @@ demo: $(STAMP)  ## run the CPU demo study (BreastMNIST, 3 arms, 3 seeds) -> repo
 	$(RUN) snakemake --profile workflow/profiles/local --configfile config/demo.yaml --cores $(CORES)
 
 study: $(STAMP)  ## run the full study (config/config.yaml; GPU-sized) -> reports/full.pdf
+	$(RUN) scaleaudit plan config/config.yaml --brief
 	$(RUN) snakemake --profile workflow/profiles/local --cores $(CORES)
 
 test: $(STAMP)  ## run the test suite (unit tests and the whole workflow on a tiny config)
@@ -52,6 +53,9 @@ lint: $(STAMP)  ## snakemake --lint
 
 bench: $(STAMP)  ## time the training path against the MedMNIST v2 reference loop (prints ratios)
 	$(RUN) python benchmarks/bench_train.py $(BENCH_ARGS)
+
+gpu-check: $(STAMP)  ## on a CUDA machine: driver, SIGTERM/resume equality, GPU benchmarks, one table
+	$(RUN) python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:  ## remove results, logs and reports (keeps the venv)
 	rm -rf results logs .snakemake dist report.html reports/*.pdf reports/*.md reports/demo reports/full

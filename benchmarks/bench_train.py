@@ -12,10 +12,13 @@ torch threads. Per epoch the two sides do what their trainers do:
   channels_last where the hardware pays for it (``hardware.precision: auto``), validation on the
   recipe's cadence (every epoch here) and a checkpoint. The same path in fp32 is shown too.
 
-Printed: training-step images/s and its ratio (the training loop alone), per-epoch wall time and its
-ratio (everything each trainer does per epoch), test AUC, peak memory; the import time of
-``scaleaudit.train``; seconds from process start to the first training step of ``scaleaudit train``;
-and with CUDA, ViT-S/16 at 224 px with the fraction of the GPU's dense bf16 peak it reaches.
+Both sides run on ``--device`` (default: cuda when visible, else cpu). Printed: training-step images/s
+and its ratio (the training loop alone), per-epoch wall time and its ratio (everything each trainer does
+per epoch), test AUC, peak memory; the import time of ``scaleaudit.train``; seconds from process start to
+the first training step of ``scaleaudit train``; and with CUDA (or ``--vit on``), ViT-S/16 from scratch
+and ViT-B/16 fine-tuning at 224 px: ``--vit-steps`` timed training steps after a warm-up, at the study's
+batch sizes, with the share of the device's dense bf16 peak they reach (src/scaleaudit/devices.py).
+``--json`` also writes these figures for ``make gpu-check``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MIRROR = REPO.parent / "shared" / "data" / "medmnist"
 # The report stack, experiment tracking and sklearn's pandas: none belongs in a training job's start-up.
 REPORT_STACK = ("matplotlib", "seaborn", "typst", "pandas", "mlflow")
-# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets.
-BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+# The transformers timed step by step: (model, batch size of its recipe in config/config.yaml).
+VIT_RUNS = (("vit_small_patch16_224", 128), ("vit_base_patch16_224", 64))
 FIRST_STEP_CHILD = """\
 import os, sys, time
 from scaleaudit import cli, train
@@ -64,7 +66,7 @@ def data_file(flag: str, explicit: str | None = None) -> Path:
 
 
 def study_config(flag: str, model: str, input_size: int | None, epochs: int, batch_size: int, seed: int,
-                 device: str, precision: str) -> dict:
+                 device: str, precision: str, determinism: str = "deterministic") -> dict:
     """A one-run study with the MedMNIST v2 recipe (Adam 1e-3, x0.1 at 50% and 75%, no augmentation)."""
     from scaleaudit import config
 
@@ -72,7 +74,7 @@ def study_config(flag: str, model: str, input_size: int | None, epochs: int, bat
         "study": "bench",
         "data": {"datasets": [{"flag": flag}]},
         "design": {"arms": ["arm"], "seeds": [seed]},
-        "hardware": {"device": device, "precision": precision},
+        "hardware": {"device": device, "precision": precision, "determinism": determinism},
         "recipes": {"medmnist_v2": {"optimizer": "adam", "lr": 1e-3, "batch_size": batch_size, "epochs": epochs,
                                     "scheduler": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1,
                                     "resize": "nearest", "normalize": "half"}},
@@ -124,9 +126,9 @@ def side_scaleaudit(args) -> dict:
     from scaleaudit import config, train
 
     cfg = study_config(args.dataset, args.model, args.input_size, args.epochs, args.batch_size, args.seed,
-                       args.device, args.precision)
+                       args.device, args.precision, args.determinism)
     spec = config.run_spec(cfg, args.dataset, 28, "arm", 1.0, args.seed)
-    train.configure_torch(args.seed, args.threads)
+    train.configure_torch(args.seed, args.threads, args.determinism)
     device = train.pick_device(args.device)
     trainer = train.Trainer(spec, args.data, None, device, log=lambda msg: None)
     history, train_seconds = [], []
@@ -151,26 +153,75 @@ def side_scaleaudit(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer.fit(Path(tmp) / train.CHECKPOINT, on_epoch=on_epoch)
     _, test, _ = trainer.test()
-    flops = None
-    if device.type == "cuda":
-        from scaleaudit import cost
-
-        flops = cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
     return {"history": history, "test": test, "n_train": trainer.n_train, "n_eval": len(trainer.labels["val"]),
-            "peak_mem_mb": _peak_mb(device), "precision": trainer.precision, "flops_per_image": flops,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+            "peak_mem_mb": _peak_mb(device), "precision": trainer.precision}
+
+
+def side_steps(args) -> dict:
+    """``args.steps`` training steps of ``args.model`` on one fixed batch after ``args.warmup``; one sync at the end."""
+    import torch
+
+    from scaleaudit import config, cost, devices, train
+
+    cfg = study_config(args.dataset, args.model, args.input_size, 1, args.batch_size, args.seed,
+                       args.device, args.precision, args.determinism)
+    spec = config.run_spec(cfg, args.dataset, 28, "arm", 1.0, args.seed)
+    train.configure_torch(args.seed, args.threads, args.determinism)
+    device = train.pick_device(args.device)
+    trainer = train.Trainer(spec, args.data, None, device, log=lambda msg: None)
+    images, labels = trainer.tensors["train"]
+    idx = torch.arange(args.batch_size, device=device) % len(images)
+    x, y = images[idx], labels[idx]
+
+    def steps(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            trainer.train_step(x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    steps(args.warmup)
+    rate = args.steps * args.batch_size / steps(args.steps)
+    flops = cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else devices.current("cpu")["name"]
+    return {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "images_per_s": rate,
+            "flops_per_image": flops, "achieved_flops": 3 * flops * rate, "bf16_peak": devices.bf16_peak(name),
+            "device_name": name, "precision": trainer.precision, "peak_mem_mb": _peak_mb(device)}
+
+
+SIDES = {"reference": side_reference, "scaleaudit": side_scaleaudit, "steps": side_steps}
+
+
+def _side_argv(args, side: str, overrides: dict) -> list[str]:
+    argv = [sys.executable, __file__, "--side", side]
+    for key, value in (vars(args) | overrides).items():
+        if key in ("side", "startup", "fp32", "datasets", "vit", "json", "vit_steps", "shared") or value is None:
+            continue
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def _side_result(side: str, out: subprocess.CompletedProcess | tuple) -> dict:
+    code, stdout, stderr = out if isinstance(out, tuple) else (out.returncode, out.stdout, out.stderr)
+    if code:
+        sys.exit(f"bench: the {side} side failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.splitlines()[-1])
 
 
 def run_side(args, side: str, **overrides) -> dict:
-    argv = [sys.executable, __file__, "--side", side]
-    for key, value in (vars(args) | overrides).items():
-        if key in ("side", "startup", "fp32", "datasets", "vit") or value is None:
-            continue
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    out = subprocess.run(argv, env=_env(), capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"bench: the {side} side failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.splitlines()[-1])
+    return _side_result(side, subprocess.run(_side_argv(args, side, overrides), env=_env(), capture_output=True, text=True))
+
+
+def run_shared(args, n: int, **overrides) -> float:
+    """Aggregate images/s of ``n`` step-timing processes training at once on the same device (runs sharing a GPU)."""
+    procs = [subprocess.Popen(_side_argv(args, "steps", overrides), env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate()
+        results.append(_side_result("steps", (proc.returncode, stdout, stderr)))
+    return sum(r["images_per_s"] for r in results)
 
 
 # -- start-up ----------------------------------------------------------------------------------------
@@ -212,7 +263,8 @@ def _rates(result: dict, skip_first: bool = False) -> tuple[float, float]:
     return images_per_s, sum(h["epoch_seconds"] for h in hist) / len(hist)
 
 
-def compare(args, label: str, rows: dict[str, dict]) -> None:
+def compare(args, label: str, rows: dict[str, dict]) -> dict:
+    """Print one dataset's table and ratios; return the ratios of the default path (epochs 2+ where run)."""
     ref = rows["reference"]
     print(f"\n{label}")
     print(f"  {'':28} {'train img/s':>11} {'s/epoch':>8} {'test AUC':>8} {'peak MB':>8}")
@@ -229,13 +281,18 @@ def compare(args, label: str, rows: dict[str, dict]) -> None:
             rate, epoch = _rates(res, skip_first)
             print(f"  {name}{' (epochs 2+)' if skip_first else ''}: training step {rate / ref_rate:.2f}x the "
                   f"reference's images/s; per-epoch wall {ref_epoch / epoch:.2f}x faster")
-    fast = next(r for n, r in rows.items() if n != "reference")
-    if fast.get("flops_per_image"):
-        rate, _ = _rates(fast, skip_first=True)
-        achieved = 3 * fast["flops_per_image"] * rate  # forward + backward ~ 3 forward passes
-        peak = next((v for k, v in BF16_PEAK.items() if k in fast["device_name"]), None)
-        share = f", {achieved / peak:.1%} of the {fast['device_name']} dense bf16 peak" if peak else ""
-        print(f"  scaleaudit steady state: {achieved / 1e12:.1f} TFLOP/s (3x forward FLOPs){share}")
+    skip = len(ref["history"]) > 1
+    (ref_rate, ref_epoch), (rate, epoch) = _rates(ref, skip), _rates(rows["scaleaudit"], skip)
+    return {"step_ratio": rate / ref_rate, "epoch_ratio": ref_epoch / epoch, "images_per_s": rate,
+            "reference_images_per_s": ref_rate, "precision": rows["scaleaudit"]["precision"]}
+
+
+def print_steps(res: dict) -> None:
+    peak = res["bf16_peak"]
+    share = f"{res['achieved_flops'] / peak:6.1%} of its dense bf16 peak" if peak else "peak unknown (not in devices.py)"
+    print(f"  {res['model']:24} batch {res['batch_size']:3} x {res['steps']} steps: {res['images_per_s']:8.1f} img/s, "
+          f"{res['achieved_flops'] / 1e12:6.1f} TFLOP/s (3x forward FLOPs), {share}; {res['precision']}, "
+          f"peak {res['peak_mem_mb']:.0f} MB")
 
 
 def main() -> None:
@@ -248,31 +305,43 @@ def main() -> None:
     p.add_argument("--data", help="an explicit .npz instead of the mirror's (first dataset only)")
     p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True, help="also time scaleaudit in fp32")
     p.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True, help="measure start-up")
-    p.add_argument("--vit", choices=["auto", "on", "off"], default="auto", help="ViT-S/16 at 224 px (auto: with CUDA)")
+    p.add_argument("--device", choices=["cuda", "cpu"], help="where both sides train (default: cuda when visible)")
+    p.add_argument("--determinism", choices=["deterministic", "fast"], default="deterministic",
+                   help="scaleaudit's hardware.determinism (default: the study's default)")
+    p.add_argument("--vit", choices=["auto", "on", "off"], default="auto",
+                   help="ViT-S/16 and ViT-B/16 at 224 px, step by step (auto: with CUDA)")
+    p.add_argument("--vit-steps", type=int, default=100,
+                   help="timed training steps (after 10 warm-up steps) of the ViT and shared-run timings")
+    p.add_argument("--shared", type=int, nargs="*", help="aggregate 28 px ResNet-18 images/s with these many runs "
+                   "training at once on the device (default on CUDA: 1 2 4 8; pass none to skip)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
     # internal: one side in a subprocess
-    p.add_argument("--side", choices=["reference", "scaleaudit"], help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--dataset", help=argparse.SUPPRESS)
     p.add_argument("--model", default="scaleaudit_resnet18_cifar", help=argparse.SUPPRESS)
     p.add_argument("--input-size", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=10, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
-        print(json.dumps((side_reference if args.side == "reference" else side_scaleaudit)(args)))
+        print(json.dumps(SIDES[args.side](args)))
         return
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from scaleaudit import devices
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.shared is None:
+        args.shared = [1, 2, 4, 8] if args.device == "cuda" else []
+    summary = {"device": args.device, "resnet18_28": {}, "vit": []}
+    cpu = devices.current("cpu")["name"]
     print(f"machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch threads {args.threads}")
     print(f"model scaleaudit_resnet18_cifar (ResNet-18, CIFAR stem) at 28 px, batch {args.batch_size}, "
-          f"{args.epochs} epochs, seed {args.seed}, same for both sides, each in its own process")
+          f"{args.epochs} epochs, seed {args.seed}, same for both sides on {args.device}, each in its own process; "
+          f"scaleaudit {args.determinism}")
     for i, flag in enumerate(args.datasets):
         path = data_file(flag, args.data if i == 0 else None)
         base = {"dataset": flag, "data": str(path)}
@@ -286,15 +355,26 @@ def main() -> None:
                  f"PIL + ToTensor + Normalize in a DataLoader, fp32\n"
                  f"  scaleaudit per epoch: train, evaluate val ({fast['n_eval']} images), checkpoint; "
                  f"on-device tensors, {fast['precision']}")
-        compare(args, label, rows)
+        summary["resnet18_28"][flag] = compare(args, label, rows)
 
-    if args.vit == "on" or (args.vit == "auto" and torch.cuda.is_available()):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.vit == "on" or (args.vit == "auto" and args.device == "cuda"):
         flag = args.datasets[0]
-        base = {"dataset": flag, "data": str(data_file(flag, args.data)), "model": "vit_small_patch16_224",
-                "input_size": 224, "device": device}
-        rows = {"reference": run_side(args, "reference", **base), "scaleaudit": run_side(args, "scaleaudit", **base)}
-        compare(args, f"ViT-S/16 from scratch at 224 px on {device} ({flag}, resized on the fly by both sides)", rows)
+        print(f"\ntransformers at 224 px on {args.device} ({flag} resized on the fly), {args.vit_steps} steps after 10 warm-up:")
+        for model, batch in VIT_RUNS:
+            res = run_side(args, "steps", dataset=flag, data=str(data_file(flag, args.data)), model=model,
+                           input_size=224, batch_size=batch, steps=args.vit_steps)
+            print_steps(res)
+            summary["vit"].append(res)
+
+    if args.shared:
+        flag = args.datasets[0]
+        base = dict(dataset=flag, data=str(data_file(flag, args.data)), model="scaleaudit_resnet18_cifar",
+                    batch_size=args.batch_size, steps=args.vit_steps)
+        print(f"\nruns sharing one {args.device}: ResNet-18 at 28 px, batch {args.batch_size}, {args.vit_steps} steps each")
+        rates = {n: run_shared(args, n, **base) for n in args.shared}
+        for n, rate in rates.items():
+            print(f"  {n} at once: {rate:9.1f} img/s in all, {rate / rates[args.shared[0]]:.2f}x {args.shared[0]} run(s)")
+        summary["shared"] = {str(n): rate for n, rate in rates.items()}
 
     if args.startup:
         imp = import_profile()
@@ -305,6 +385,8 @@ def main() -> None:
             what = "with MLflow tracking (as in the workflow)" if tracked else "without tracking"
             print(f"  process start -> first training step of `scaleaudit train`, {what}: "
                   f"{startup_seconds(args.datasets[0], path, tracked):.2f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

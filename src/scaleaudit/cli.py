@@ -81,7 +81,22 @@ def cmd_train(args) -> None:
     tracking = read_json(args.tracking) if args.tracking else None
     train.exit_on_sigterm()
     every = {} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}
-    train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads, **every)
+    train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads,
+              runs_per_gpu=args.runs_per_gpu, **every)
+
+
+def cmd_plan(args) -> None:
+    from . import config, plan
+    from .files import write_json
+
+    cfg = config.load(*args.configs)
+    estimate = plan.make(cfg, calibrate_steps=args.calibration_steps, gpu_name=args.gpu, utilization=args.utilization,
+                         log=lambda msg: print(msg, file=sys.stderr))
+    out = Path(args.out) if args.out else plan.default_path(cfg)
+    write_json(out, estimate)
+    if not args.brief:
+        print(plan.table(estimate))
+    print(f"{plan.summary_line(estimate)} ({out})")
 
 
 def cmd_aggregate(args) -> None:
@@ -145,7 +160,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="CPU threads for torch")
     s.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                    help="checkpoint after the first epoch, then at most this often, and after the last (default 30)")
+    s.add_argument("--runs-per-gpu", type=int, default=1,
+                   help="runs sharing this GPU at once: each is charged 1/n of its energy and hours (default 1)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("plan", help="estimate the study's runs, FLOPs, device-hours and energy before it starts")
+    s.add_argument("configs", nargs="+", help="YAML files, later ones override earlier ones")
+    s.add_argument("--out", help="plan (JSON) for the report to set against the measured cost "
+                                 "(default: results/<study>/plan.json)")
+    s.add_argument("--gpu", help="estimate GPU arms for this device (its full CUDA name, see devices.py) from FLOPs; "
+                                 "default: measured on this machine's GPU, else NVIDIA H100 80GB HBM3")
+    s.add_argument("--utilization", type=float, default=0.35,
+                   help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default 0.35)")
+    s.add_argument("--calibration-steps", type=int, default=2, help="timed training steps per arm (0: no calibration)")
+    s.add_argument("--brief", action="store_true", help="print only the summary line")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("aggregate", help="one table of all runs from their metrics.json files")
     s.add_argument("metrics", nargs="+", help="metrics.json files")

@@ -122,10 +122,18 @@ def runs(config: dict) -> Iterator[dict]:
         yield {"dataset": flag, "size": int(size), "arm": arm, "fraction": float(fraction), "seed": int(seed)}
 
 
+def device_request(device: str, arm: dict) -> str:
+    """Where an arm's runs train: ``hardware.device``, or under ``auto`` CUDA exactly for arms that book a GPU."""
+    if device != "auto":
+        return device
+    return "cuda" if arm.get("resources", {}).get("gpu") else "cpu"
+
+
 def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, seed: int) -> dict:
     """Everything one training job needs, resolved; its hash identifies the run's configuration."""
     # Display, comparison and scheduling keys do not change what is trained: they must not re-run it.
     arm_spec = {k: v for k, v in config["arms"][arm].items() if k not in NOT_TRAINING_KEYS}
     recipe = dict(config["recipes"][arm_spec["recipe"]], name=arm_spec["recipe"])
     return RunSpec.create(study=config["study"], dataset=dataset, size=size, arm=arm, arm_spec=arm_spec, recipe=recipe,
-                          fraction=fraction, seed=seed, hardware=config["hardware"]).to_dict()
+                          fraction=fraction, seed=seed, hardware=config["hardware"],
+                          device=device_request(config["hardware"]["device"], config["arms"][arm])).to_dict()

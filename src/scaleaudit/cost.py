@@ -69,12 +69,16 @@ class EnergyMeter:
         self._starting.join()
         self.tracker.stop()
 
-    def result(self) -> dict:
+    def result(self, gpu_share: float = 1.0) -> dict:
+        """Energy and CO2e of the run; ``gpu_share``: the part of the GPU's energy that is this run's (runs
+        sharing a GPU each see the whole board's power)."""
         data = self.tracker.final_emissions_data
         scale = self.seconds / data.duration if data.duration > 0 else 1.0
+        energy = float(data.energy_consumed)
+        own = energy - (1 - gpu_share) * float(data.gpu_energy or 0.0)
         return {
-            "energy_kwh": float(data.energy_consumed) * scale,
-            "co2e_kg": float(data.emissions) * scale,
+            "energy_kwh": own * scale,
+            "co2e_kg": float(data.emissions) * (own / energy if energy > 0 else 1.0) * scale,
             "energy_method": (
                 f"codecarbon {data.codecarbon_version} offline, {', '.join(map(str, self.tracker._hardware))}, "
                 f"grid {data.country_iso_code}"

@@ -47,6 +47,7 @@ class RunSpec:
     fraction: float
     seed: int
     hardware: dict
+    device: str  # what the run trains on: 'cpu', or 'cuda' for an arm that books a GPU
     config_hash: str
 
     @classmethod

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import config as study_config
-from . import calibration, ledger, provenance, reproduction, stats
+from . import calibration, ledger, plan, provenance, reproduction, stats
 from .aggregate import RUN_KEY
 from .files import atomic_path, read_json, write_text
 
@@ -707,7 +707,7 @@ def reproduction_section(res: Results) -> list:
     return blocks
 
 
-def costs_section(res: Results) -> list:
+def costs_section(res: Results, estimate: dict | None = None) -> list:
     s, L = res.summary, res.labels
     hours = ledger.hours_column(res.runs).replace("_", "-").replace("hours", "h")
     rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], f"{r.params / 1e6:.2f}", f"{r.flops / 1e9:.3g}",
@@ -723,7 +723,7 @@ def costs_section(res: Results) -> list:
         Para(f"Total spent by the study's training runs: {t['runs']} runs, {t['train_hours']:.3g} h training time, "
              f"{t['device_hours']:.3g} device-hours, {t['accelerator_hours']:.3g} accelerator-hours, "
              f"{t['energy_kwh']:.3g} kWh, {1000 * t['co2e_kg']:.3g} g CO2e (data download and this report not included)."),
-    ]
+    ] + ([Para(plan.versus_measured(estimate, t))] if estimate else [])
 
 
 def appendix_section(res: Results) -> list:
@@ -753,12 +753,12 @@ def appendix_section(res: Results) -> list:
     ]
 
 
-def document(res: Results, figs: dict[str, Path]) -> Document:
+def document(res: Results, figs: dict[str, Path], estimate: dict | None = None) -> Document:
     code = provenance.code_version()
     doc = Document(res.config["title"],
                    f"study {res.config['study']}: {len(res.runs)} runs; report code {code['commit'][:12]}")
     doc.blocks = (summary_section(res) + methods_section(res) + results_section(res, figs) + reproduction_section(res)
-                  + costs_section(res) + appendix_section(res))
+                  + costs_section(res, estimate) + appendix_section(res))
     return doc
 
 
@@ -775,7 +775,10 @@ def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: 
     assets = Path(assets) if assets else out_pdf.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
     res = Results.of(runs, config)
-    doc = document(res, figures(res, assets))
+    # the cost estimate `scaleaudit plan` wrote before the study started, if it was of this study
+    plan_file = Path(runs_csv).parent / plan.PLAN_FILE
+    estimate = read_json(plan_file) if plan_file.exists() else None
+    doc = document(res, figures(res, assets), estimate if estimate and estimate["study"] == config["study"] else None)
     source = assets / "report.typ"
     write_text(source, to_typst(doc))
     with atomic_path(out_pdf) as tmp:

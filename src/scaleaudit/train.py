@@ -8,6 +8,7 @@ epoch with the best validation score are tested once.
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import conv_gemm, cost, data, metrics, models, provenance, settings
+from . import conv_gemm, cost, data, features, metrics, models, provenance, settings
 from .errors import ScaleauditError
 from .files import atomic_path, write_json
 from .records import RunInfo, RunResult, RunSpec
@@ -28,12 +29,42 @@ CHECKPOINT = "checkpoint.pt"
 # Saving is ~0.5 s for ResNet-18 on a CPU (weights, optimiser, best weights): every epoch of a small
 # model would spend ~10 % of the time on it. A kill loses at most this much training, never a result.
 CHECKPOINT_EVERY_S = 30.0
+# A large checkpoint (ViT-B with AdamW state and the best weights: ~1.4 GB) is written less often: at most
+# this share of the wall time goes to saving, so the interval grows with the time the last save took.
+CHECKPOINT_SHARE = 0.02
+CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace: required for deterministic cuBLAS results
+
+
+def cuda_diagnosis() -> str:
+    """Why CUDA is not usable here, in torch's own words (driver and CUDA versions), for a refusal message."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build (no CUDA support compiled in)"
+    try:
+        torch.cuda.init()
+        reason = "no CUDA device is visible"
+    except Exception as exc:  # noqa: BLE001 - torch names the cause: no driver, driver too old, ...
+        reason = str(exc).splitlines()[0]
+    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda}; {reason}; "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}")
 
 
 def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ScaleauditError("hardware.device is 'cuda' but no CUDA device is visible", "use device: auto or cpu")
-    return torch.device("cuda" if requested != "cpu" and torch.cuda.is_available() else "cpu")
+    """``cpu``; ``cuda``, which fails at once with the reason when CUDA is not usable; ``auto``: cuda when visible.
+
+    A run that asks for a GPU must not fall back to the CPU: it would run for hours on one thread and
+    time out on every retry instead of failing with the reason.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "auto":
+        return torch.device("cpu")
+    raise ScaleauditError(
+        f"this run asks for a GPU but CUDA is not usable here: {cuda_diagnosis()}",
+        "run it where a GPU is visible (on Slurm: book one, e.g. resources: {gpu: 1}), install a driver that fits "
+        "this CUDA version, or set hardware.device: cpu to train on the CPU on purpose",
+    )
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -102,6 +133,11 @@ def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return F.cross_entropy
 
 
+def _on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> uint8 (N, C, H, W) on ``device``."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+
+
 def _probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multi-label" else torch.softmax(logits, 1)
 
@@ -122,10 +158,7 @@ class Trainer:
             raise ScaleauditError(f"{data_path} has {splits['train'][0].shape[-1]} channels, {spec['dataset']} has {in_chans}")
         keep = data.stratified_subset(splits["train"][1], spec["fraction"], spec["seed"])
         splits["train"] = (splits["train"][0][keep], splits["train"][1][keep])
-        self.tensors = {
-            s: (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device), torch.from_numpy(y).to(device))
-            for s, (x, y) in splits.items()
-        }
+        self.tensors = {s: (_on_device(x, device), torch.from_numpy(y).to(device)) for s, (x, y) in splits.items()}
         self.labels = {s: y for s, (_, y) in splits.items()}
         self.n_train = len(keep)
         self.bf16 = use_bf16(spec["hardware"].get("precision", "auto"), device)
@@ -143,22 +176,65 @@ class Trainer:
         self.generator = torch.Generator(device="cpu").manual_seed(spec["seed"])
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.in_chans = in_chans
+        # A linear probe whose images never change (no augmentation) trains its head on cached features.
+        self.cached_features = features.usable(spec)
+        if self.cached_features:
+            self._use_cached_features(Path(data_path), weights, keep)
+        self.net = self.model.get_classifier() if self.cached_features else self.model
+        # compiles on the first step; the uncompiled self.model keeps its state_dict names for checkpoints
+        compile_mode = spec["hardware"]["compile"]
+        if compile_mode != "none":
+            self.net = torch.compile(self.net, mode="reduce-overhead" if compile_mode == "cudagraphs" else None)
         self.state = {"epoch": 0, "history": [], "best": None, "best_epoch": None, "best_state": None, "bad_evals": 0}
 
     @property
     def precision(self) -> str:
         return "bf16" if self.bf16 else "fp32"
 
+    def _use_cached_features(self, data_path: Path, weights: dict | None, keep: np.ndarray) -> None:
+        """Replace each split's images by the frozen backbone's features (all training rows are cached, so
+        that every fraction and seed shares them; this run keeps its subset)."""
+        spec = self.spec
+        name = features.key(spec, data_path, weights, self.input_size, self.precision)
+        path = data_path.parent / "features" / f"{spec['dataset']}_{spec['size']}" / f"{name}.pt"
+        bs = max(256, 4 * spec["recipe"]["batch_size"])
+
+        def make() -> dict[str, torch.Tensor]:
+            splits = data.load_splits(data_path, spec["dataset"])
+            return {s: features.compute(self.model, self.transform, _on_device(x, self.device), bs, self.autocast)
+                    for s, (x, _) in splits.items()}
+
+        feats = features.load_or_compute(path, make, self.log)
+        self.tensors = {s: ((feats[s][keep] if s == "train" else feats[s]).to(self.device), y)
+                        for s, (_, y) in self.tensors.items()}
+
     # -- checkpoints ------------------------------------------------------------------------------
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The model's state without frozen weights (a linear probe's backbone): those come from the weights
+        file again when the model is built, so checkpoints and the best-weights copy need not hold them."""
+        frozen = self._frozen()
+        return {k: v for k, v in self.model.state_dict().items() if k not in frozen}
+
+    def _frozen(self) -> set[str]:
+        return {name for name, p in self.model.named_parameters() if not p.requires_grad}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        frozen = self._frozen()
+        if set(missing) - frozen or unexpected:  # frozen weights may be absent, nothing else
+            raise RuntimeError(f"saved state does not fit the model: missing {sorted(set(missing) - frozen)[:3]}, "
+                               f"unexpected {unexpected[:3]}")
+
     def save(self, path: Path) -> None:
         ckpt = {
             "config_hash": self.spec["config_hash"],
-            "model": self.model.state_dict(),
+            "model": self.trained_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            # this device's state only: get_rng_state_all() would create a context on every visible GPU
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "state": self.state,
         }
         with atomic_path(path) as tmp:
@@ -169,20 +245,22 @@ class Trainer:
         if not path.exists():
             return False
         try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=True)
+            # Onto the CPU: RNG states must stay CPU ByteTensors (set_state refuses others); model and
+            # optimiser states are copied to their parameters' device by load_state_dict.
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means: start over
             self.log(f"checkpoint {path} is unreadable ({type(exc).__name__}); starting from scratch")
             return False
         if ckpt.get("config_hash") != self.spec["config_hash"]:
             self.log(f"checkpoint {path} belongs to another configuration; starting from scratch")
             return False
-        self.model.load_state_dict(ckpt["model"])
+        self.load_trained_state(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.generator.set_state(ckpt["generator"])
+        self.generator.set_state(ckpt["generator"].cpu())
         torch.set_rng_state(ckpt["torch_rng"].cpu())
-        if ckpt["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
+        if self.device.type == "cuda" and isinstance(ckpt["cuda_rng"], torch.Tensor):
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), self.device)
         self.state = ckpt["state"]
         return True
 
@@ -195,15 +273,20 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
-            x = self.transform(images[idx], self.generator)
-            with self.autocast:
-                loss = self.loss_fn(self.model(x), labels[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.detach() * len(idx)
+            total += self.train_step(images[idx], labels[idx]) * len(idx)
         self.scheduler.step()
         return float(total) / len(order)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a uint8 batch (features, for a cached linear probe); returns the loss on the
+        device (no sync)."""
+        x = images if self.cached_features else self.transform(images, self.generator)
+        with self.autocast:
+            loss = self.loss_fn(self.net(x), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     @torch.inference_mode()
     def predict(self, split: str) -> tuple[np.ndarray, float]:
@@ -213,9 +296,10 @@ class Trainer:
         bs = max(256, 4 * self.spec["recipe"]["batch_size"])
         probs, loss = [], torch.zeros((), device=self.device)
         for start in range(0, len(images), bs):
-            x = self.transform(images[start : start + bs])
+            x = images[start : start + bs]
+            x = x if self.cached_features else self.transform(x)
             with self.autocast:
-                logits = self.model(x).float()
+                logits = self.net(x).float()
             loss += self.loss_fn(logits, labels[start : start + bs]) * len(x)
             probs.append(_probabilities(logits, self.task))
         return torch.cat(probs).cpu().numpy(), float(loss) / len(images)
@@ -227,10 +311,11 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, checkpoint: Path, on_epoch: Callable[[dict], None] = lambda row: None,
             checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> None:
-        """Train to the recipe's end; checkpoint after the first epoch, then every ``checkpoint_every_s``, and last."""
+        """Train to the recipe's end; checkpoint after the first epoch and the last, and in between once
+        ``checkpoint_every_s`` and 1/CHECKPOINT_SHARE times the last save's duration have passed (0: every epoch)."""
         recipe = self.spec["recipe"]
         epochs, select = recipe["epochs"], recipe["select"]
-        saved_at = None
+        saved_at, save_s = None, 0.0
         while self.state["epoch"] < epochs and not self.state.get("stopped_early"):
             epoch = self.state["epoch"] + 1
             t0 = time.perf_counter()
@@ -241,7 +326,7 @@ class Trainer:
                 score = val["auc"] if select == "val_auc" else -val["loss"]
                 if self.state["best"] is None or score > self.state["best"]:
                     self.state |= {"best": score, "best_epoch": epoch, "bad_evals": 0}
-                    self.state["best_state"] = copy.deepcopy(self.model.state_dict())
+                    self.state["best_state"] = copy.deepcopy(self.trained_state())
                 else:
                     self.state["bad_evals"] += 1
                 patience = recipe["early_stop_patience"]
@@ -251,16 +336,19 @@ class Trainer:
             self.state["epoch"] = epoch
             self.state["history"].append(row)
             last = epoch == epochs or self.state.get("stopped_early")
-            if saved_at is None or last or time.monotonic() - saved_at >= checkpoint_every_s:
+            interval = max(checkpoint_every_s, save_s / CHECKPOINT_SHARE) if checkpoint_every_s > 0 else 0.0
+            if saved_at is None or last or time.monotonic() - saved_at >= interval:
+                t0 = time.monotonic()
                 self.save(checkpoint)
                 saved_at = time.monotonic()
+                save_s = saved_at - t0
             on_epoch(row)
             val_txt = f" val_auc {row['val_auc']:.4f} val_acc {row['val_acc']:.4f}" if "val_auc" in row else ""
             self.log(f"epoch {epoch}/{epochs} loss {row['train_loss']:.4f}{val_txt} ({row['seconds']:.1f} s)")
 
     def test(self) -> tuple[dict, dict, np.ndarray]:
         """Val and test metrics of the selected weights; the test split is evaluated only here."""
-        self.model.load_state_dict(self.state["best_state"])
+        self.load_trained_state(self.state["best_state"])
         val, _ = self.evaluate("val")
         test, probs = self.evaluate("test")
         return val, test, probs
@@ -282,18 +370,33 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def configure_torch(seed: int, threads: int | None) -> None:
+def configure_torch(seed: int, threads: int | None, determinism: str = "deterministic") -> None:
+    """Threads, seed and the determinism policy (``hardware.determinism``); call before any CUDA work.
+
+    ``deterministic``: a seed gives the same result on the same hardware and software, on the CPU and
+    on CUDA. Ops without a deterministic kernel raise instead of warning on every call, and cuBLAS gets
+    the fixed workspace it needs (CUBLAS_WORKSPACE_CONFIG, read when its first handle is created).
+    ``fast``: cuDNN benchmarks and picks the fastest kernels; results vary from run to run.
+    """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    # Deterministic kernels make CPU runs bit-identical for a seed; warn_only keeps CUDA runs working.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if determinism == "deterministic":
+        workspace = os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        if workspace not in (":4096:8", ":16:8"):
+            raise ScaleauditError(f"CUBLAS_WORKSPACE_CONFIG={workspace!r} makes cuBLAS non-deterministic",
+                                  "unset it (or use :4096:8 or :16:8), or set hardware.determinism: fast")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
     # Filling each new tensor with NaN only helps to find reads of uninitialised memory (~4% of a CPU step).
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, weights: dict | None,
-        threads: int | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> dict:
+        threads: int | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S, runs_per_gpu: int = 1) -> dict:
     """Train, select on validation, test once, and write ``metrics.json`` and ``predictions.npz``."""
     def log(msg: str) -> None:
         print(f"[{spec['arm']} {spec['dataset']}@{spec['size']} f={spec['fraction']} s={spec['seed']}] {msg}",
@@ -302,8 +405,8 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
     run_spec = RunSpec.from_dict(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "run_config.json", spec)
-    configure_torch(spec["seed"], threads)
-    device = pick_device(spec["hardware"]["device"])
+    configure_torch(spec["seed"], threads, spec["hardware"]["determinism"])
+    device = pick_device(spec["device"])
     trainer = Trainer(spec, data_record["file"], weights, device, log=log)
     checkpoint = out_dir / CHECKPOINT
     if trainer.load(checkpoint):
@@ -335,6 +438,8 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
             tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
         raise
     train_seconds = previous_seconds + meter.seconds
+    # runs sharing a GPU split its hours and energy: summed over the study they are the GPU's own
+    share = runs_per_gpu if device.type == "cuda" else 1
     record = RunResult(
         run=RunInfo.of(run_spec, trainer.input_size),
         task=trainer.task,
@@ -345,12 +450,13 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
         val=val,
         test=test,
         history=trainer.state["history"],
-        cost=size_info | meter.result() | {
+        cost=size_info | meter.result(gpu_share=1 / share) | {
             "train_seconds": train_seconds,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "precision": trainer.precision,
-            "device_hours": train_seconds / 3600,
-            "accelerator_hours": train_seconds / 3600 if device.type == "cuda" else 0.0,
+            "device_hours": train_seconds / 3600 / share,
+            "accelerator_hours": train_seconds / 3600 / share if device.type == "cuda" else 0.0,
+            "runs_per_gpu": share,
             "peak_mem_mb": cost.peak_memory_mb(device),
         },
         provenance=provenance.record() | {

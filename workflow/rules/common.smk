@@ -36,6 +36,9 @@ CONDA_ENV = "../../envs/scaleaudit.yaml"
 # grouped (the slurm profile's group-components says how many share one booking).
 SHORT_TRAIN_GROUP = "short_train"
 SHORT_TRAIN_MAX_SIZE = 64
+# A GPU is GPU_SLOTS of the `gpu_slots` resource (the local profile has one GPU): a run that books a whole
+# GPU takes them all, one of n runs sharing a GPU (resources.runs_per_gpu) takes 1/n of them.
+GPU_SLOTS = 8
 
 
 wildcard_constraints:
@@ -80,9 +83,32 @@ def train_resource(name, default):
     return get
 
 
-def train_group(wildcards):
-    """``short_train`` for CPU-only arms at <= 64 px (grouped on a cluster), else no group (one job each)."""
+def runs_per_gpu(wildcards):
+    """How many runs of the arm share one GPU: 1 unless it books a GPU and declares resources.runs_per_gpu."""
     declared = arm(wildcards)["resources"]
+    return declared.get("runs_per_gpu", 1) if declared.get("gpu") else 1
+
+
+def train_gpu(wildcards):
+    """Whole GPUs for one job (Slurm --gpus); shared runs book theirs once per group instead (gres)."""
+    return 0 if runs_per_gpu(wildcards) > 1 else arm(wildcards)["resources"].get("gpu", 0)
+
+
+def train_gres(wildcards):
+    """``gpu:1`` for runs that share a GPU: a string resource, so a group of them books one GPU, not n."""
+    return "gpu:1" if runs_per_gpu(wildcards) > 1 else ""
+
+
+def train_gpu_slots(wildcards):
+    return GPU_SLOTS * arm(wildcards)["resources"].get("gpu", 0) // runs_per_gpu(wildcards)
+
+
+def train_group(wildcards):
+    """``gpu_share<n>`` for runs that share a GPU, ``short_train`` for CPU-only arms at <= 64 px (grouped
+    on a cluster), else no group (one job each)."""
+    declared = arm(wildcards)["resources"]
+    if runs_per_gpu(wildcards) > 1:
+        return f"gpu_share{runs_per_gpu(wildcards)}"
     size = arm(wildcards)["input_size"] or int(wildcards.size)
     return SHORT_TRAIN_GROUP if not declared.get("gpu") and size <= SHORT_TRAIN_MAX_SIZE else None
 

@@ -11,17 +11,20 @@ rule train:
         spec=run_spec,
         outdir=lambda wildcards, output: Path(output.metrics).parent,
         weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
+        share=runs_per_gpu,
     log:
         f"{LOGS}/train/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}_seed{{seed}}.log",
     threads: train_resource("cpus", 1)
     resources:
         mem_mb=train_resource("mem_mb", 2000),
         runtime=train_resource("runtime", 30),
-        gpu=train_resource("gpu", 0),
+        gpu=train_gpu,
+        gres=train_gres,
+        gpu_slots=train_gpu_slots,
     group:
         train_group
     conda:
         CONDA_ENV
     shell:
         "scaleaudit train --spec {params.spec:q} --data {input.record} {params.weights} "
-        "--tracking {input.tracking} --out {params.outdir} --threads {threads} > {log} 2>&1"
+        "--tracking {input.tracking} --out {params.outdir} --threads {threads} --runs-per-gpu {params.share} > {log} 2>&1"
