@@ -116,9 +116,7 @@ class Trainer:
         num_classes = meta["n_classes"]
         self.input_size = arm["input_size"] or spec["size"]
         torch.manual_seed(spec["seed"])
-        splits = data.load_splits(data_path, spec["dataset"])
-        if splits["train"][0].shape[-1] != in_chans:
-            raise ScaleauditError(f"{data_path} has {splits['train'][0].shape[-1]} channels, {spec['dataset']} has {in_chans}")
+        splits = data.load_splits(data_path, spec["dataset"], spec["size"])
         keep = data.stratified_subset(splits["train"][1], spec["fraction"], spec["seed"])
         splits["train"] = (splits["train"][0][keep], splits["train"][1][keep])
         self.tensors = {
