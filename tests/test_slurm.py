@@ -127,7 +127,7 @@ def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
-    experiment = client.get_experiment_by_name("test")
+    experiment = client.get_experiment_by_name("scaleaudit/test")
     runs = client.search_runs([experiment.experiment_id])
     assert {r.info.run_id for r in runs} == {r["mlflow_run_id"] for r in rows}
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -7,6 +7,7 @@ from snakemake.utils import min_version, validate
 
 from scaleaudit import config as study_config
 from scaleaudit.errors import ScaleauditError
+from scaleaudit.tracking import experiment_name
 
 min_version("9.0")
 

@@ -1,0 +1,106 @@
+"""A training job's ties to its surroundings: one trainer per run folder, none outliving its workflow.
+
+Snakemake runs a job as ``bash -c "scaleaudit train ... > log"``: when Snakemake is killed outright
+(SIGKILL, an OOM kill, a lost login session) nothing tells the job, which would train on and collide
+with the trainer of the next run. So a job watches the processes that started it and stops (as on
+SIGTERM: checkpoint kept, MLflow run marked KILLED) once one of them is gone; and it holds a lock on
+its run folder, so that a second trainer of the same run refuses to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ScaleauditError
+
+LOCK_FILE = ".trainer.lock"
+PR_SET_PDEATHSIG = 1
+WATCH_EVERY_S = 1.0
+
+
+@contextlib.contextmanager
+def locked_run_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (flock: released by the kernel when the process dies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise ScaleauditError(
+                f"run folder {folder} is in use by another trainer (pid {holder})",
+                "wait for it to finish, or stop it (kill <pid>) and run the step again: it resumes from the checkpoint",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiting trainer)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (tells a live process from a reused pid), None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def ancestors() -> list[tuple[int, str]]:
+    """(pid, start time) of every process above this one, up to (not including) init."""
+    chain, pid = [], os.getppid()
+    while pid > 1:
+        start = _start_time(pid)
+        if start is None:
+            break
+        chain.append((pid, start))
+        try:
+            pid = _parent(pid)
+        except OSError:
+            break
+    return chain
+
+
+def die_with_parents(log=print) -> None:
+    """Stop this process (SIGTERM to itself) when any process that started it ends. Linux only.
+
+    The kernel's parent-death signal covers the direct parent at once; a watcher thread covers the
+    ones above it (Snakemake sits above the shell that runs the job).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    watched = ancestors()
+    if os.getppid() == 1 or not watched:  # the parent died before prctl took effect, or nothing to watch
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def watch() -> None:
+        stop = threading.Event()
+        while not stop.wait(WATCH_EVERY_S):
+            for pid, start in watched:
+                if _start_time(pid) != start:
+                    log(f"process {pid} that started this job has ended (the workflow was stopped): stopping")
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+    threading.Thread(target=watch, name="watch-workflow", daemon=True).start()
