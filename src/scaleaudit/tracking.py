@@ -15,6 +15,7 @@ failed job is cheaper to understand than a run whose MLflow history silently lag
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import sys
@@ -63,10 +64,21 @@ def _local_db(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    return not record.exc_info
+
+
 def configure_client() -> None:
-    """MLflow's HTTP client gives up on its own after one request; ``retry`` does the retrying, visibly."""
+    """MLflow's HTTP client gives up on its own after one request; ``retry`` does the retrying, visibly.
+
+    MLflow's SQLite store logs a traceback for every database error it then raises anyway (a locked
+    database, a full disk): the error is retried or reported once, with its fix, by us.
+    """
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(REQUEST_TIMEOUT_S)
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    if _without_traceback not in db_log.filters:
+        db_log.addFilter(_without_traceback)
 
 
 def check_system_metrics() -> None:

@@ -158,8 +158,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "state": self.state,
         }
-        with atomic_path(path) as tmp:
-            torch.save(ckpt, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(ckpt, fh)  # through a Python file: a full disk is an OSError with its errno, not a bare RuntimeError
 
     def load(self, path: Path) -> bool:
         """Resume from ``path`` if it holds this run's configuration; checkpoints load without pickled code."""
