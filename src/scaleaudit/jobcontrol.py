@@ -25,6 +25,7 @@ from .errors import ScaleauditError
 LOCK_FILE = ".trainer.lock"
 PR_SET_PDEATHSIG = 1
 WATCH_EVERY_S = 1.0
+_watching = False  # one watcher per process
 
 
 @contextlib.contextmanager
@@ -79,14 +80,20 @@ def ancestors() -> list[tuple[int, str]]:
     return chain
 
 
-def die_with_parents(log=print) -> None:
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def die_with_parents(log=_log) -> None:
     """Stop this process (SIGTERM to itself) when any process that started it ends. Linux only.
 
     The kernel's parent-death signal covers the direct parent at once; a watcher thread covers the
     ones above it (Snakemake sits above the shell that runs the job).
     """
-    if not sys.platform.startswith("linux"):
+    global _watching
+    if _watching or not sys.platform.startswith("linux"):
         return
+    _watching = True
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     watched = ancestors()
