@@ -25,6 +25,9 @@ from .errors import ScaleauditError
 LOCK_FILE = ".trainer.lock"
 PR_SET_PDEATHSIG = 1
 WATCH_EVERY_S = 1.0
+# The shell that runs the job and the workflow (Snakemake) above it; not further up, where a login
+# shell may end while a `nohup snakemake` carries on.
+WATCHED_GENERATIONS = 2
 _watching = False  # one watcher per process
 
 
@@ -55,20 +58,20 @@ def locked_run_folder(folder: Path) -> Iterator[None]:
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks (tells a live process from a reused pid), None when gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended, unreaped
 
 
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def ancestors() -> list[tuple[int, str]]:
-    """(pid, start time) of every process above this one, up to (not including) init."""
+def ancestors(generations: int) -> list[tuple[int, str]]:
+    """(pid, start time) of the ``generations`` processes above this one (fewer where init comes first)."""
     chain, pid = [], os.getppid()
-    while pid > 1:
+    while pid > 1 and len(chain) < generations:
         start = _start_time(pid)
         if start is None:
             break
@@ -88,7 +91,7 @@ def die_with_parents(log=_log) -> None:
     """Stop this process (SIGTERM to itself) when any process that started it ends. Linux only.
 
     The kernel's parent-death signal covers the direct parent at once; a watcher thread covers the
-    ones above it (Snakemake sits above the shell that runs the job).
+    one above it too (Snakemake sits above the shell that runs the job).
     """
     global _watching
     if _watching or not sys.platform.startswith("linux"):
@@ -96,9 +99,8 @@ def die_with_parents(log=_log) -> None:
     _watching = True
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    watched = ancestors()
-    if os.getppid() == 1 or not watched:  # the parent died before prctl took effect, or nothing to watch
-        os.kill(os.getpid(), signal.SIGTERM)
+    watched = ancestors(WATCHED_GENERATIONS)
+    if not watched:  # started by init itself (a container's entry point): nothing to outlive
         return
 
     def watch() -> None:

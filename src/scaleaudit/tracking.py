@@ -314,7 +314,8 @@ class TrackedRun:
         if any(i.dataset.digest == digest[:36] for i in inputs):
             return
         dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=str(Path(path).resolve()))
-        self._call(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]))
+        tags = [InputTag("mlflow.data.context", context), InputTag("sha256", digest)]  # MLflow's digest holds 36 characters
+        self._call(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, tags)]))
 
     def log_artifacts(self, paths: list[Path]) -> None:
         for path in paths:
