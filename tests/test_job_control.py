@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -38,6 +39,19 @@ def _wait_for(path, text, proc, timeout=240):
         assert proc.poll() is None, path.read_text()
         assert time.monotonic() < deadline, f"no {text!r} within {timeout} s"
         time.sleep(0.2)
+
+
+def _trainer_in_session(session: int) -> int:
+    """The pid of the `scaleaudit train` process in a session (the workflow stand-in leads it)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[3]) == session and b"scaleaudit\0train" in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError(f"no trainer in session {session}")
 
 
 def _alive(pid: int) -> bool:
@@ -83,7 +97,7 @@ def test_training_job_dies_with_the_workflow_that_started_it(job, tmp_path):
                                 start_new_session=True)
     try:
         _wait_for(log, "epoch 2/", workflow)
-        trainer = int((tmp_path / "run" / ".trainer.lock").read_text())
+        trainer = _trainer_in_session(workflow.pid)
         os.kill(workflow.pid, signal.SIGKILL)  # as `kill -9` of snakemake: nothing is sent to its jobs
         workflow.wait(timeout=30)
         deadline = time.monotonic() + 60
@@ -118,3 +132,31 @@ def test_too_long_study_name_is_rejected_at_parse_time(tmp_path):
     with pytest.raises(ScaleauditError, match="at study: .* is too long") as err:
         config.validate(_study("s" * 238))
     assert "at most 237 characters" in str(err.value)
+
+
+@pytest.mark.slow
+def test_sigkilled_snakemake_leaves_no_training_job_behind(tiny_mirror, tmp_path):
+    work = tiny_study.copy_workflow(tmp_path / "wf")
+    study = tiny_study.TINY_CONFIG | {"design": {"arms": ["cnn_a"], "fractions": [1.0], "seeds": 1}}
+    study["recipes"] = {"tiny": tiny_study.TINY_CONFIG["recipes"]["tiny"] | {"epochs": 500}}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(study))
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/local", "--configfile", "tiny.yaml",
+           "--cores", "1", "results/tiny/runs.csv"]
+    snakemake = subprocess.Popen(cmd, cwd=work, env=tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror)),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = work / "logs" / "tiny" / "train" / "breastmnist_28" / "cnn_a" / "frac1.0_seed1.log"
+    try:
+        _wait_for(log, "epoch 2/", snakemake, timeout=300)
+        trainer = _trainer_in_session(snakemake.pid)
+        os.kill(snakemake.pid, signal.SIGKILL)
+        snakemake.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _alive(trainer) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(trainer), "the training job outlived Snakemake"
+    finally:
+        os.killpg(snakemake.pid, signal.SIGKILL)
+    assert "that started this job has ended" in log.read_text()
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("scaleaudit/tiny").experiment_id])
+    assert run.info.status == "KILLED"

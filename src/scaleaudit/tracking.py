@@ -36,6 +36,10 @@ OUTAGE_LIMIT_S = 60.0
 IDENTITY_TAGS = ("config_hash", "data_sha256", "weights_sha256")
 
 
+class TrackingUnavailable(ScaleauditError):
+    """The tracking server stopped answering and did not come back in time."""
+
+
 def experiment_name(configured: str | None, study: str) -> str:
     """``tracking.experiment``, else ``scaleaudit/<study>`` (plain study names collide on a shared server)."""
     return configured or f"scaleaudit/{study}"
@@ -130,7 +134,7 @@ def retry(fn: Callable[[], T], attempts: int = 8, server: str | None = None) -> 
                 delay = min(2.0**attempt, 15.0)
                 waited = time.monotonic() - started
                 if waited + delay > OUTAGE_LIMIT_S:
-                    raise ScaleauditError(
+                    raise TrackingUnavailable(
                         f"the MLflow tracking server {server} has not answered for {waited:.0f} s ({exc})",
                         "check the server (or the network to it) and run the step again: the job resumes "
                         "from its last checkpoint and its MLflow run; or unset MLFLOW_TRACKING_URI / "

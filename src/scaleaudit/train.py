@@ -339,7 +339,7 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
             trainer.fit(checkpoint, on_epoch=on_epoch, checkpoint_every_s=checkpoint_every_s)
             val, test, probs = trainer.test()
     except BaseException as exc:
-        _end(tracked, monitor, exc, log)
+        _end_failed(tracked, monitor, exc, log)
         raise
     train_seconds = previous_seconds + meter.seconds
     result = {
@@ -379,28 +379,29 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
                                 | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}, step=trainer.state["epoch"])
             tracked.log_artifacts([out_dir / "run_config.json", out_dir / "predictions.npz"])
             tracked.log_dict(result, "metrics.json")
-        write_json(out_dir / "metrics.json", result)
+            if monitor is not None:
+                monitor.finish()
+            tracked.finish()
+        write_json(out_dir / "metrics.json", result)  # last: the output exists only once the run is complete
     except BaseException as exc:
-        _end(tracked, monitor, exc, log)
+        _end_failed(tracked, monitor, exc, log)
         raise
-    _end(tracked, monitor, None, log)
     checkpoint.unlink(missing_ok=True)
     log(f"test auc {test['auc']:.4f} acc {test['acc']:.4f} (best epoch {trainer.state['best_epoch']}, {train_seconds:.0f} s)")
     return result
 
 
-def _end(tracked, monitor, exc: BaseException | None, log: Callable[[str], None]) -> None:
-    """Stop the system metrics and end the MLflow run: FINISHED, KILLED (SIGTERM) or FAILED.
+def _end_failed(tracked, monitor, exc: BaseException, log: Callable[[str], None]) -> None:
+    """Stop the system metrics and end the MLflow run of a job that failed: KILLED (SIGTERM) or FAILED.
 
-    Ending a failed run must not hide why it failed: if the store cannot take the status either (a
+    Ending the run must not hide why the job failed: if the store cannot take the status either (a
     full disk, a server gone), that is logged and the original error goes on.
     """
+    from .tracking import TrackingUnavailable
+
     if monitor is not None:
         monitor.finish()
-    if tracked is None:
-        return
-    if exc is None:
-        tracked.finish()
+    if tracked is None or isinstance(exc, TrackingUnavailable):  # no second minute of retries
         return
     try:
         tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
