@@ -267,18 +267,19 @@ class TrackedRun:
                     raise
                 # the store was reset since: a new run cleanly replaces the lost one
         self.logged: dict[str, set[int]] = {}
-        if old is not None and old.info.experiment_id == experiment_id and old.info.lifecycle_stage == "active" \
-                and all(old.data.tags.get(k) == v for k, v in identity.items()):
+        # a run of another study's experiment (a reset store) or a deleted run is left alone
+        ours = old is not None and old.info.experiment_id == experiment_id and old.info.lifecycle_stage == "active"
+        if ours and all(old.data.tags.get(k) == v for k, v in identity.items()):
             self.run_id = run_id
             self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
             self.logged = {key: {m.step for m in self._call(lambda: self.client.get_metric_history(run_id, key))}
                            for key in old.data.metrics}
             return
-        if old is not None and old.info.experiment_id == experiment_id:
+        if ours:
             tags = tags | {"scaleaudit.supersedes": old.info.run_id}
         run = self._call(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags))
         self.run_id = run.info.run_id
-        if old is not None and old.info.experiment_id == experiment_id:
+        if ours:
             # the old run keeps what it logged; it is marked, and ended if its job died while it ran
             self._call(lambda: self.client.set_tag(old.info.run_id, "scaleaudit.superseded_by", self.run_id))
             if old.info.status == "RUNNING":
