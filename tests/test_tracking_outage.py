@@ -16,11 +16,11 @@ from scaleaudit import cli, tracking, train
 from scaleaudit.files import read_json, write_json
 
 
-@pytest.fixture
-def server(tmp_path):
-    folder = tmp_path / "server"
-    folder.mkdir()
-    server = MlflowServer(folder).start()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the module (a start takes ~30 s on a busy machine); a test that stops it starts it again
+    unless it is the last (the tests run in file order)."""
+    server = MlflowServer(tmp_path_factory.mktemp("server")).start()
     yield server
     server.stop()
 
@@ -48,21 +48,6 @@ def _stop_after_first_epoch(monkeypatch, server, then=None):
 
 
 @pytest.mark.slow  # a server start takes ~30 s on a busy 2-core machine
-def test_server_gone_for_good_fails_clearly_after_bounded_visible_retries(capsys, job, server, tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "OUTAGE_LIMIT_S", 6.0)  # ~60 s in use; shorter here
-    _stop_after_first_epoch(monkeypatch, server)
-    code = cli.main(job)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    retries = [line for line in err.splitlines() if f"MLflow tracking server {server.uri} does not answer" in line]
-    assert len(retries) >= 2 and all("retrying in" in line for line in retries), err
-    assert f"the MLflow tracking server {server.uri} has not answered for" in err and "fix:" in err
-    assert "Traceback" not in err
-    # the re-run resumes from this checkpoint and MLflow run (test_tracking_identity: each step logged once)
-    assert not (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / train.CHECKPOINT).exists()
-
-
-@pytest.mark.slow
 def test_server_back_within_the_limit_continues_and_the_wait_is_not_training_time(capsys, job, server, tmp_path, monkeypatch):
     down = {}
 
@@ -91,3 +76,18 @@ def test_server_back_within_the_limit_continues_and_the_wait_is_not_training_tim
     assert sum(row["seconds"] for row in result["history"]) <= result["cost"]["train_seconds"]
     client = MlflowClient(tracking_uri=server.uri)
     assert [m.step for m in client.get_metric_history(result["tracking"]["run_id"], "train_loss")] == [1, 2, 3]
+
+
+@pytest.mark.slow  # last in the module: it leaves the server stopped
+def test_server_gone_for_good_fails_clearly_after_bounded_visible_retries(capsys, job, server, tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "OUTAGE_LIMIT_S", 10.0)  # ~60 s in use; here retries after 2 and 4 s, then the error
+    _stop_after_first_epoch(monkeypatch, server)
+    code = cli.main(job)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    retries = [line for line in err.splitlines() if f"MLflow tracking server {server.uri} does not answer" in line]
+    assert len(retries) >= 2 and all("retrying in" in line for line in retries), err
+    assert f"the MLflow tracking server {server.uri} has not answered for" in err and "fix:" in err
+    assert "Traceback" not in err
+    # the re-run resumes from this checkpoint and MLflow run (test_tracking_identity: each step logged once)
+    assert not (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / train.CHECKPOINT).exists()
