@@ -62,6 +62,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _kill_once_training(workflow: subprocess.Popen, log) -> None:
+    """SIGKILL ``workflow`` (alone, as `kill -9` does: nothing is sent to its jobs) once its job has trained
+    two epochs; its training job must be gone within a minute."""
+    try:
+        _wait_for(log, "epoch 2/", workflow, timeout=300)
+        trainer = _trainer_in_session(workflow.pid)
+        os.kill(workflow.pid, signal.SIGKILL)
+        workflow.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _alive(trainer) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(trainer), "the training job outlived its workflow"
+    finally:
+        os.killpg(workflow.pid, signal.SIGKILL)  # whatever is left of the session
+
+
 def test_second_trainer_in_the_same_run_folder_refuses_to_start(capsys, job, tmp_path):
     uri, args = job
     log = tmp_path / "first.log"
@@ -95,17 +111,7 @@ def test_training_job_dies_with_the_workflow_that_started_it(job, tmp_path):
     command = " ".join(map(repr, tiny_study.scaleaudit_cli() + args))
     workflow = subprocess.Popen([sys.executable, "-c", WORKFLOW, command, str(log)], env=tiny_study.env(),
                                 start_new_session=True)
-    try:
-        _wait_for(log, "epoch 2/", workflow)
-        trainer = _trainer_in_session(workflow.pid)
-        os.kill(workflow.pid, signal.SIGKILL)  # as `kill -9` of snakemake: nothing is sent to its jobs
-        workflow.wait(timeout=30)
-        deadline = time.monotonic() + 60
-        while _alive(trainer) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _alive(trainer), "the training job outlived its workflow"
-    finally:
-        os.killpg(workflow.pid, signal.SIGKILL)  # whatever is left of the session
+    _kill_once_training(workflow, log)
     assert "that started this job has ended" in log.read_text()
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("scaleaudit/jobs").experiment_id])
@@ -145,17 +151,7 @@ def test_sigkilled_snakemake_leaves_no_training_job_behind(tiny_mirror, tmp_path
     snakemake = subprocess.Popen(cmd, cwd=work, env=tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror)),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = work / "logs" / "tiny" / "train" / "breastmnist_28" / "cnn_a" / "frac1.0_seed1.log"
-    try:
-        _wait_for(log, "epoch 2/", snakemake, timeout=300)
-        trainer = _trainer_in_session(snakemake.pid)
-        os.kill(snakemake.pid, signal.SIGKILL)
-        snakemake.wait(timeout=30)
-        deadline = time.monotonic() + 60
-        while _alive(trainer) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _alive(trainer), "the training job outlived Snakemake"
-    finally:
-        os.killpg(snakemake.pid, signal.SIGKILL)
+    _kill_once_training(snakemake, log)
     assert "that started this job has ended" in log.read_text()
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("scaleaudit/tiny").experiment_id])
