@@ -109,7 +109,7 @@ def side_reference(args) -> dict:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    splits = data.load_splits(args.data, args.dataset)
+    splits = data.load_splits(args.data, args.dataset, 28)
     meta = data.info(args.dataset)
     torch.manual_seed(args.seed)
     model = timm.create_model(args.model, num_classes=meta["n_classes"], in_chans=meta["n_channels"],

@@ -248,7 +248,7 @@ def test_tracking_server_that_does_not_answer(capsys, tmp_path):
 def test_tracking_server_gone_before_a_training_job(tmp_path):
     from scaleaudit.tracking import TrackedRun
 
-    tracking = {"tracking_uri": f"http://127.0.0.1:{_closed_port()}", "experiment_id": "1"}
+    tracking = {"tracking_uri": f"http://127.0.0.1:{_closed_port()}", "experiment": "x", "experiment_id": "1"}
     with pytest.raises(ScaleauditError, match="does not answer"):
         TrackedRun(tracking, tmp_path / "mlflow_run_id", "r", {})
     assert not (tmp_path / "mlflow_run_id").exists()

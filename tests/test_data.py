@@ -18,13 +18,13 @@ def test_fetch_from_mirror_verifies_and_records_provenance(tiny_mirror, tmp_path
     assert record["sha256"] == hashlib.sha256(dest.read_bytes()).hexdigest()
     assert record["verified_against"] == "mirror SHA256SUMS"
     assert record["official_md5"] == "750601b1f35ba3300ea97c75c52ff8f6"
-    assert record["shapes"]["train_images"] == [60, 28, 28]
+    assert record["shapes"]["train_images"] == [546, 28, 28]
 
 
 def test_real_breastmnist_mirror(real_mirror, tmp_path):
     record = data.fetch("breastmnist", 28, tmp_path / "b.npz", real_mirror)
     assert record["sha256"] == "5e68d79723fb3a63a399b0a66b66451799fc2eb3651f469cec0b679cfd743b68"
-    splits = data.load_splits(tmp_path / "b.npz", "breastmnist")
+    splits = data.load_splits(tmp_path / "b.npz", "breastmnist", 28)
     assert {s: len(y) for s, (_, y) in splits.items()} == {"train": 546, "val": 78, "test": 156}
     assert splits["train"][0].shape[1:] == (28, 28, 1)
     assert int(splits["train"][1].sum()) == 399  # label 1 = normal/benign
@@ -100,9 +100,9 @@ def test_config_mirror_wins_over_env(tiny_mirror, tmp_path, monkeypatch):
 @pytest.mark.parametrize("shape", [(-1,), (-1, 1)])
 def test_both_label_shapes_load_as_vectors(tmp_path, shape):
     path = make_npz(tmp_path / "b.npz", label_shape=shape)
-    splits = data.load_splits(path, "breastmnist")
-    assert splits["train"][1].shape == (60,)
-    assert splits["train"][0].dtype == np.uint8 and splits["train"][0].shape == (60, 28, 28, 1)
+    splits = data.load_splits(path, "breastmnist", 28)
+    assert splits["train"][1].shape == (546,)
+    assert splits["train"][0].dtype == np.uint8 and splits["train"][0].shape == (546, 28, 28, 1)
 
 
 def test_unknown_flag_names_the_known_ones():
@@ -139,4 +139,4 @@ def test_write_sums_roundtrip(tmp_path):
     make_npz(tmp_path / "breastmnist_64.npz", size=64)
     write_sums(tmp_path)
     record = data.fetch("breastmnist", 64, tmp_path / "out.npz", tmp_path)
-    assert record["shapes"]["val_images"] == [20, 64, 64]
+    assert record["shapes"]["val_images"] == [78, 64, 64]

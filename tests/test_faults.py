@@ -223,6 +223,6 @@ def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_m
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
+    experiment = client.get_experiment_by_name("scaleaudit/tiny")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}

@@ -10,18 +10,16 @@ from __future__ import annotations
 import csv
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 import tiny_study
 from conftest import REPO, make_npz, write_sums
+from mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slurm
 
@@ -46,40 +44,14 @@ def slurm_cluster(tmp_path_factory):
     subprocess.run(["bash", str(CLUSTER), "stop", str(state)], check=True, timeout=60)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A tracking server as a user would start it on a login node: SQLite stays local to the server."""
-    uri = f"http://127.0.0.1:{free_port()}"
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1",
-           "--port", uri.rsplit(":", 1)[1], "--workers", "1"]
-    log = open(tmp_path / "mlflow-server.log", "w")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MlflowServer(tmp_path).start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=2).read()
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()
-                assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
-                time.sleep(0.5)
-        yield uri
+        yield server.uri
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: the session it leads
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # a graceful shutdown can take long; its data are thrown away
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
+        server.stop()
 
 
 def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
@@ -127,7 +99,7 @@ def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
-    experiment = client.get_experiment_by_name("test")
+    experiment = client.get_experiment_by_name("scaleaudit/test")
     runs = client.search_runs([experiment.experiment_id])
     assert {r.info.run_id for r in runs} == {r["mlflow_run_id"] for r in rows}
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -44,7 +44,7 @@ def test_training_writes_metrics_predictions_and_tracks_the_run(spec, data_recor
     assert saved["provenance"]["data"]["sha256"] == data_record["sha256"]
     assert not (out / "checkpoint.pt").exists()  # removed once the run is complete
     with np.load(out / "predictions.npz") as pred:
-        assert pred["probabilities"].shape == (20, 2) and pred["labels"].shape == (20,)
+        assert pred["probabilities"].shape == (156, 2) and pred["labels"].shape == (156,)
         assert np.allclose(pred["probabilities"].sum(1), 1, atol=1e-5)
 
     client = mlflow.MlflowClient(experiment["tracking_uri"])

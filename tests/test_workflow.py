@@ -51,12 +51,12 @@ def test_tiny_study_end_to_end(study):
 
     runs = pd.read_csv(work / "results" / "tiny" / "runs.csv")
     assert len(runs) == 8  # 2 arms x 2 fractions x 2 seeds
-    assert set(runs["n_train"]) == {30, 60}
+    assert set(runs["n_train"]) == {273, 546}
     assert runs.loc[runs["arm"] == "vit_pt", "weights_published"].eq(False).all()
     assert runs.loc[runs["arm"] == "cnn_small", "weights_source"].str.contains("scratch").all()
 
     client = mlflow.MlflowClient(f"sqlite:///{work / 'results' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
+    experiment = client.get_experiment_by_name("scaleaudit/tiny")
     tracked = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_id for r in tracked) == sorted(runs["mlflow_run_id"])  # each job once
     assert all(r.info.status == "FINISHED" for r in tracked)

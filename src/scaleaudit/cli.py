@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -67,19 +68,25 @@ def cmd_init_tracking(args) -> None:
     from . import settings, tracking
     from .files import write_json
 
+    if args.system_metrics:
+        tracking.check_system_metrics()
     uri = tracking.resolve_uri(args.uri)
-    record = tracking.init_experiment(uri, args.experiment, args.artifact_root)
-    write_json(args.out, record | {"versions": package_versions(), "settings": settings.record("tracking.uri", args.uri)})
+    own = tracking.is_default_store(uri)
+    record = tracking.init_experiment(uri, args.experiment, args.artifact_root, record_dir=Path(args.out).parent if own else None)
+    write_json(args.out, record | {"system_metrics": args.system_metrics, "versions": package_versions(),
+                                   "settings": settings.record("tracking.uri", args.uri)})
     print(f"MLflow experiment {record['experiment']!r} (id {record['experiment_id']}) at {uri}")
 
 
 def cmd_train(args) -> None:
-    from . import train
+    from . import jobcontrol, train
     from .files import read_json
+    from .tracking import job_tracking
 
     weights = read_json(args.weights) if args.weights else None
-    tracking = read_json(args.tracking) if args.tracking else None
+    tracking = job_tracking(args.tracking) if args.tracking else None
     train.exit_on_sigterm()
+    jobcontrol.die_with_parents()
     every = {} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}
     train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads,
               runs_per_gpu=args.runs_per_gpu, **every)
@@ -148,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under results/)")
     s.add_argument("--experiment", required=True, help="experiment name")
     s.add_argument("--artifact-root", default="results/mlartifacts", help="artifact folder for a SQLite store")
+    s.add_argument("--system-metrics", action="store_true", help="training jobs log MLflow's system metrics (needs psutil)")
     s.add_argument("--out", required=True, help="where to record the experiment (JSON)")
     s.set_defaults(func=cmd_init_tracking)
 
@@ -190,6 +198,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# How a full disk (or a read-only or forbidden folder) surfaces when a library, not Python, wrote:
+# torch's zip writer, SQLite via SQLAlchemy/MLflow, and Rust's io errors (typst) carry no errno.
+WRITE_FAILURE_TEXTS = ("no space left on device", "disk quota exceeded", "database or disk is full",
+                       "file write failed", "read-only file system", "attempt to write a readonly database")
+RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def write_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a write refused by the disk or the folder."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+            return True
+        text = str(exc).lower()
+        if any(t in text for t in WRITE_FAILURE_TEXTS):
+            return True
+        if any(int(code) in WRITE_ERRORS for code in RUST_OS_ERROR.findall(text)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -197,12 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     except ScaleauditError as exc:
         print(f"scaleaudit {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        if exc.errno not in WRITE_ERRORS:
+    except Exception as exc:
+        if not write_failure(exc):
             raise
         # Outputs are written atomically, so nothing half-written was left behind.
-        print(f"scaleaudit {args.command}: error: {exc}\n  fix: free disk space or fix the folder's permissions, "
-              "then run the step again (no partial output was kept)", file=sys.stderr)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"scaleaudit {args.command}: error: could not write: {first}\n  fix: free disk space or fix the "
+              "folder's permissions, then run the step again (no partial output was kept; a training job "
+              "resumes from its last checkpoint)", file=sys.stderr)
         return 2
     return 0
 

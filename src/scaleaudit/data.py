@@ -107,21 +107,83 @@ def _download(url: str, dest: Path, attempts: int = 3) -> None:
             time.sleep(2**attempt)
 
 
-def check_npz(path: Path) -> dict[str, tuple]:
-    """Open a MedMNIST npz and return the shape of every split; raise on a corrupt or foreign file."""
+def _array_headers(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
+    """Shape and dtype of every array of an npz, read from the .npy headers (the images stay on disk)."""
+    headers = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with archive.open(member) as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in read_header:
+                    raise ValueError(f"{member} has .npy format version {version}")
+                shape, _, dtype = read_header[version](fh)
+            headers[member.removesuffix(".npy")] = (tuple(shape), np.dtype(dtype))
+    return headers
+
+
+def _contents_problems(path: Path, flag: str, size: int, headers: dict, synthetic: bool = False) -> list[str]:
+    """What in the file contradicts the dataset's INFO (array names, dtypes, shapes, lengths, labels); a
+    ``synthetic`` stand-in of the dataset's shape (benchmarks, cost calibration) may have any split lengths."""
+    meta = info(flag)
+    n_classes, channels, task = meta["n_classes"], meta["n_channels"], meta["task"]
+    missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in headers]
+    if missing:
+        return [f"missing arrays {', '.join(missing)}"]
+    problems = []
+    image_shape = (size, size) if channels == 1 else (size, size, channels)
+    for split in SPLITS:
+        (ishape, idtype), (lshape, ldtype) = headers[f"{split}_images"], headers[f"{split}_labels"]
+        n = meta["n_samples"][split]
+        if idtype != np.uint8:
+            problems.append(f"{split}_images are {idtype}, MedMNIST images are uint8 (0-255)")
+        if ishape[1:] not in (image_shape, image_shape + (1,) * (channels == 1)):
+            problems.append(f"{split}_images have shape {ishape}, {flag} at {size} px has {(n, *image_shape)}")
+        if ishape[:1] != (n,) and not synthetic:
+            problems.append(f"{split} has {ishape[0] if ishape else 0} images, {flag} has {n}")
+        label_width = n_classes if task == "multi-label" else 1
+        if lshape[:1] != ishape[:1] or lshape[1:] not in ((label_width,), () if label_width == 1 else None):
+            problems.append(f"{split}_labels have shape {lshape} for {ishape[0] if ishape else 0} images "
+                            f"(expected ({ishape[0] if ishape else n}, {label_width}))")
+        elif not np.issubdtype(ldtype, np.integer):
+            problems.append(f"{split}_labels are {ldtype}, MedMNIST labels are integers")
+    if problems:
+        return problems
+    top = 1 if task == "multi-label" else n_classes - 1
+    with np.load(path) as npz:
+        for split in SPLITS:
+            labels = npz[f"{split}_labels"]
+            if labels.size and (labels.min() < 0 or labels.max() > top):
+                problems.append(f"{split}_labels range from {labels.min()} to {labels.max()}, "
+                                f"{flag} ({task}, {n_classes} classes) has labels 0..{top}")
+    return problems
+
+
+def check_npz(path: Path, flag: str, size: int, synthetic: bool = False) -> dict[str, tuple]:
+    """Check a MedMNIST npz against the dataset's INFO and return the shape of every array.
+
+    A checksum only proves that a file is the one listed; this proves that its contents are the
+    dataset's: array names, uint8 images of the size and channel count, the split lengths, and labels
+    of the task's shape and range. Only the labels are read; images are checked from their headers.
+    """
     try:
-        with np.load(path) as npz:
-            missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in npz]
-            if missing:
-                raise ScaleauditError(
-                    f"{path} is not a MedMNIST file: missing arrays {', '.join(missing)}",
-                    "fetch the official file again (delete it first)",
-                )
-            return {k: npz[k].shape for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        headers = _array_headers(path)
+        problems = _contents_problems(path, flag, int(size), headers, synthetic)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # a read error of the disk, not of the file's contents
         raise ScaleauditError(
             f"{path} is corrupt or truncated ({exc})", "delete it and fetch it again from the source or mirror"
         ) from exc
+    if problems:
+        raise ScaleauditError(
+            f"{path} is not {file_name(flag, size)} of MedMNIST {flag}:\n" + "\n".join(f"  - {p}" for p in problems),
+            f"stage the official file ({official_source(flag, size)['url']}) and list its SHA-256 in the mirror's "
+            "SHA256SUMS; delete the fetched copy (results/data/) so that it is fetched again",
+        )
+    return {k: shape for k, (shape, _) in headers.items()}
 
 
 def fetch(flag: str, size: int, dest: str | os.PathLike, mirror: Path | None = None) -> dict:
@@ -168,7 +230,7 @@ def fetch(flag: str, size: int, dest: str | os.PathLike, mirror: Path | None = N
                     f"checksum mismatch for {name} from {source}: md5 {md5}, official {official['md5']}",
                     "the download is corrupt or truncated: fetch it again (or list the file in the mirror's SHA256SUMS)",
                 )
-        shapes = check_npz(tmp)
+        shapes = check_npz(tmp, flag, size)
     return {
         "dataset": flag,
         "size": int(size),
@@ -185,13 +247,16 @@ def fetch(flag: str, size: int, dest: str | os.PathLike, mirror: Path | None = N
     }
 
 
-def load_splits(path: str | os.PathLike, flag: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_splits(path: str | os.PathLike, flag: str, size: int,
+                synthetic: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Images as uint8 (N, H, W, C) and labels as int64: (N,) for single-label, (N, L) for multi-label.
 
-    MedMNIST labels are stored as (N, 1) officially and (N,) in some re-saved copies; both are accepted.
+    The contents are checked again here: a file fetched by an older version, or changed since, is
+    refused before any training. MedMNIST labels are stored as (N, 1) officially and (N,) in some
+    re-saved copies; both are accepted.
     """
     meta = info(flag)
-    check_npz(Path(path))
+    check_npz(Path(path), flag, size, synthetic)
     out = {}
     with np.load(path) as npz:
         for split in SPLITS:

@@ -206,6 +206,24 @@ def resolve_weights(arm_name: str, arm: dict, weights_dir: str | None, allow_sel
     )
 
 
+def verify_weights(weights: dict) -> None:
+    """The weights file is still the one whose SHA-256 fetch-weights recorded (results must not cite a file that changed)."""
+    path = Path(weights["file"])
+    if not path.exists():
+        raise ScaleauditError(
+            f"weights file {path} recorded by fetch-weights is gone",
+            "restore it, or delete the arm's weights record (results/<study>/weights/<arm>.json) so that the "
+            "weights are resolved and recorded again (the arm's runs then train again)",
+        )
+    actual = file_digest(path)
+    if actual != weights["sha256"]:
+        raise ScaleauditError(
+            f"weights file {path} changed since fetch-weights recorded it: sha256 {actual}, recorded {weights['sha256']}",
+            "restore the recorded file, or delete the arm's weights record (results/<study>/weights/<arm>.json) so "
+            "that the new file is recorded (the arm's runs then train again on it)",
+        )
+
+
 def is_transformer(arch: str) -> bool:
     """Transformers take their input size at construction (img_size) and gain nothing from channels_last."""
     module = timm.models.model_entrypoint(arch).__module__

@@ -32,13 +32,17 @@ CPU_CALIBRATION_BATCH = 16  # keeps a CPU calibration of a ViT-B short; GPUs use
 PLAN_FILE = "plan.json"
 
 
-def synthetic_npz(path: Path, flag: str, n_train: int, size: int = 28, seed: int = 0) -> Path:
-    """A learnable file shaped like ``flag`` (channels, classes, task): the class sets a central square's brightness."""
+def synthetic_npz(path: Path, flag: str, n_train: int | None = None, size: int = 28, seed: int = 0) -> Path:
+    """A learnable file shaped like ``flag`` (channels, classes, task): the class sets a central square's brightness.
+    With ``n_train`` None it has the dataset's split lengths and passes its content check; otherwise ``n_train``
+    training images (val and test an eighth of that), for code that loads it with ``synthetic=True``."""
     meta = data.info(flag)
     rng = np.random.default_rng(seed)
     channels, n_classes = meta["n_channels"], meta["n_classes"]
     arrays = {}
-    for split, count in (("train", n_train), ("val", max(n_train // 8, 20)), ("test", max(n_train // 8, 20))):
+    counts = dict(meta["n_samples"]) if n_train is None else {
+        "train": n_train, "val": max(n_train // 8, 20), "test": max(n_train // 8, 20)}
+    for split, count in counts.items():
         if meta["task"] == "multi-label":
             labels = rng.integers(0, 2, size=(count, n_classes))
             level = labels[:, 0]
@@ -86,8 +90,8 @@ def calibrate(spec: dict, device, steps: int, batch: int) -> dict:
         path = synthetic_npz(Path(tmp) / "calibration.npz", spec["dataset"], batch, spec["size"])
         spec = dict(spec, fraction=1.0, arm_spec=dict(spec["arm_spec"], pretrained=False),
                     recipe=dict(spec["recipe"], batch_size=batch))
-        trainer = train.Trainer(spec, path, None, device, log=lambda msg: None)
-        raw = train._on_device(data.load_splits(path, spec["dataset"])["train"][0], device)
+        trainer = train.Trainer(spec, path, None, device, log=lambda msg: None, synthetic=True)
+        raw = train._on_device(data.load_splits(path, spec["dataset"], spec["size"], synthetic=True)["train"][0], device)
     images, labels = trainer.tensors["train"]
     idx = torch.arange(batch, device=device) % len(images)
     x, y, raw = images[idx], labels[idx], raw[idx]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import conv_gemm, cost, data, features, metrics, models, provenance, settings
+from . import conv_gemm, cost, data, features, jobcontrol, metrics, models, provenance, settings
 from .errors import ScaleauditError
 from .files import atomic_path, write_json
 from .records import RunInfo, RunResult, RunSpec
@@ -145,7 +145,8 @@ def _probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
 class Trainer:
     """Holds one run's data, model and optimisation state; ``fit`` is resumable from a checkpoint."""
 
-    def __init__(self, spec: dict, data_path: str | Path, weights: dict | None, device: torch.device, log=print):
+    def __init__(self, spec: dict, data_path: str | Path, weights: dict | None, device: torch.device, log=print,
+                 synthetic: bool = False):
         self.spec, self.device, self.log = spec, device, log
         arm, recipe = spec["arm_spec"], spec["recipe"]
         meta = data.info(spec["dataset"])
@@ -153,9 +154,8 @@ class Trainer:
         num_classes = meta["n_classes"]
         self.input_size = arm["input_size"] or spec["size"]
         torch.manual_seed(spec["seed"])
-        splits = data.load_splits(data_path, spec["dataset"])
-        if splits["train"][0].shape[-1] != in_chans:
-            raise ScaleauditError(f"{data_path} has {splits['train'][0].shape[-1]} channels, {spec['dataset']} has {in_chans}")
+        self.synthetic = synthetic  # a stand-in of the dataset's shape (gpu-check, plan): any split lengths
+        splits = data.load_splits(data_path, spec["dataset"], spec["size"], synthetic)
         keep = data.stratified_subset(splits["train"][1], spec["fraction"], spec["seed"])
         splits["train"] = (splits["train"][0][keep], splits["train"][1][keep])
         self.tensors = {s: (_on_device(x, device), torch.from_numpy(y).to(device)) for s, (x, y) in splits.items()}
@@ -200,7 +200,7 @@ class Trainer:
         bs = max(256, 4 * spec["recipe"]["batch_size"])
 
         def make() -> dict[str, torch.Tensor]:
-            splits = data.load_splits(data_path, spec["dataset"])
+            splits = data.load_splits(data_path, spec["dataset"], spec["size"], self.synthetic)
             return {s: features.compute(self.model, self.transform, _on_device(x, self.device), bs, self.autocast)
                     for s, (x, _) in splits.items()}
 
@@ -237,8 +237,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "state": self.state,
         }
-        with atomic_path(path) as tmp:
-            torch.save(ckpt, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(ckpt, fh)  # through a Python file: a full disk is an OSError with its errno, not a bare RuntimeError
 
     def load(self, path: Path) -> bool:
         """Resume from ``path`` if it holds this run's configuration; checkpoints load without pickled code."""
@@ -402,40 +402,52 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
         print(f"[{spec['arm']} {spec['dataset']}@{spec['size']} f={spec['fraction']} s={spec['seed']}] {msg}",
               file=sys.stderr, flush=True)
 
+    with jobcontrol.locked_run_folder(out_dir):
+        return _run_locked(spec, data_record, out_dir, tracking, weights, threads, checkpoint_every_s, runs_per_gpu, log)
+
+
+def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, weights: dict | None,
+                threads: int | None, checkpoint_every_s: float, runs_per_gpu: int, log: Callable[[str], None]) -> dict:
     run_spec = RunSpec.from_dict(spec)
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "run_config.json", spec)
+    if weights is not None:
+        models.verify_weights(weights)
     configure_torch(spec["seed"], threads, spec["hardware"]["determinism"])
     device = pick_device(spec["device"])
-    trainer = Trainer(spec, data_record["file"], weights, device, log=log)
+    trainer = Trainer(spec, data_record["file"], weights, device, log=log, synthetic=bool(data_record.get("synthetic")))
     checkpoint = out_dir / CHECKPOINT
     if trainer.load(checkpoint):
         log(f"resuming after epoch {trainer.state['epoch']} from {checkpoint}")
 
-    tracked = None
-    if tracking is not None:
-        from .tracking import TrackedRun
-
-        run_name = f"{spec['arm']}/{spec['dataset']}_{spec['size']}/f{spec['fraction']}/s{spec['seed']}"
-        tracked = TrackedRun(tracking, out_dir / "mlflow_run_id", run_name=run_name, tags=_tags(spec, weights))
-        tracked.log_params(_params(spec, data_record, weights, trainer.n_train)
-                           | settings.as_params(settings.recorded(data_record, weights, tracking)))
-
-    size_info = cost.parameters(trainer.model) | {
-        "flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
-    }
-    log(f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
-        f"{trainer.n_train} training images on {device} in {trainer.precision}"
-        + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else ""))
-    previous_seconds = sum(r["seconds"] for r in trainer.state["history"])
+    tracked = monitor = None
     try:
+        if tracking is not None:
+            from .tracking import TrackedRun
+
+            run_name = f"{spec['arm']}/{spec['dataset']}_{spec['size']}/f{spec['fraction']}/s{spec['seed']}"
+            tracked = TrackedRun(tracking, out_dir / "mlflow_run_id", run_name=run_name,
+                                 tags=_tags(spec, data_record, weights))
+            tracked.log_params(_params(spec, data_record, weights, trainer.n_train)
+                               | settings.as_params(settings.recorded(data_record, weights, tracking)))
+            tracked.log_input(Path(data_record["file"]), f"{spec['dataset']}_{spec['size']}", data_record["sha256"],
+                              context="training")
+
+        size_info = cost.parameters(trainer.model) | {
+            "flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
+        }
+        log(f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
+            f"{trainer.n_train} training images on {device} in {trainer.precision}"
+            + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else ""))
+        previous_seconds = sum(r["seconds"] for r in trainer.state["history"])
+        monitor = _system_metrics(tracked, tracking)
         with cost.EnergyMeter(spec["hardware"]["country_iso_code"]) as meter:
-            trainer.fit(checkpoint, on_epoch=(lambda row: tracked.log_metrics(row, step=row["epoch"])) if tracked else (lambda row: None),
-                        checkpoint_every_s=checkpoint_every_s)
+            # waiting for the tracking store is neither training time nor training energy
+            on_epoch = (lambda row: meter.excluding(lambda: tracked.log_metrics(row, step=row["epoch"]))) if tracked \
+                else (lambda row: None)
+            trainer.fit(checkpoint, on_epoch=on_epoch, checkpoint_every_s=checkpoint_every_s)
             val, test, probs = trainer.test()
     except BaseException as exc:
-        if tracked is not None:
-            tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
+        _end_failed(tracked, monitor, exc, log)
         raise
     train_seconds = previous_seconds + meter.seconds
     # runs sharing a GPU split its hours and energy: summed over the study they are the GPU's own
@@ -463,30 +475,77 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
             "data": {k: data_record[k] for k in ("file", "source", "sha256", "verified_against")},
             "weights": weights,
         },
-        tracking=None if tracked is None else {"run_id": tracked.run_id}
-        | {k: tracking[k] for k in ("tracking_uri", "experiment", "experiment_id")},
+        tracking=None if tracked is None else {"run_id": tracked.run_id, "experiment_id": tracked.experiment_id}
+        | {k: tracking[k] for k in ("tracking_uri", "experiment")},
     )
     result = record.to_dict()
     labels = trainer.labels["test"]
-    with atomic_path(out_dir / "predictions.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, labels=labels, probabilities=probs)
-    if tracked is not None:
-        tracked.log_metrics({f"test_{k}": v for k, v in test.items()} | {f"best_val_{k}": v for k, v in val.items()}
-                            | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}, step=trainer.state["epoch"])
-        tracked.log_artifacts([out_dir / "run_config.json", out_dir / "predictions.npz"])
-        tracked.log_dict(result, "metrics.json")
-        tracked.finish()
-    record.save(out_dir / "metrics.json")
+    try:  # a full disk here (predictions, MLflow, metrics) fails the run in MLflow too, never leaves it RUNNING
+        with atomic_path(out_dir / "predictions.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, labels=labels, probabilities=probs)
+        if tracked is not None:
+            tracked.log_metrics({f"test_{k}": v for k, v in test.items()} | {f"best_val_{k}": v for k, v in val.items()}
+                                | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}, step=trainer.state["epoch"])
+            tracked.log_artifacts([out_dir / "run_config.json", out_dir / "predictions.npz"])
+            tracked.log_dict(result, "metrics.json")
+            if monitor is not None:
+                monitor.finish()
+            tracked.finish()
+        record.save(out_dir / "metrics.json")  # last: the output exists only once the run is complete
+    except BaseException as exc:
+        _end_failed(tracked, monitor, exc, log)
+        raise
     checkpoint.unlink(missing_ok=True)
     log(f"test auc {test['auc']:.4f} acc {test['acc']:.4f} (best epoch {trainer.state['best_epoch']}, {train_seconds:.0f} s)")
     return result
 
 
-def _tags(spec: dict, weights: dict | None) -> dict[str, str]:
+def _end_failed(tracked, monitor, exc: BaseException, log: Callable[[str], None]) -> None:
+    """Stop the system metrics and end the MLflow run of a job that failed: KILLED (SIGTERM) or FAILED.
+
+    Ending the run must not hide why the job failed: if the store cannot take the status either (a
+    full disk, a server gone), that is logged and the original error goes on.
+    """
+    from .tracking import TrackingUnavailable
+
+    if monitor is not None:
+        monitor.finish()
+    if tracked is None or isinstance(exc, TrackingUnavailable):  # no second minute of retries
+        return
+    try:
+        tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
+    except Exception as end_exc:  # noqa: BLE001 - the first error is the one to report
+        log(f"could not mark MLflow run {tracked.run_id} as failed ({str(end_exc).splitlines()[0]}); "
+            "it is ended when the job runs again")
+
+
+def _system_metrics(tracked, tracking: dict | None):
+    """MLflow's CPU/memory/disk/network (and GPU) sampler for the run, when ``tracking.system_metrics`` is on."""
+    if tracked is None or not tracking.get("system_metrics"):
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(tracked.run_id, resume_logging=True, tracking_uri=tracking["tracking_uri"])
+    monitor.start()
+    return monitor
+
+
+def _tags(spec: dict, data_record: dict, weights: dict | None) -> dict[str, str]:
+    """Tags group a cell's seeds in the MLflow UI; the identity tags tie the run to one spec, data and weights."""
+    code = provenance.code_version()
+    arm = spec["arm_spec"]
+    note = (f"{spec['arm']} ({arm['model']}, {'pretrained' if arm['pretrained'] else 'from scratch'}, {arm['train']}) "
+            f"on {spec['dataset']} at {spec['size']} px, {spec['fraction']:g} of the training set, seed {spec['seed']}; "
+            f"recipe {spec['recipe']['name']}, study {spec['study']}")
     return {
-        "study": spec["study"], "dataset": spec["dataset"], "arm": spec["arm"],
-        "weights_published": str(bool(weights and weights["published"])) if spec["arm_spec"]["pretrained"] else "n/a",
+        "study": spec["study"], "dataset": spec["dataset"], "size": str(spec["size"]), "arm": spec["arm"],
+        "group": arm["group"], "fraction": f"{spec['fraction']:g}", "seed": str(spec["seed"]),
+        "cell": f"{spec['dataset']}_{spec['size']}/{spec['arm']}/f{spec['fraction']:g}",
+        "weights_published": str(bool(weights and weights["published"])) if arm["pretrained"] else "n/a",
+        "config_hash": spec["config_hash"], "data_sha256": data_record["sha256"],
+        "weights_sha256": weights["sha256"] if weights else "n/a",
+        "mlflow.source.git.commit": code["commit"], "mlflow.note.content": note,
     }
 
 

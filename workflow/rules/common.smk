@@ -8,6 +8,7 @@ from snakemake.utils import min_version, validate
 from scaleaudit import config as study_config
 from scaleaudit import settings
 from scaleaudit.errors import ScaleauditError
+from scaleaudit.tracking import experiment_name
 
 min_version("9.0")
 

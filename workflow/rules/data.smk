@@ -44,11 +44,12 @@ rule init_tracking:
         f"{RESULTS}/tracking.json",
     params:
         uri=optional_flag("--uri", config["tracking"]["uri"]),  # else $MLFLOW_TRACKING_URI
-        experiment=config["tracking"]["experiment"] or STUDY,
+        experiment=experiment_name(config["tracking"]["experiment"], STUDY),
+        system_metrics="--system-metrics" if config["tracking"]["system_metrics"] else "",
     log:
         f"{LOGS}/init_tracking.log",
     conda:
         CONDA_ENV
     shell:
         "scaleaudit init-tracking --experiment {params.experiment:q} --out {output} "
-        "--artifact-root results/mlartifacts {params.uri} > {log} 2>&1"
+        "--artifact-root results/mlartifacts {params.uri} {params.system_metrics} > {log} 2>&1"
