@@ -70,6 +70,10 @@ def check_references(config: dict) -> None:
     for entry in config["data"]["datasets"]:
         for size in entry["sizes"]:
             data.official_source(entry["flag"], size)
+    s = config["design"]["seeds"]
+    if isinstance(s, dict) and s["max"] < s["initial"]:
+        raise ScaleauditError(f"design.seeds: max ({s['max']}) is below initial ({s['initial']})",
+                              "set max to at least initial (max = initial runs one round only, like a fixed count)")
     arms = config["arms"]
     for name in config["design"]["arms"]:
         if name not in arms:
@@ -109,7 +113,10 @@ def _merge(base: dict, update: dict) -> None:
 
 
 def seeds(config: dict) -> list[int]:
+    """The seeds of every run; with adaptive seeds, those of the first round (``adaptive`` plans the others)."""
     s = config["design"]["seeds"]
+    if isinstance(s, dict):
+        return list(range(1, s["initial"] + 1))
     return list(range(1, s + 1)) if isinstance(s, int) else list(s)
 
 
@@ -139,4 +146,8 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
         "hardware": config["hardware"],
     }
     spec["config_hash"] = canonical_hash(spec)
+    if isinstance(config["design"]["seeds"], dict):  # adaptive seeds: the round is bookkeeping, not in the hash
+        from .adaptive import round_of
+
+        spec["round"] = round_of(config["design"]["seeds"], int(seed))
     return spec
