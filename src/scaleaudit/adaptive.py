@@ -99,7 +99,7 @@ def _open(h: pd.DataFrame) -> pd.Series:
     h = h.sort_values(KEY + ["round"])
     decided_before = (h["decision"] != "undecided").groupby([h[k] for k in KEY]).transform(
         lambda d: d.shift(fill_value=False).cummax())
-    return ~decided_before.reindex(h.index).astype(bool)
+    return ~decided_before.astype(bool).sort_index()
 
 
 def undecided(runs: pd.DataFrame, config: dict, r: int) -> pd.DataFrame:

@@ -334,7 +334,7 @@ def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, wei
     train_seconds = previous_seconds + meter.seconds
     result = {
         "run": {k: spec[k] for k in ("study", "dataset", "size", "arm", "fraction", "seed", "config_hash")}
-        | {"group": spec["arm_spec"]["group"], "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"],
+        | {"round": spec.get("round", 1), "group": spec["arm_spec"]["group"], "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"],
            "train_mode": spec["arm_spec"]["train"], "input_size": trainer.input_size, "recipe": spec["recipe"]["name"]},
         "task": trainer.task,
         "n_train": trainer.n_train,
@@ -386,7 +386,8 @@ def _params(spec: dict, data_record: dict, weights: dict | None, n_train: int) -
     code = provenance.code_version()
     params = {
         "dataset": spec["dataset"], "size": spec["size"], "arm": spec["arm"], "fraction": spec["fraction"],
-        "seed": spec["seed"], "config_hash": spec["config_hash"], "data_sha256": data_record["sha256"],
+        "seed": spec["seed"], "round": spec.get("round", 1), "config_hash": spec["config_hash"],
+        "data_sha256": data_record["sha256"],
         "git_commit": code["commit"], "git_dirty": code["dirty"], "n_train": n_train,
         "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"], "recipe": spec["recipe"]["name"],
     }

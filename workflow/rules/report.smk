@@ -21,7 +21,7 @@ rule resolve_config:
 rule aggregate:
     """One table of every run, from the per-run metrics files."""
     input:
-        all_metrics(),
+        all_metrics,
     output:
         RUN_TABLE,
     log:
