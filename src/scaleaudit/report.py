@@ -472,7 +472,9 @@ def summary_section(res: Results) -> list:
              f"region of practical equivalence (ROPE) of ±{v['rope']:g}: better if it lies above +{v['rope']:g}, worse "
              f"if below −{v['rope']:g}, equivalent if inside, undecided otherwise. The intervals that decide are "
              f"simultaneous: all the decisions of a family hold together at {v['confidence']:.0%} confidence "
-             f"(see Methods)."),
+             f"(see Methods)." + (" Seeds were added in rounds where a comparison was still undecided, and each "
+                                  "look used a repeated confidence interval that stays valid under such stopping "
+                                  "(see Adaptive seeds)." if res.savings is not None else "")),
         Table(["dataset", "train frac.", "small partner"] + [res.labels[a] for a in large], rows,
               widths=[1.2, 0.6, 1.1] + [1.6] * len(large), size=8 if len(large) < 4 else 6.5,
               caption=f"Verdict per dataset: decision, then mean difference in test {res.metric} with its simultaneous "
@@ -583,7 +585,8 @@ def sequential_paras(res: Results) -> list:
             f"Calibration of adaptive seeds (benchmarks/calibrate_stats.py; rounds of {q['initial']}, +{q['step']}, "
             f"up to {q['max']} seeds, {q['spending']} spending, sd {calibration.SEED_SD:g} per paired difference, "
             f"normal and t4 noise): with the truth on the ROPE edge a comparison was called better in at most "
-            f"{max(r['better'] for r in edge):.1%} (nominal 2.5%), and the interval at stopping covered the truth in "
+            f"{max(r['better'] for r in edge):.1%} (nominal 2.5%; the t quantiles at each look's nominal level are "
+            f"slightly liberal with 2 degrees of freedom at the first look), and the interval at stopping covered the truth in "
             f"at least {min(r['coverage'] for r in rows.values() if r['method'] == 'repeated'):.1%}; the fixed-n "
             f"interval re-checked each round would have said better in up to {max(r['better'] for r in fixed):.1%} "
             f"and covered in {min(r['coverage'] for r in fixed):.1%}. Expected seeds per comparison: "
