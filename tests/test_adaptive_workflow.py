@@ -85,7 +85,7 @@ def test_rounds_stop_when_decided_run_to_max_when_not_and_resume_after_a_crash(s
     plan = json.loads((work / "results" / "tiny" / "rounds" / "round2.json").read_text())
     assert plan["runs"] == [] and plan["seeds"] == [4]
     md = (work / "reports" / "tiny.md").read_text()
-    assert "| breastmnist @ 28 px | 1 | cnn_b | 1 | 3 | equivalent | round 1 (3 pairs) | decided |" in md
+    assert "| breastmnist @ 28 px | 1 | cnn\\_b | 1 | 3 | equivalent | round 1 (3 pairs) | decided |" in md
     assert "6 of 8 runs trained (2 saved" in md
     assert "Nothing to be done" in run(work, env, "-n")
 
@@ -116,7 +116,7 @@ def test_rounds_stop_when_decided_run_to_max_when_not_and_resume_after_a_crash(s
     runs = pd.read_csv(work / "results" / "tiny" / "runs.csv")
     assert dict(zip(runs["seed"], runs["round"])) == {1: 1, 2: 1, 3: 1, 4: 2}
     md = (work / "reports" / "tiny.md").read_text()
-    assert "| breastmnist @ 28 px | 1 | cnn_b | 2 | 4 | undecided | – | max (4) |" in md
+    assert "| breastmnist @ 28 px | 1 | cnn\\_b | 2 | 4 | undecided | – | max (4) |" in md
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
     tracked = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
