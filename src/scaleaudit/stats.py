@@ -7,8 +7,8 @@ the run of the small arm chosen for that seed (``small_choice``: on the other se
 One path serves every statistic, as rliable's ``get_interval_estimates`` serves every estimator: paired differences
 grouped into tasks -> ``interval`` -> ``decide``. Per cell there is one task and the interval is the paired
 t-interval; across tasks it is the t-interval of the mean of the task means (Welch-Satterthwaite degrees of freedom).
-``decide`` sees only an interval, so another interval method with ``t_interval``'s signature (e.g. an anytime-valid
-one) can replace it. ``benchmarks/calibrate_stats.py`` measures coverage and error rates by simulation.
+``decide`` sees only an interval, so another interval method with ``t_interval``'s signature can replace it: adaptive
+seeds use the repeated confidence intervals of ``sequential.interval``, valid under repeated looks. ``benchmarks/calibrate_stats.py`` measures coverage and error rates by simulation.
 
 Multiplicity (Bonferroni): the claims of a family of m comparisons are made from simultaneous intervals at confidence
 1 - alpha/m, so the chance that any claim of the family (better, worse or equivalent) is false is at most alpha.
