@@ -4,7 +4,9 @@ Prints, for 3, 5, 10 and 20 seeds and normal or heavy-tailed (t, 4 df) seed nois
 difference: the coverage of the per-cell 95 % interval, false "better" / "worse" / "equivalent" with the true
 difference on a ROPE edge (±0.01), power (P(better)) at +0.02 and +0.05, the same for the across-task summary, and
 how often a study with five large arms on the ROPE edge says "Scale pays". The percentile bootstrap that scaleaudit
-used before is measured beside it as the reference. ``--write`` stores the figures in
+used before is measured beside it as the reference. Adaptive seeds (3, 5, ..., 15): coverage at stopping, false
+"better" on the ROPE edge and the expected seeds per comparison at true gains 0, 0.01, 0.02 and 0.05, for the
+repeated confidence intervals and for the fixed-n interval re-checked each round (which inflates them). ``--write`` stores the figures in
 src/scaleaudit/calibration.json, which the report's Methods quotes.
 
     python benchmarks/calibrate_stats.py [--replicates 20000] [--write]
@@ -52,10 +54,25 @@ def main() -> None:
     print(f"{'noise':6} {'seeds':>5} {'false Scale pays':>17}")
     for r in t["study"]:
         print(f"{r['noise']:6} {r['seeds']:5d} {r['false_scale_pays']:17.3f}")
+    seq = calibration.sequential_table(args.replicates)
+    s = seq["seeds"]
+    print(f"\nAdaptive seeds {s}: looks after each round, each comparison stopped at its first decision; repeated "
+          "confidence intervals (Lan-DeMets spending) against the fixed-n t-interval re-checked each round:")
+    print(f"{'method':16} {'noise':6} {'true':>6} {'coverage':>9} {'better':>7} {'equiv':>7} {'worse':>7} "
+          f"{'undecided':>9} {'E[seeds]':>9}")
+    for r in seq["rows"]:
+        if "family" in r:
+            continue
+        print(f"{r['method']:16} {r['noise']:6} {r['true_diff']:+6.2f} {r['coverage']:9.3f} {r['better']:7.3f} "
+              f"{r['equivalent']:7.3f} {r['worse']:7.3f} {r['undecided']:9.3f} {r['mean_seeds']:9.2f}")
+    print("(true +0.01 is the ROPE edge: there `better` is a false claim, nominal <= 0.025)")
+    for r in (r for r in seq["rows"] if "family" in r):
+        print(f"{r['method']:16} {r['noise']:6}: {r['family']} comparisons on the ROPE edge, Bonferroni: any false "
+              f"better {r['any_better']:.3f} (nominal <= 0.05)")
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.write:
         path = resources.files("scaleaudit").joinpath("calibration.json")
-        path.write_text(json.dumps(t, indent=1) + "\n")
+        path.write_text(json.dumps(t | {"sequential": seq}, indent=1) + "\n")
         print(f"wrote {path}")
 
 

@@ -107,3 +107,55 @@ def table(replicates: int, seeds=(3, 5, 10, 20), rope: float = 0.01, confidence:
 def measured() -> dict:
     """The figures ``benchmarks/calibrate_stats.py --write`` stored (calibration.json)."""
     return json.loads(resources.files(__package__).joinpath("calibration.json").read_text())
+
+
+# --- adaptive seeds: the sequential procedure under repeated looks ------------------------------------------------
+
+ADAPTIVE = {"initial": 3, "step": 2, "max": 15, "spending": "pocock"}  # looks at 3, 5, ..., 15 seeds
+ADAPTIVE_GAINS = (0.0, 0.01, 0.02, 0.05)
+
+
+def simulate_sequential(true_diff: float, kind: str, replicates: int, rng: np.random.Generator,
+                        seeds: dict = ADAPTIVE, rope: float = 0.01, confidence: float = 0.95, family: int = 1,
+                        rechecked_fixed: bool = False) -> dict:
+    """Adaptive seeds as the workflow runs them: a family of ``family`` comparisons, each with paired differences of
+    sd SEED_SD around ``true_diff``, looked at after every round (seeds ``adaptive.looks``) and stopped at its first
+    decision. The repeated confidence intervals of ``sequential``, or (``rechecked_fixed``) the fixed-n t-interval
+    re-checked each round, the error this procedure must not make. Returns the decisions' rates and the coverage of
+    the interval at stopping (first comparison of the family), the rate of any false "better" in the family (with
+    the truth on the ROPE edge, every "better" is false) and the mean number of seeds per comparison."""
+    from . import adaptive, sequential
+
+    looks = adaptive.looks(seeds)
+    interval = stats.t_interval if rechecked_fixed else sequential.interval(looks, seeds.get("spending", "pocock"))
+    d = true_diff + SEED_SD * noise(kind, (replicates, family, looks[-1]), rng)
+    decision = np.full((replicates, family), "undecided", dtype=object)
+    used = np.full((replicates, family), looks[-1])
+    lo, hi = np.full((replicates, family), np.nan), np.full((replicates, family), np.nan)
+    for n in looks:
+        a = stats.assess([d[..., :n]], rope, confidence, family, interval)
+        running = decision == "undecided"
+        stop = running & (a["decision"] != "undecided") | running & (n == looks[-1])
+        decision[stop], used[stop] = a["decision"][stop], n
+        lo[stop], hi[stop] = a["lo"][stop], a["hi"][stop]
+    covered = (lo[:, 0] <= true_diff) & (true_diff <= hi[:, 0])
+    return {"coverage": float(covered.mean()), "any_better": float((decision == "better").any(axis=1).mean()),
+            "mean_seeds": float(used.mean())} | rates(decision[:, 0].astype(str))
+
+
+def sequential_table(replicates: int, rope: float = 0.01, confidence: float = 0.95, seed: int = 0,
+                     seeds: dict = ADAPTIVE, family: int = 5) -> dict:
+    """Adaptive seeds, per noise and true gain, for the repeated confidence intervals and for the fixed-n interval
+    re-checked each round: coverage at stopping, false better with the truth on the ROPE edge, the decisions and
+    the expected seeds per comparison, and any false better in a family of ``family`` comparisons on the edge."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method, fixed in (("repeated", False), ("fixed_rechecked", True)):
+        for kind in NOISE:
+            for gain in sorted({rope, *ADAPTIVE_GAINS}):
+                r = simulate_sequential(gain, kind, replicates, rng, seeds, rope, confidence, rechecked_fixed=fixed)
+                rows.append({"method": method, "noise": kind, "true_diff": gain} | r)
+            fam = simulate_sequential(rope, kind, replicates // family, rng, seeds, rope, confidence, family, fixed)
+            rows.append({"method": method, "noise": kind, "true_diff": rope, "family": family,
+                         "any_better": fam["any_better"]})
+    return {"seeds": dict(seeds), "rows": rows}

@@ -32,7 +32,8 @@ def cmd_validate_config(args) -> None:
         raise ScaleauditError("no config given", "name YAML files, or pass --inline JSON")
     cfg = config.load(*args.configs, overrides=args.inline)
     n = sum(1 for _ in config.runs(cfg))
-    print(f"{', '.join(args.configs) or 'inline config'}: valid; study {cfg['study']!r}, {n} training runs")
+    rounds = " in the first round (adaptive seeds)" if isinstance(cfg["design"]["seeds"], dict) else ""
+    print(f"{', '.join(args.configs) or 'inline config'}: valid; study {cfg['study']!r}, {n} training runs{rounds}")
     if args.resolved:
         from . import settings
         from .files import write_json
@@ -114,6 +115,23 @@ def cmd_aggregate(args) -> None:
     print(f"{args.out}: {len(table)} runs")
 
 
+def cmd_next_round(args) -> None:
+    from . import adaptive, aggregate
+    from .files import read_json, write_json
+
+    cfg = read_json(args.config)
+    if adaptive.settings(cfg) is None:
+        raise ScaleauditError("design.seeds is a fixed count or list: there are no rounds to plan",
+                              "give design.seeds as {initial, step, max} for adaptive seeds")
+    table = aggregate.collect(args.metrics)
+    runs = adaptive.next_round(table, cfg, args.round)
+    cells = sorted({(r["dataset"], r["size"], r["fraction"]) for r in runs})
+    write_json(args.out, {"round": args.round, "seeds": adaptive.round_seeds(adaptive.settings(cfg), args.round),
+                          "runs": runs})
+    print(f"round {args.round}: {len(runs)} runs in {len(cells)} undecided cell(s)"
+          + "".join(f"\n  {d} @ {s} px, fraction {f:g}" for d, s, f in cells))
+
+
 def cmd_report(args) -> None:
     from . import report
 
@@ -188,6 +206,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("metrics", nargs="+", help="metrics.json files")
     s.add_argument("--out", required=True, help="CSV table")
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("next-round", help="adaptive seeds: the runs of the next round (comparisons still undecided)")
+    s.add_argument("metrics", nargs="+", help="metrics.json files of every run of the earlier rounds")
+    s.add_argument("--config", required=True, help="resolved study config (JSON) written by validate-config")
+    s.add_argument("--round", type=int, required=True, help="the round to plan (2, 3, ...)")
+    s.add_argument("--out", required=True, help="the round's runs (JSON)")
+    s.set_defaults(func=cmd_next_round)
 
     s = sub.add_parser("report", help="render the study report (PDF and Markdown) from the run table")
     s.add_argument("--runs", required=True, help="CSV table written by aggregate")

@@ -70,6 +70,10 @@ def check_references(config: dict) -> None:
     for entry in config["data"]["datasets"]:
         for size in entry["sizes"]:
             data.official_source(entry["flag"], size)
+    s = config["design"]["seeds"]
+    if isinstance(s, dict) and s["max"] < s["initial"]:
+        raise ScaleauditError(f"design.seeds: max ({s['max']}) is below initial ({s['initial']})",
+                              "set max to at least initial (max = initial runs one round only, like a fixed count)")
     arms = config["arms"]
     for name in config["design"]["arms"]:
         if name not in arms:
@@ -109,7 +113,10 @@ def _merge(base: dict, update: dict) -> None:
 
 
 def seeds(config: dict) -> list[int]:
+    """The seeds of every run; with adaptive seeds, those of the first round (``adaptive`` plans the others)."""
     s = config["design"]["seeds"]
+    if isinstance(s, dict):
+        return list(range(1, s["initial"] + 1))
     return list(range(1, s + 1)) if isinstance(s, int) else list(s)
 
 
@@ -134,6 +141,12 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
     # Display, comparison and scheduling keys do not change what is trained: they must not re-run it.
     arm_spec = {k: v for k, v in config["arms"][arm].items() if k not in NOT_TRAINING_KEYS}
     recipe = dict(config["recipes"][arm_spec["recipe"]], name=arm_spec["recipe"])
+    round_ = None
+    if isinstance(config["design"]["seeds"], dict):  # adaptive seeds: the round is bookkeeping, not in the hash
+        from .adaptive import round_of
+
+        round_ = round_of(config["design"]["seeds"], int(seed))
     return RunSpec.create(study=config["study"], dataset=dataset, size=size, arm=arm, arm_spec=arm_spec, recipe=recipe,
                           fraction=fraction, seed=seed, hardware=config["hardware"],
-                          device=device_request(config["hardware"]["device"], config["arms"][arm])).to_dict()
+                          device=device_request(config["hardware"]["device"], config["arms"][arm]),
+                          round=round_).to_dict()

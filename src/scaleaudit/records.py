@@ -8,7 +8,7 @@ way. The spec travels as JSON (``scaleaudit train --spec``); ``RunSpec.from_dict
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from .errors import ScaleauditError
@@ -25,8 +25,12 @@ def _keys(cls) -> set[str]:
     return {f.name for f in fields(cls)}
 
 
+def _required(cls) -> set[str]:
+    return {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+
+
 def _check_keys(cls, d: dict, what: str, fix: str) -> None:
-    missing, unknown = _keys(cls) - set(d), set(d) - _keys(cls)
+    missing, unknown = _required(cls) - set(d), set(d) - _keys(cls)
     if missing or unknown:
         problems = [f"missing {', '.join(sorted(missing))}" if missing else "",
                     f"unknown {', '.join(sorted(unknown))}" if unknown else ""]
@@ -49,14 +53,16 @@ class RunSpec:
     hardware: dict
     device: str  # what the run trains on: 'cpu', or 'cuda' for an arm that books a GPU
     config_hash: str
+    round: int | None = None  # adaptive seeds: the round that added this seed (bookkeeping, outside the hash)
 
     @classmethod
     def create(cls, **values: Any) -> "RunSpec":
         """A spec from its fields; the hash is computed over all of them (the hash of the spec dict without it)."""
         values = {"size": int(values.pop("size")), "fraction": float(values.pop("fraction")),
                   "seed": int(values.pop("seed"))} | values
-        ordered = {f.name: values[f.name] for f in fields(cls) if f.name != "config_hash"}
-        return cls(**ordered, config_hash=canonical_hash(ordered))
+        round_ = values.pop("round", None)
+        ordered = {f.name: values[f.name] for f in fields(cls) if f.name not in ("config_hash", "round")}
+        return cls(**ordered, config_hash=canonical_hash(ordered), round=round_)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
@@ -64,7 +70,11 @@ class RunSpec:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The spec as JSON; ``round`` only in adaptive designs, so a fixed design's specs are as before."""
+        d = asdict(self)
+        if d["round"] is None:
+            del d["round"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class RunInfo:
     train_mode: str
     input_size: int
     recipe: str
+    round: int = 1  # adaptive seeds: the round that added this seed (1 in a fixed design)
 
     @classmethod
     def of(cls, spec: RunSpec, input_size: int) -> "RunInfo":
@@ -91,7 +102,7 @@ class RunInfo:
         return cls(study=spec.study, dataset=spec.dataset, size=spec.size, arm=spec.arm, fraction=spec.fraction,
                    seed=spec.seed, config_hash=spec.config_hash, group=arm["group"], model=arm["model"],
                    pretrained=arm["pretrained"], train_mode=arm["train"], input_size=input_size,
-                   recipe=spec.recipe["name"])
+                   recipe=spec.recipe["name"], round=spec.round or 1)
 
 
 @dataclass

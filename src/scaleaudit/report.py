@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import config as study_config
-from . import calibration, ledger, plan, provenance, reproduction, stats
+from . import adaptive, calibration, ledger, plan, provenance, reproduction, stats
 from .aggregate import RUN_KEY
 from .files import atomic_path, read_json, write_text
 
@@ -195,6 +195,7 @@ class Results:
     reproduction: pd.DataFrame
     dropped: pd.DataFrame
     missing: pd.DataFrame
+    savings: pd.DataFrame | None = None  # adaptive seeds: per cell and arm, the seeds and hours not run
 
     @classmethod
     def of(cls, runs: pd.DataFrame, config: dict) -> Results:
@@ -202,13 +203,19 @@ class Results:
         cells, summaries = families(config)
         kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"])
         why = stats.unusable(runs, v["metric"])
+        seq = adaptive.settings(config)
+        # adaptive seeds: each comparison's decision frozen at its round; the study-level summaries from the first
+        # round, the seeds every cell ran whatever the data (see scaleaudit.adaptive)
+        cells_verdict = adaptive.verdict(runs, config) if seq else stats.compare(runs, family=cells, **kw)
+        first = runs[adaptive.with_rounds(runs, config)["round"] == 1] if seq else runs
         return cls(
             runs=runs, config=config, labels=arm_labels(runs, config), summary=ledger.arm_summary(runs, v["metric"]),
-            comparisons=ledger.cost_normalised(runs, stats.compare(runs, family=cells, **kw)),
-            overall=stats.overall(runs, family=summaries, **kw),
+            comparisons=ledger.cost_normalised(runs, cells_verdict),
+            overall=stats.overall(first, family=summaries, **kw),
             scores=stats.score_summary(runs, v["metric"], v["confidence"]),
             reproduction=reproduction.reproduction(runs, config["arms"]),
             dropped=runs[why != ""].assign(reason=why[why != ""]), missing=missing_runs(runs, config),
+            savings=adaptive.savings(runs, config) if seq else None,
         )
 
     @property
@@ -227,7 +234,8 @@ def families(config: dict) -> tuple[int, int]:
 
 def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Per cell and arm of the design with fewer runs in the table than designed: runs present and designed."""
-    designed = pd.DataFrame(study_config.runs(config), columns=RUN_KEY)
+    designed = (adaptive.planned(runs, config) if adaptive.settings(config) else
+                pd.DataFrame(study_config.runs(config)))[RUN_KEY]
     have = designed.merge(runs[RUN_KEY].drop_duplicates(), on=RUN_KEY, how="left", indicator=True)
     have["present"] = have.pop("_merge") == "both"
     count = have.groupby(stats.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
@@ -464,7 +472,9 @@ def summary_section(res: Results) -> list:
              f"region of practical equivalence (ROPE) of ±{v['rope']:g}: better if it lies above +{v['rope']:g}, worse "
              f"if below −{v['rope']:g}, equivalent if inside, undecided otherwise. The intervals that decide are "
              f"simultaneous: all the decisions of a family hold together at {v['confidence']:.0%} confidence "
-             f"(see Methods)."),
+             f"(see Methods)." + (" Seeds were added in rounds where a comparison was still undecided, and each "
+                                  "look used a repeated confidence interval that stays valid under such stopping "
+                                  "(see Adaptive seeds)." if res.savings is not None else "")),
         Table(["dataset", "train frac.", "small partner"] + [res.labels[a] for a in large], rows,
               widths=[1.2, 0.6, 1.1] + [1.6] * len(large), size=8 if len(large) < 4 else 6.5,
               caption=f"Verdict per dataset: decision, then mean difference in test {res.metric} with its simultaneous "
@@ -517,7 +527,7 @@ def methods_section(res: Results) -> list:
         Para(f"Generated from the resolved configuration of study {cfg['study']}. Design: {len(arms)} arms × "
              f"{sum(len(d['sizes']) for d in cfg['data']['datasets'])} dataset(s) × {len(design['fractions'])} training "
              f"fraction(s) ({', '.join(f'{f:g}' for f in design['fractions'])}; stratified, seeded subsets of the training "
-             f"split) × {len(seeds)} seeds ({', '.join(map(str, seeds))}); the seed drives initialisation, subsampling, "
+             f"split) × {seeds_text(cfg, seeds)}; the seed drives initialisation, subsampling, "
              f"shuffling and augmentation. {len(runs)} runs are in the run table. The study design, the metric "
              f"conventions and the sources of the published numbers: docs/study.md of the scaleaudit repository."),
         Table(["dataset", "image size", "task", "training images (largest fraction)"], data_rows,
@@ -531,6 +541,85 @@ def methods_section(res: Results) -> list:
         Para(f"Hardware: device setting {hw['device']}; runs ran on {devices}. Energy is measured per run "
              f"({'; '.join(runs['energy_method'].unique())}); CO2e uses the grid intensity of {hw['country_iso_code']}."),
         *statistics_paras(res),
+    ]
+
+
+def seeds_text(cfg: dict, seeds: list[int]) -> str:
+    s = adaptive.settings(cfg)
+    if not s:
+        return f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+    return (f"adaptive seeds (seeds 1–{s['initial']} in round 1, then {s['step']} more per round for each comparison "
+            f"still undecided, at most {s['max']}: rounds at {', '.join(map(str, adaptive.looks(s)))} seeds)")
+
+
+def sequential_paras(res: Results) -> list:
+    """Methods of adaptive seeds: the procedure, named and cited, and its calibration (calibration.json)."""
+    s = adaptive.settings(res.config)
+    if not s:
+        return []
+    spending = {"pocock": "Pocock-type spending α·ln(1 + (e − 1)·t)",
+                "obrien_fleming": "O'Brien–Fleming-type spending (α/2 per side spent as 2 − 2Φ(z(1 − α/4)/√t))"}
+    seq = calibration.measured().get("sequential")
+    text = [Para(
+        f"Adaptive seeds. Round 1 trains seeds 1–{s['initial']} of every run; after each round every comparison (a "
+        f"cell and one large arm) is judged on the runs of the rounds so far, and each one still undecided gets the "
+        f"next {s['step']} seed(s) for its large arm and for every small arm of its cell (pairs stay complete), "
+        f"until it is decided or has {s['max']} seeds. A comparison keeps the first decision it reaches, and a "
+        f"decided comparison gets no more runs. Because the data choose when to stop, each look uses a repeated "
+        f"confidence interval (Jennison & Turnbull, J. R. Stat. Soc. B 51:305–361, 1989): a group-sequential "
+        f"boundary with Lan–DeMets alpha spending (Biometrika 70:659–663, 1983), {spending[s['spending']]} over the "
+        f"planned looks at {', '.join(map(str, adaptive.looks(s)))} seeds (information fraction t = n / {s['max']}), "
+        f"critical values by recursive numerical integration and t quantiles at each look's nominal level (Jennison "
+        f"& Turnbull, Group Sequential Methods, 2000). All looks hold together: with the Bonferroni share α/m of a "
+        f"family spent over the looks of each comparison, every decision of the family holds at the stated "
+        f"confidence whenever it was made. The intervals shown are those of the round at which a comparison was "
+        f"decided (or of its last round). The study-level summaries across datasets use round 1 only, the seeds "
+        f"every cell ran whatever the data: later rounds were chosen by the data and serve only their own cell.")]
+    if seq:
+        rows = {(r["method"], r["noise"], r["true_diff"]): r for r in seq["rows"] if "family" not in r}
+        edge = [r for k, r in rows.items() if k[0] == "repeated" and abs(k[2] - 0.01) < 1e-9]
+        fixed = [r for k, r in rows.items() if k[0] == "fixed_rechecked" and abs(k[2] - 0.01) < 1e-9]
+        expected = [f"{r['mean_seeds']:.1f} at {r['true_diff']:+g}" for k, r in sorted(rows.items())
+                    if k[0] == "repeated" and k[1] == "normal" and r["true_diff"] in calibration.ADAPTIVE_GAINS]
+        q = seq["seeds"]
+        text.append(Para(
+            f"Calibration of adaptive seeds (benchmarks/calibrate_stats.py; rounds of {q['initial']}, +{q['step']}, "
+            f"up to {q['max']} seeds, {q['spending']} spending, sd {calibration.SEED_SD:g} per paired difference, "
+            f"normal and t4 noise): with the truth on the ROPE edge a comparison was called better in at most "
+            f"{max(r['better'] for r in edge):.1%} (nominal 2.5%; the t quantiles at each look's nominal level are "
+            f"slightly liberal with 2 degrees of freedom at the first look), and the interval at stopping covered the truth in "
+            f"at least {min(r['coverage'] for r in rows.values() if r['method'] == 'repeated'):.1%}; the fixed-n "
+            f"interval re-checked each round would have said better in up to {max(r['better'] for r in fixed):.1%} "
+            f"and covered in {min(r['coverage'] for r in fixed):.1%}. Expected seeds per comparison: "
+            + ", ".join(expected) + " AUC true gain (normal noise)."))
+    return text
+
+
+def adaptive_section(res: Results) -> list:
+    """Per comparison the rounds, seeds and when it was decided; the compute saved against max seeds everywhere."""
+    if res.savings is None:
+        return []
+    L, c, s = res.labels, res.comparisons, adaptive.settings(res.config)
+    rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.rounds, r.n, r.decision,
+             "–" if r.decided_round is pd.NA else f"round {r.decided_round} ({r.n} pairs)",
+             {"decided": "decided", "max": f"max ({s['max']})"}.get(r.stopped, "still running")]
+            for r in c.itertuples()]
+    t = adaptive.summary(res.savings)
+    unit = t["hours_column"].replace("_hours", "-hours")
+    saved_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.rounds, f"{r.seeds} of {r.max}", r.saved_seeds,
+                   num(r.hours, ".3g"), num(r.saved_hours, ".3g")] for r in res.savings.itertuples()]
+    return [
+        Heading("Adaptive seeds", 2),
+        Table(["dataset", "fraction", "large arm", "rounds", "pairs", "decision", "decided at", "stopped"], rows,
+              widths=[1.4, 0.6, 1.8, 0.6, 0.6, 0.9, 1.4, 1], size=7.5,
+              caption="Each comparison: the rounds it ran, its pairs, its decision and the round it was reached."),
+        Table(["dataset", "fraction", "arm", "rounds", "seeds", "seeds saved", unit, f"{unit} saved"], saved_rows,
+              widths=[1.4, 0.6, 1.8, 0.6, 0.8, 0.8, 0.8, 0.9], size=7.5,
+              caption=f"Seeds per cell and arm against running {s['max']} seeds everywhere; the {unit} saved are "
+                      "priced at the arm's mean per run in that cell."),
+        Para(f"Compute saved against {s['max']} seeds everywhere: {t['runs']} of {t['runs_at_max']} runs trained "
+             f"({t['runs_saved']} saved), {t['hours']:.3g} of an estimated {t['hours_at_max']:.3g} {unit} "
+             f"({t['hours_saved']:.3g} saved, {num(100 * t['share_saved'], '.0f')} %)."),
     ]
 
 
@@ -594,6 +683,7 @@ def statistics_paras(res: Results) -> list:
              f"non-finite score are left out and listed; a run that appears twice in the run table stops the report. "
              f"Metric: test {res.metric} (MedMNIST conventions); ROPE ±{v['rope']:g}."),
         Para(calibration_text(v["confidence"])),
+        *sequential_paras(res),
     ]
 
 
@@ -662,6 +752,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
     if hours == "device-hour":
         blocks.append(Para("No run used an accelerator (accelerator-hours are 0), so the time cost is given in "
                            "device-hours (wall-clock hours on the CPU) instead."))
+    blocks += adaptive_section(res)
     blocks.append(Heading("Data efficiency", 2))
     if "efficiency" in figs:
         eff = data_efficiency(c)

@@ -7,8 +7,8 @@ the run of the small arm chosen for that seed (``small_choice``: on the other se
 One path serves every statistic, as rliable's ``get_interval_estimates`` serves every estimator: paired differences
 grouped into tasks -> ``interval`` -> ``decide``. Per cell there is one task and the interval is the paired
 t-interval; across tasks it is the t-interval of the mean of the task means (Welch-Satterthwaite degrees of freedom).
-``decide`` sees only an interval, so another interval method with ``t_interval``'s signature (e.g. an anytime-valid
-one) can replace it. ``benchmarks/calibrate_stats.py`` measures coverage and error rates by simulation.
+``decide`` sees only an interval, so another interval method with ``t_interval``'s signature can replace it: adaptive
+seeds use the repeated confidence intervals of ``sequential.interval``, valid under repeated looks. ``benchmarks/calibrate_stats.py`` measures coverage and error rates by simulation.
 
 Multiplicity (Bonferroni): the claims of a family of m comparisons are made from simultaneous intervals at confidence
 1 - alpha/m, so the chance that any claim of the family (better, worse or equivalent) is false is at most alpha.
@@ -161,10 +161,11 @@ COMPARE_COLUMNS = CELL + ["arm", "small_arm", "small_choice", "n", "dropped", "l
 
 
 def compare(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95,
-            family: int | None = None) -> pd.DataFrame:
+            family: int | None = None, interval: Interval = t_interval) -> pd.DataFrame:
     """Per cell and large arm (every one that has a run, paired or not): the mean paired difference to the small
     partner with its t-interval, the simultaneous interval of the family of all comparisons (at least ``family``,
-    e.g. the design's count, so missing cells do not loosen it) and the decision; thin cells are kept, with a note."""
+    e.g. the design's count, so missing cells do not loosen it) and the decision; thin cells are kept, with a note.
+    ``interval``: another interval method, e.g. the repeated confidence intervals of adaptive seeds."""
     aggregate.check(runs)
     why = unusable(runs, metric)
     pairs = paired(runs, metric)
@@ -190,7 +191,7 @@ def compare(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confide
         elif len(g) == 0:
             notes.append("no seed shared with a small arm")
         if len(g) >= MIN_PAIRS:
-            a = assess([g["diff"].to_numpy()], rope, confidence, m)
+            a = assess([g["diff"].to_numpy()], rope, confidence, m, interval)
             row |= {k: float(a[k]) for k in ("lo", "hi", "adj_lo", "adj_hi")} | {"decision": a["decision"]}
             if a["decision"] == "undecided":
                 row["seeds_needed"] = seeds_needed(g["diff"], rope, family_confidence(confidence, m))

@@ -553,7 +553,8 @@ def _params(spec: dict, data_record: dict, weights: dict | None, n_train: int) -
     code = provenance.code_version()
     params = {
         "dataset": spec["dataset"], "size": spec["size"], "arm": spec["arm"], "fraction": spec["fraction"],
-        "seed": spec["seed"], "config_hash": spec["config_hash"], "data_sha256": data_record["sha256"],
+        "seed": spec["seed"], "round": spec.get("round", 1), "config_hash": spec["config_hash"],
+        "data_sha256": data_record["sha256"],
         "git_commit": code["commit"], "git_dirty": code["dirty"], "n_train": n_train,
         "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"], "recipe": spec["recipe"]["name"],
     }

@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from scaleaudit import adaptive
 from scaleaudit import config as study_config
 from scaleaudit import settings
 from scaleaudit.errors import ScaleauditError
@@ -26,7 +27,9 @@ LOGS = f"logs/{STUDY}"
 RUN_DIR = f"{RESULTS}/runs/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}/seed{{seed}}"
 RUN_TABLE = f"{RESULTS}/runs.csv"
 REPORT = f"reports/{STUDY}.pdf"
-RUNS = list(study_config.runs(config))
+RUNS = list(study_config.runs(config))  # with adaptive seeds: the first round
+ADAPTIVE = adaptive.settings(config)
+ROUND_PLAN = f"{RESULTS}/rounds/round{{round}}.json"
 # data.mirror, weights.dir, tracking.uri: the config's value, else the environment's (settings.py). The
 # steps that use them run here (localrules), so they resolve them the same way and record what they used.
 SETTINGS = settings.resolve(config)
@@ -48,6 +51,7 @@ wildcard_constraints:
     arm=r"[A-Za-z0-9_.-]+",
     fraction=r"[0-9.]+",
     seed=r"\d+",
+    round=r"\d+",
 
 
 def optional_flag(flag, value):
@@ -114,5 +118,22 @@ def train_group(wildcards):
     return SHORT_TRAIN_GROUP if not declared.get("gpu") and size <= SHORT_TRAIN_MAX_SIZE else None
 
 
-def all_metrics():
-    return expand(f"{RUN_DIR}/metrics.json", zip, **{k: [run[k] for run in RUNS] for k in RUNS[0]})
+def metrics_of(runs):
+    return expand(f"{RUN_DIR}/metrics.json", zip, **{k: [run[k] for run in runs] for k in RUNS[0]})
+
+
+def runs_upto(last):
+    """The runs of rounds 1..last: the design's first round, then each round the checkpoint next_round planned
+    (an empty round ends the study; Snakemake evaluates the checkpoint before it reads its output)."""
+    runs = list(RUNS)
+    for r in range(2, last + 1):
+        planned = json.loads(Path(checkpoints.next_round.get(round=r).output[0]).read_text())["runs"]
+        if not planned:
+            break
+        runs += planned
+    return runs
+
+
+def all_metrics(wildcards):
+    """metrics.json of every run; with adaptive seeds, of every round up to the first empty one or the last."""
+    return metrics_of(runs_upto(len(adaptive.looks(ADAPTIVE))) if ADAPTIVE else RUNS)

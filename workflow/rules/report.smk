@@ -24,7 +24,7 @@ rule resolve_config:
 rule aggregate:
     """One table of every run, from the per-run metrics files."""
     input:
-        all_metrics(),
+        all_metrics,
     output:
         report(RUN_TABLE, caption="../report/runs.rst", category="Runs"),
     log:

@@ -1,3 +1,7 @@
+localrules:
+    next_round,
+
+
 rule train:
     """Train one arm on one dataset, fraction and seed; resumes from its checkpoint when re-run."""
     input:
@@ -28,3 +32,19 @@ rule train:
     shell:
         "scaleaudit train --spec {params.spec:q} --data {input.record} {params.weights} "
         "--tracking {input.tracking} --out {params.outdir} --threads {threads} --runs-per-gpu {params.share} > {log} 2>&1"
+
+
+checkpoint next_round:
+    """Adaptive seeds: after round r - 1, the runs of round r (the comparisons still undecided)."""
+    input:
+        metrics=lambda wildcards: metrics_of(runs_upto(int(wildcards.round) - 1)),
+        config=f"{RESULTS}/config.resolved.json",
+    output:
+        ROUND_PLAN,
+    log:
+        f"{LOGS}/rounds/round{{round}}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "scaleaudit next-round --round {wildcards.round} --config {input.config} --out {output} "
+        "{input.metrics} > {log} 2>&1"

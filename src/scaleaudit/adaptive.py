@@ -1,0 +1,165 @@
+"""Adaptive seeds: rounds of seeds spent only on the comparisons whose verdict is still undecided.
+
+``design.seeds: {initial, step, max, spending}``. Round 1 trains seeds 1..initial of every run of the design; round
+r >= 2 the next ``step`` seeds (the last round cut to ``max``). After each round every comparison (a cell and one
+large arm) is judged on the runs of the rounds so far with the repeated confidence intervals of ``sequential``
+(looks at the round sizes, the per-cell Bonferroni family as in a fixed study). A comparison keeps the first decision
+it reaches, frozen at that round, and gets no more runs; each one still undecided below ``max`` gets the next round's
+seeds for its large arm and for every small arm of its cell, so its pairs stay complete and its small partner is
+chosen as in a fixed study. A run's round follows from its seed (``round_of``), so the run table is all it takes
+to re-derive every round's decisions, the plan and the compute saved.
+
+Across datasets the study-level summaries use the first round only: those seeds ran in every cell whatever the data,
+so the fixed-n t-interval stays valid there; later rounds were chosen by the data and only serve their own cell.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from . import config as study_config
+from . import sequential, stats
+from .aggregate import RUN_KEY
+
+KEY = stats.CELL + ["arm"]
+
+
+def settings(config: dict) -> dict | None:
+    """The adaptive form of ``design.seeds``, None for a fixed seed count or list."""
+    s = config["design"]["seeds"]
+    return s if isinstance(s, dict) else None
+
+
+def looks(s: dict) -> tuple[int, ...]:
+    """Seeds of a cell after each round: initial, initial + step, ..., max."""
+    n = list(range(s["initial"], s["max"], s.get("step", 2))) + [s["max"]]
+    return tuple(dict.fromkeys(n))
+
+
+def round_of(s: dict, seed: int) -> int:
+    """The round that trains ``seed`` (seeds 1..initial: round 1)."""
+    return 1 + sum(seed > n for n in looks(s))
+
+
+def round_seeds(s: dict, r: int) -> list[int]:
+    """The seeds round ``r`` adds."""
+    n = (0,) + looks(s)
+    return list(range(n[r - 1] + 1, n[r] + 1)) if 1 <= r < len(n) else []
+
+
+def interval(config: dict) -> stats.Interval:
+    s = settings(config)
+    return sequential.interval(looks(s), s.get("spending", "pocock"))
+
+
+def with_rounds(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    return runs.assign(round=[round_of(settings(config), int(x)) for x in runs["seed"]])
+
+
+def history(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Every round's look: ``stats.compare`` on the runs of rounds 1..r with the repeated confidence intervals,
+    one block per round r present in the table (column ``round``)."""
+    from .report import families  # the design's per-cell family, counted in one place
+
+    v = config["verdict"]
+    runs = with_rounds(runs, config)
+    kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"], family=families(config)[0],
+              interval=interval(config))
+    last = int(runs["round"].max()) if len(runs) else 0
+    return pd.concat([stats.compare(runs[runs["round"] <= r], **kw).assign(round=r) for r in range(1, last + 1)],
+                     ignore_index=True) if last else pd.DataFrame(columns=stats.COMPARE_COLUMNS + ["round"])
+
+
+def verdict(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Per comparison: the row of ``stats.compare`` at the round its decision was reached (frozen there), or at its
+    last round if it stayed undecided, with ``rounds`` (rounds it ran), ``decided_round`` and ``stopped``
+    (why it got no more seeds: decided, or max)."""
+    h = history(runs, config)
+    if h.empty:
+        return h.assign(rounds=pd.Series(dtype=int), decided_round=pd.Series(dtype="Int64"), stopped="")
+    open_ = _open(h)
+    rows = []
+    for _, g in h[open_].groupby(KEY, sort=True):
+        decided = g[g["decision"] != "undecided"]
+        row = (decided if len(decided) else g).iloc[0 if len(decided) else -1]
+        rows.append(row)
+    out = pd.DataFrame(rows).reset_index(drop=True)
+    out["rounds"] = out["round"].astype(int)
+    out["decided_round"] = out["round"].where(out["decision"] != "undecided").astype("Int64")
+    full = len(looks(settings(config)))
+    out["stopped"] = ["decided" if d != "undecided" else ("max" if r >= full else "") for d, r in
+                      zip(out["decision"], out["rounds"])]
+    return out.drop(columns="round")
+
+
+def _open(h: pd.DataFrame) -> pd.Series:
+    """True for the looks at which a comparison was still running: no decision at any earlier round."""
+    h = h.sort_values(KEY + ["round"])
+    decided_before = (h["decision"] != "undecided").groupby([h[k] for k in KEY]).transform(
+        lambda d: d.shift(fill_value=False).cummax())
+    return ~decided_before.astype(bool).sort_index()
+
+
+def undecided(runs: pd.DataFrame, config: dict, r: int) -> pd.DataFrame:
+    """The comparisons (cell, large arm) that round ``r`` continues: undecided after round r - 1 (and at every round
+    before), still below ``max``. ``runs`` may hold later rounds too; only rounds < r are looked at."""
+    s = settings(config)
+    if r > len(looks(s)):
+        return pd.DataFrame(columns=KEY)
+    earlier = with_rounds(runs, config)
+    v = verdict(earlier[earlier["round"] < r], config)
+    return v.loc[(v["decision"] == "undecided") & (v["rounds"] == r - 1), KEY].reset_index(drop=True)
+
+
+def next_round(runs: pd.DataFrame, config: dict, r: int) -> list[dict]:
+    """The runs of round ``r`` (r >= 2), as wildcard values: its seeds for the large arm of every comparison still
+    undecided and for all the small arms of that comparison's cell."""
+    go = undecided(runs, config, r)
+    small = [a for a in config["design"]["arms"] if config["arms"][a]["group"] == "small"]
+    seeds = round_seeds(settings(config), r)
+    out: dict[tuple, dict] = {}
+    for c in go.itertuples(index=False):
+        for arm in small + [c.arm]:
+            for seed in seeds:
+                run = {"dataset": c.dataset, "size": int(c.size), "arm": arm, "fraction": float(c.fraction),
+                       "seed": int(seed)}
+                out[tuple(run.values())] = run
+    return sorted(out.values(), key=lambda x: tuple(x[k] for k in RUN_KEY))
+
+
+def planned(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Every run the procedure asked for, given the runs of the table: round 1 of the design, then each later round
+    that the table's decisions called for (up to one round past the table's last)."""
+    plan = [dict(run, round=1) for run in study_config.runs(config)]
+    r = 2
+    while new := next_round(runs, config, r):
+        plan += [dict(run, round=r) for run in new]
+        r += 1
+    return pd.DataFrame(plan, columns=list(plan[0]) if plan else RUN_KEY + ["round"])
+
+
+def savings(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Per cell and arm: rounds run, seeds used against ``max``, and the device- (or accelerator-) hours used and
+    saved against running ``max`` seeds everywhere (saved runs priced at the arm's mean hours per run in the cell)."""
+    from .ledger import hours_column
+
+    s, hours = settings(config), hours_column(runs)
+    g = with_rounds(runs, config).groupby(KEY, sort=True).agg(
+        rounds=("round", "max"), seeds=("seed", "nunique"), hours=(hours, "sum"), per_run=(hours, "mean"))
+    g["max"] = s["max"]
+    g["saved_seeds"] = (g["max"] - g["seeds"]).clip(lower=0)
+    g["saved_hours"] = g["saved_seeds"] * g["per_run"]
+    g["hours_column"] = hours
+    return g.reset_index()
+
+
+def summary(saved: pd.DataFrame) -> dict:
+    """Totals of ``savings``: runs and hours used, at ``max`` everywhere, and the share saved."""
+    used, at_max = int(saved["seeds"].sum()), int(saved["max"].sum())
+    hours = float(saved["hours"].sum())
+    full = hours + float(saved["saved_hours"].sum())
+    return {"runs": used, "runs_at_max": at_max, "runs_saved": at_max - used, "hours": hours, "hours_at_max": full,
+            "hours_saved": full - hours, "share_saved": (full - hours) / full if full > 0 else math.nan,
+            "hours_column": saved["hours_column"].iloc[0] if len(saved) else "device_hours"}
