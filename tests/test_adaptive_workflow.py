@@ -119,7 +119,7 @@ def test_rounds_stop_when_decided_run_to_max_when_not_and_resume_after_a_crash(s
     assert "| breastmnist @ 28 px | 1 | cnn\\_b | 2 | 4 | undecided | – | max (4) |" in md
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
-    tracked = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    tracked = client.search_runs([client.get_experiment_by_name("scaleaudit/tiny").experiment_id])
     assert sorted((r.data.params["seed"], r.data.params["round"]) for r in tracked) == \
         [("1", "1")] * 2 + [("2", "1")] * 2 + [("3", "1")] * 2 + [("4", "2")] * 2
 

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 import tiny_study
 from runtable import make_config, make_runs
-from scaleaudit import cli, tracking, train
+from scaleaudit import cli, records, tracking, train
 from scaleaudit.files import read_json, write_json
 
 
@@ -119,14 +119,14 @@ def test_checkpoint_write_failure_from_torch(capsys, job, tmp_path, monkeypatch)
 def test_metrics_write_failure_marks_the_run_failed(capsys, job, tmp_path, monkeypatch):
     """Past training (predictions, MLflow artifacts, metrics.json): the run was left RUNNING before."""
     uri, args = job
-    write = train.write_json
+    write = records.write_json  # metrics.json is written by records.RunResult.save
 
     def full_at_metrics(path, obj):
         if str(path).endswith("metrics.json"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         write(path, obj)
 
-    monkeypatch.setattr(train, "write_json", full_at_metrics)
+    monkeypatch.setattr(records, "write_json", full_at_metrics)
     _says_disk_full(cli.main(args(tmp_path / "run")), capsys.readouterr().err)
     assert _only_run(uri).info.status == "FAILED"
     assert (tmp_path / "run" / train.CHECKPOINT).exists() and not (tmp_path / "run" / "metrics.json").exists()

@@ -17,6 +17,8 @@ def schema_keys(node: dict, schema: dict, path: str = ""):
         yield from schema_keys(node["additionalProperties"], schema, f"{path}.<name>")
     if isinstance(node.get("items"), dict):
         yield from schema_keys(node["items"], schema, f"{path}[]")
+    for branch in node.get("oneOf", []) + node.get("anyOf", []):  # e.g. design.seeds: a count, a list or adaptive
+        yield from schema_keys(branch, schema, path)
 
 
 def test_config_readme_describes_every_key():
