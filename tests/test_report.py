@@ -121,6 +121,17 @@ def test_verdict_sentence_is_a_claim_for_the_study_per_fraction():
     assert "1 other summary(ies) do not; a claim at 95% confidence for the study as a whole (Bonferroni over 2" in md
 
 
+def test_an_undecided_arm_whose_interval_ends_below_the_rope_cannot_still_pay():
+    """The demo's case: gain -0.14, simultaneous CI [-0.28, -0.005]; undecided between worse and equivalent, never better."""
+    row = {"arm": "vit", "fraction": 1.0, "tasks": 1, "pairs": 3, "thin": "", "dropped": 0, "mean_diff": -0.144,
+           "iqm_diff": -0.144, "lo": -0.25, "hi": -0.03, "family": 1, "p_improve": 0.0, "decision": "undecided"}
+    below = pd.DataFrame([row | {"adj_lo": -0.283, "adj_hi": -0.005}])
+    across = pd.DataFrame([row | {"adj_lo": -0.283, "adj_hi": 0.02}])
+    assert report.verdict_sentence(below, 0.01, "auc", 0.95).startswith("Scale does not pay: no large arm beats")
+    assert "worse or equivalent to it is not decided yet" in report.verdict_sentence(below, 0.01, "auc", 0.95)
+    assert report.verdict_sentence(across, 0.01, "auc", 0.95).startswith("Not decided yet")
+
+
 def test_more_comparisons_in_the_design_widen_the_intervals_that_decide():
     runs = make_runs({"vit_b16_pretrained": 0.03}, seeds=3, noise=0.004, seed=1)
     assert "Overall: Scale pays" in markdown(runs)

@@ -417,13 +417,19 @@ def verdict_sentence(over: pd.DataFrame, rope: float, metric: str, confidence: f
         tail = f"; {others} other summary(ies) do not" if others else ""
         return (f"Scale pays: {', '.join(desc(r) for r in by['better'].itertuples())} beat(s) the best small model by "
                 f"{margin}{tail}; {level}.")
-    if len(by["undecided"]):
+    # undecided with its interval ending below +rope: not better at the stated level, only worse-or-equivalent is open
+    still_open = by["undecided"][~(by["undecided"]["adj_hi"] <= rope)]
+    if len(still_open):
         return (f"Not decided yet: no large arm is shown to beat the best small model by {margin}, but "
-                f"{', '.join(desc(r) for r in by['undecided'].itertuples())} could still; more seeds are needed.")
+                f"{', '.join(desc(r) for r in still_open.itertuples())} could still; more seeds are needed.")
     best = over.sort_values("mean_diff", ascending=False).iloc[0]
     if len(by["worse"]) == len(over):
         return (f"Scale does not pay: every large arm is worse than the best small model by {margin}; the closest is "
                 f"{desc(best)}; {level}.")
+    if best.decision == "undecided":
+        return (f"Scale does not pay: no large arm beats the best small model by {margin} (every simultaneous interval "
+                f"ends below +{rope:g}); the best large arm is {desc(best)}, whether worse or equivalent to it is not "
+                f"decided yet; {level}.")
     return (f"Scale does not pay: no large arm beats the best small model by {margin}; the best large arm is "
             f"{desc(best)}, {best.decision} to it; {level}.")
 
