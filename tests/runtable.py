@@ -84,3 +84,39 @@ def make_config(runs: pd.DataFrame, **verdict) -> dict:
                                                                        "scheduler": "cosine", "select": "val_loss"}},
         "arms": arms,
     }
+
+
+def write_run_folders(runs: pd.DataFrame, root, n_test: int = 200, seed: int = 0) -> list:
+    """A run folder per row of ``runs`` as ``train`` leaves it (``metrics.json`` with a per-epoch history, and
+    ``predictions.npz``), consistent with the row, so ``aggregate.collect`` of the returned paths gives ``runs``
+    back; test labels are drawn from the predicted probabilities (calibrated by construction)."""
+    from pathlib import Path
+
+    from scaleaudit.records import COST_COLUMNS, PREDICTIONS, SPLIT_METRICS, RunInfo, RunResult
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for row in runs.to_dict("records"):
+        out = Path(root) / f"{row['dataset']}_{row['size']}" / row["arm"] / f"frac{row['fraction']}" / f"seed{row['seed']}"
+        out.mkdir(parents=True, exist_ok=True)
+        p1 = rng.uniform(0, 1, n_test)
+        np.savez_compressed(out / PREDICTIONS, labels=(rng.uniform(size=n_test) < p1).astype(np.int64).reshape(-1, 1),
+                            probabilities=np.column_stack([1 - p1, p1]).astype(np.float32))
+        history = [{"epoch": e, "train_loss": 0.7 / e, "lr": 1e-3, "val_auc": row["val_auc"] - 0.05 / e,
+                    "val_loss": 0.5 + 0.1 / e, "seconds": 1.0} for e in range(1, row["epochs_run"] + 1)]
+        weights = None if row["weights_source"].startswith("none") else {
+            "source": row["weights_source"], "sha256": row["weights_sha256"], "published": row["weights_published"]}
+        RunResult(
+            run=RunInfo(**{k: row[k] for k in RunInfo.__dataclass_fields__ if k != "round"}),
+            task=row["task"], n_train=row["n_train"], best_epoch=row["best_epoch"], epochs_run=row["epochs_run"],
+            stopped_early=False, val={k: row[f"val_{k}"] for k in SPLIT_METRICS},
+            test={k: row[f"test_{k}"] for k in SPLIT_METRICS}, history=history,
+            cost={k: row[k] for k in COST_COLUMNS} | {"precision": "fp32"},
+            provenance={"weights": weights, "data": {"sha256": row["data_sha256"]},
+                        "code": {"commit": row["code_commit"], "dirty": row["code_dirty"]},
+                        "versions": {"torch": row["torch_version"], "timm": row["timm_version"]},
+                        "hardware": {"cpu": row["hardware"], "gpu": None}},
+            tracking={"run_id": row["mlflow_run_id"]},
+        ).save(out / "metrics.json")
+        paths.append(out / "metrics.json")
+    return paths

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from runtable import make_config, make_runs
+from runtable import make_config, make_runs, write_run_folders
 
 from scaleaudit import calibration, report
 
@@ -196,3 +196,65 @@ def test_every_large_arm_worse_is_said_so():
                     "threshold of ±0.01 AUC; the closest is ViT (-0.200 AUC mean over 1 dataset(s), simultaneous CI "
                     "[-0.300, -0.100]); a claim at 95% confidence for the study as a whole (Bonferroni over 1 large arm "
                     "× fraction summaries).")
+
+
+def test_learning_curves_and_reliability_diagrams_come_from_the_run_folders(tmp_path):
+    from scaleaudit import aggregate
+
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS)
+    paths = write_run_folders(runs, tmp_path / "runs")
+    table = aggregate.collect(paths)  # the folders are the runs of the table
+    assert table[["arm", "seed", "test_auc", "config_hash"]].equals(
+        runs.sort_values(["dataset", "size", "arm", "fraction", "seed"], ignore_index=True)[["arm", "seed", "test_auc", "config_hash"]])
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
+    pdf = tmp_path / "r.pdf"
+    given = [p for p in paths if "seed3" not in str(p) or "cnn_small" not in str(p) or "pneumonia" not in str(p)]
+
+    report.build(tmp_path / "runs.csv", tmp_path / "config.json", pdf, assets=tmp_path / "assets", metrics=given)
+
+    md = pdf.with_suffix(".md").read_text()
+    assert "## Learning curves and reliability" in md
+    for name in ("learning_loss_1", "learning_val_1", "reliability_1"):
+        assert (tmp_path / "assets" / f"{name}.png").stat().st_size > 0 and f"]({'assets'}/{name}.png)" in md
+    assert "Not drawn, no run files given: 1 run(s) of the run table (Cnn Small on pneumoniamnist @ 28 px, " \
+           "fraction 1, seed 3)." in md
+    text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(pdf).pages).split())
+    assert "Reliability diagram of the test split" in text and "Validation AUC per epoch" in text
+
+
+def test_curves_are_the_runs_history_and_binned_predictions(tmp_path):
+    import numpy as np
+
+    from scaleaudit import metrics
+    from scaleaudit.report import curves
+
+    runs = make_runs(seeds=2)
+    paths = write_run_folders(runs, tmp_path)
+    c = curves.load(paths, runs)
+    assert len(c.history) == runs["epochs_run"].sum() and c.missing.empty
+    one = c.history[(c.history["arm"] == "cnn_small") & (c.history["seed"] == 2)]
+    assert one["epoch"].tolist() == [1, 2, 3, 4] and one["train_loss"].tolist() == [0.7 / e for e in range(1, 5)]
+    with np.load(paths[0].parent / "predictions.npz") as p:
+        expected = metrics.reliability(p["labels"], p["probabilities"], "binary")
+    first = c.reliability[(c.reliability["arm"] == runs["arm"][0]) & (c.reliability["seed"] == runs["seed"][0])]
+    assert first["accuracy"].tolist() == expected["accuracy"].tolist() and first["count"].sum() == 200
+
+
+def test_a_run_folder_not_in_the_run_table_stops_the_report(tmp_path):
+    from scaleaudit.errors import ScaleauditError
+    from scaleaudit.report import curves
+
+    runs = make_runs(seeds=2)
+    paths = write_run_folders(runs, tmp_path)
+    stale = runs.assign(config_hash=runs["config_hash"].where(runs.index != 0, "f" * 16))  # the table moved on
+    with pytest.raises(ScaleauditError, match="is not a run of the run table"):
+        curves.load(paths, stale)
+    (paths[1].parent / "predictions.npz").unlink()
+    with pytest.raises(ScaleauditError, match="predictions.npz is missing"):
+        curves.load(paths[1:], runs)
+
+
+def test_without_run_files_the_report_says_how_to_get_the_curves():
+    md = markdown(make_runs())
+    assert "## Learning curves and reliability" in md and "scaleaudit report --metrics" in md

@@ -63,6 +63,8 @@ def test_tiny_study_end_to_end(study):
 
     pdf = work / "reports" / "tiny.pdf"
     assert pdf.read_bytes().startswith(b"%PDF")
+    md = pdf.with_suffix(".md").read_text()  # the report rule hands the run folders on: curves of every run
+    assert "learning_val_1.png" in md and "reliability_1.png" in md and "Not drawn" not in md
     assert (work / "results" / "tiny" / "config.resolved.json").exists()
 
     again = snakemake(work, env, "--dry-run")

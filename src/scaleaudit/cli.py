@@ -135,7 +135,7 @@ def cmd_next_round(args) -> None:
 def cmd_report(args) -> None:
     from . import report
 
-    report.build(args.runs, args.config, args.out, assets=args.assets)
+    report.build(args.runs, args.config, args.out, assets=args.assets, metrics=args.metrics)
     print(f"report written to {args.out}")
 
 
@@ -218,6 +218,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", required=True, help="CSV table written by aggregate")
     s.add_argument("--config", required=True, help="resolved study config (JSON) written by validate-config")
     s.add_argument("--assets", help="folder for figures and the report source (default: next to --out)")
+    s.add_argument("--metrics", nargs="+", metavar="METRICS_JSON",
+                   help="the runs' metrics.json files (predictions.npz beside each): learning curves and reliability "
+                        "diagrams; without them the report says they were not drawn")
     s.add_argument("--out", required=True, help="PDF file; the Markdown version goes next to it (.md)")
     s.set_defaults(func=cmd_report)
     return p

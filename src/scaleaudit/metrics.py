@@ -54,8 +54,12 @@ def balanced_acc(y: np.ndarray, scores: np.ndarray, task: str) -> float:
     return float(balanced_accuracy_score(y, pred))
 
 
-def ece(y: np.ndarray, scores: np.ndarray, task: str, bins: int = 15) -> float:
-    """Expected calibration error of the predicted label's confidence (per label for multi-label)."""
+CALIBRATION_BINS = 15  # equal-width bins of confidence on [0, 1], as in MedMNIST+ and Guo et al. (ICML 2017)
+
+
+def reliability(y: np.ndarray, scores: np.ndarray, task: str, bins: int = CALIBRATION_BINS) -> dict[str, np.ndarray]:
+    """Reliability diagram of the predicted label's confidence (per label for multi-label): for each non-empty bin,
+    its index, the mean confidence, the observed accuracy (share of predictions that are right) and the count."""
     y, scores = _labels(y, task), np.asarray(scores, dtype=np.float64)
     if task == "multi-label":
         conf = np.where(scores > 0.5, scores, 1 - scores).ravel()
@@ -65,12 +69,21 @@ def ece(y: np.ndarray, scores: np.ndarray, task: str, bins: int = 15) -> float:
         conf, correct = probs.max(1), probs.argmax(1) == y
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = idx == b
-        if mask.any():
-            total += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(total)
+    count = np.bincount(idx, minlength=bins)
+    filled = count > 0
+    return {
+        "bin": np.flatnonzero(filled),
+        "confidence": np.bincount(idx, weights=conf, minlength=bins)[filled] / count[filled],
+        "accuracy": np.bincount(idx, weights=correct, minlength=bins)[filled] / count[filled],
+        "count": count[filled],
+    }
+
+
+def ece(y: np.ndarray, scores: np.ndarray, task: str, bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error: the gap between accuracy and confidence of the reliability diagram, weighted by
+    the share of predictions in each bin."""
+    r = reliability(y, scores, task, bins)
+    return float(np.sum(r["count"] * np.abs(r["accuracy"] - r["confidence"])) / r["count"].sum())
 
 
 def evaluate(y: np.ndarray, scores: np.ndarray, task: str) -> dict[str, float]:

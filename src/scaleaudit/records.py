@@ -15,6 +15,7 @@ from .errors import ScaleauditError
 from .files import canonical_hash, read_json, write_json
 
 SPLIT_METRICS = ("auc", "acc", "bacc", "ece", "loss")
+PREDICTIONS = "predictions.npz"  # beside metrics.json: the test split's labels and predicted probabilities
 COST_COLUMNS = (
     "params", "trainable_params", "flops_per_image", "train_seconds", "device", "device_hours",
     "accelerator_hours", "peak_mem_mb", "energy_kwh", "co2e_kg", "energy_method",

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import conv_gemm, cost, data, features, jobcontrol, metrics, models, provenance, settings
 from .errors import ScaleauditError
 from .files import atomic_path, write_json
-from .records import RunInfo, RunResult, RunSpec
+from .records import PREDICTIONS, RunInfo, RunResult, RunSpec
 
 MEAN_STD = {"half": ((0.5,), (0.5,)), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 CHECKPOINT = "checkpoint.pt"
@@ -481,13 +481,13 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
     result = record.to_dict()
     labels = trainer.labels["test"]
     try:  # a full disk here (predictions, MLflow, metrics) fails the run in MLflow too, never leaves it RUNNING
-        with atomic_path(out_dir / "predictions.npz") as tmp:
+        with atomic_path(out_dir / PREDICTIONS) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, labels=labels, probabilities=probs)
         if tracked is not None:
             tracked.log_metrics({f"test_{k}": v for k, v in test.items()} | {f"best_val_{k}": v for k, v in val.items()}
                                 | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}, step=trainer.state["epoch"])
-            tracked.log_artifacts([out_dir / "run_config.json", out_dir / "predictions.npz"])
+            tracked.log_artifacts([out_dir / "run_config.json", out_dir / PREDICTIONS])
             tracked.log_dict(result, "metrics.json")
             if monitor is not None:
                 monitor.finish()

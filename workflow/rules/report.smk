@@ -40,6 +40,7 @@ rule report:
     input:
         runs=RUN_TABLE,
         config=f"{RESULTS}/config.resolved.json",
+        metrics=all_metrics,  # their folders hold the learning curves and test predictions
     output:
         pdf=report(REPORT, caption="../report/pdf.rst", category="Report"),
         markdown=REPORT.removesuffix(".pdf") + ".md",
@@ -55,5 +56,5 @@ rule report:
     conda:
         CONDA_ENV
     shell:
-        "scaleaudit report --runs {input.runs} --config {input.config} --assets {output.assets} "
-        "--out {output.pdf} > {log} 2>&1"
+        "scaleaudit report --runs {input.runs} --config {input.config} --metrics {input.metrics} "
+        "--assets {output.assets} --out {output.pdf} > {log} 2>&1"

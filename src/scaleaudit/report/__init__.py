@@ -6,7 +6,8 @@ A package a reader can find things in by name:
   and the Markdown version cannot drift apart;
 - ``results``: everything the report shows, computed once from the run table (``Results``), and how arms and
   numbers are written;
-- ``figures``: one function per figure (``figures.PER_PART``, ``figures.WHOLE``);
+- ``curves``: per run, the learning curve and reliability diagram, read from the run folders;
+- ``figures``: one function per figure (``figures.PER_PART``, ``figures.WITH_CURVES``, ``figures.WHOLE``);
 - ``sections``: one function per section, its prose in ``templates/<section>.j2`` (``prose``).
 
 Every number comes from the run table and the resolved config; the statistics come from ``scaleaudit.stats``,
@@ -19,6 +20,7 @@ import os
 from pathlib import Path
 
 from .. import plan
+from . import curves
 from ..files import atomic_path, read_json, write_text
 from .document import Document, Figure, Heading, PageBreak, Para, Table, esc, to_markdown, to_typst
 from .results import NOT_PUBLISHED, TEXT_COLUMNS, Results, arm_labels, data_efficiency, families, missing_runs, read_runs
@@ -30,8 +32,9 @@ __all__ = ["NOT_PUBLISHED", "TEXT_COLUMNS", "Document", "Figure", "Heading", "Pa
 
 
 def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: str | os.PathLike,
-          assets: str | os.PathLike | None = None) -> None:
-    """Write the PDF and, next to it, the same report as Markdown (``.md``); figures go to ``assets``."""
+          assets: str | os.PathLike | None = None, metrics: list[str | os.PathLike] | None = None) -> None:
+    """Write the PDF and, next to it, the same report as Markdown (``.md``); figures go to ``assets``. With the
+    runs' ``metrics`` files, the report adds their learning curves and reliability diagrams."""
     import typst
 
     from .figures import figures  # matplotlib and seaborn only where figures are drawn
@@ -41,7 +44,7 @@ def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: 
     out_pdf = Path(out_pdf)
     assets = Path(assets) if assets else out_pdf.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
-    res = Results.of(runs, config)
+    res = Results.of(runs, config, curves.load(metrics, runs) if metrics else None)
     # the cost estimate `scaleaudit plan` wrote before the study started, if it was of this study
     plan_file = Path(runs_csv).parent / plan.PLAN_FILE
     estimate = read_json(plan_file) if plan_file.exists() else None

@@ -1,8 +1,9 @@
-"""The report's figures, one function each, found by name in ``PER_PART`` and ``WHOLE``.
+"""The report's figures, one function each, found by name in ``PER_PART``, ``WITH_CURVES`` and ``WHOLE``.
 
 A per-part figure draws one part of the datasets (rows of at most ``DATASETS_PER_FIGURE`` datasets, so each part
 stays readable on one page) and is saved as ``<name>_<k>.png``; a whole figure covers the study and is saved as
-``<name>.png``, or is left out (None) where the study has nothing to show in it.
+``<name>.png``, or is left out (None) where the study has nothing to show in it. The ``WITH_CURVES`` figures are
+drawn per part from the run files (learning curves, reliability diagrams), where the report was given them.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ class Canvas:
         ncol = len(self.fractions)
         return plt.subplots(len(part), ncol, squeeze=False, layout="constrained",
                             figsize=(width or min(max(3.3 * ncol, 5.0), 7.5), height * len(part)), **kw)
+
+    def arm_legend(self, fig, labels):
+        fig.legend(handles=[plt.Line2D([], [], marker="o", color=self.colours[lbl], label=lbl) for lbl in labels],
+                   loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+
+    def per_run(self, table: pd.DataFrame, dataset, size, fraction):
+        """The rows of a per-run table (curves) of one cell, grouped by run: ((arm label, seed), rows)."""
+        d = table[(table["dataset"] == dataset) & (table["size"] == size) & (table["fraction"] == fraction)]
+        return d.assign(arm_label=d["arm"].map(self.res.labels)).groupby(["arm_label", "seed"], sort=True)
 
     def strips(self, part, column: str, xlabel: str):
         """Each seed's value of ``column`` per arm (a strip), with the mean ± sd, per dataset and fraction."""
@@ -181,13 +191,65 @@ def efficiency(cv: Canvas):
         ax.axis("off")
     fig.supxlabel("fraction of the training split (log scale)", fontsize=9)
     fig.supylabel(f"{res.metric} gain over best small arm", fontsize=9)
-    large = [lbl for lbl in cv.order if lbl in set(c["arm"].map(res.labels))]
-    fig.legend(handles=[plt.Line2D([], [], marker="o", color=cv.colours[lbl], label=lbl) for lbl in large],
-               loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    cv.arm_legend(fig, [lbl for lbl in cv.order if lbl in set(c["arm"].map(res.labels))])
+    return fig
+
+
+def _learning(cv: Canvas, part, column: str, ylabel: str, selected: bool):
+    """One line per run of ``column`` against the epoch (seeds overlaid, coloured by arm); ``selected`` marks the
+    epoch whose weights were tested."""
+    history = cv.res.curves.history
+    if column not in history:
+        return None
+    best = cv.runs.set_index(["arm_label", "seed", "dataset", "size", "fraction"])["best_epoch"]
+    fig, axes = cv.grid(part, 2.2, sharex="row")
+    for i, (dataset, size) in enumerate(part):
+        for j, fraction in enumerate(cv.fractions):
+            ax = axes[i, j]
+            for (label, seed), g in cv.per_run(history, dataset, size, fraction):
+                g = g.dropna(subset=[column]).sort_values("epoch")
+                colour = cv.colours[label]
+                ax.plot(g["epoch"], g[column], color=colour, lw=1, alpha=0.8, marker="o" if len(g) < 4 else None, ms=3)
+                if selected:
+                    at = g[g["epoch"] == best.get((label, seed, dataset, size, fraction))]
+                    ax.plot(at["epoch"], at[column], marker="o", ms=5, mfc="white", mec=colour, ls="none")
+            cv.title(ax, dataset, size, fraction)
+    fig.supxlabel("epoch", fontsize=9)
+    fig.supylabel(ylabel, fontsize=9)
+    cv.arm_legend(fig, cv.order)
+    return fig
+
+
+def learning_loss(cv: Canvas, part):
+    """Training loss per epoch of every run."""
+    return _learning(cv, part, "train_loss", "training loss (mean over the epoch)", selected=False)
+
+
+def learning_val(cv: Canvas, part):
+    """Validation metric per epoch of every run, the epoch whose weights were tested marked."""
+    metric = cv.verdict["metric"]
+    return _learning(cv, part, f"val_{metric}", f"validation {cv.res.metric}", selected=True)
+
+
+def reliability(cv: Canvas, part):
+    """Reliability diagram of every run's test predictions: observed accuracy against confidence per bin."""
+    fig, axes = cv.grid(part, 2.6, width=2.7 * len(cv.fractions) + 0.8, sharex=True, sharey=True)  # square panels
+    for i, (dataset, size) in enumerate(part):
+        for j, fraction in enumerate(cv.fractions):
+            ax = axes[i, j]
+            ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
+            for (label, _), g in cv.per_run(cv.res.curves.reliability, dataset, size, fraction):
+                ax.plot(g["confidence"], g["accuracy"], color=cv.colours[label], lw=0.9, alpha=0.8, marker="o", ms=2.5)
+            ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
+            cv.title(ax, dataset, size, fraction)
+    fig.supxlabel("confidence of the predicted label (mean per bin)", fontsize=9)
+    fig.supylabel("observed accuracy in the bin", fontsize=9)
+    cv.arm_legend(fig, cv.order)
     return fig
 
 
 PER_PART = {"scores": scores, "calibration": calibration, "pareto": pareto}
+WITH_CURVES = {"learning_loss": learning_loss, "learning_val": learning_val, "reliability": reliability}  # per part
 WHOLE = {"forest": forest, "efficiency": efficiency}
 
 
@@ -204,7 +266,7 @@ def figures(res: Results, outdir: Path) -> dict[str, list[Path]]:
             plt.close(fig)
             out.setdefault(name, []).append(path)
 
-    for name, draw in PER_PART.items():
+    for name, draw in ((PER_PART | WITH_CURVES) if res.curves is not None else PER_PART).items():
         for k, part in enumerate(cv.parts, 1):
             save(name, f"{name}_{k}", draw(cv, part))
     for name, draw in WHOLE.items():

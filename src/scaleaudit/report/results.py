@@ -12,6 +12,7 @@ import pandas as pd
 from .. import adaptive, ledger, reproduction, stats
 from .. import config as study_config
 from ..aggregate import RUN_KEY
+from .curves import Curves
 
 TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
 NOT_PUBLISHED = "†"
@@ -71,9 +72,10 @@ class Results:
     dropped: pd.DataFrame
     missing: pd.DataFrame
     savings: pd.DataFrame | None = None  # adaptive seeds: per cell and arm, the seeds and hours not run
+    curves: Curves | None = None  # learning curves and reliability diagrams, where the run files were given
 
     @classmethod
-    def of(cls, runs: pd.DataFrame, config: dict) -> Results:
+    def of(cls, runs: pd.DataFrame, config: dict, curves: Curves | None = None) -> Results:
         v = config["verdict"]
         cells, summaries = families(config)
         kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"])
@@ -90,7 +92,7 @@ class Results:
             scores=stats.score_summary(runs, v["metric"], v["confidence"]),
             reproduction=reproduction.reproduction(runs, config["arms"]),
             dropped=runs[why != ""].assign(reason=why[why != ""]), missing=missing_runs(runs, config),
-            savings=adaptive.savings(runs, config) if seq else None,
+            savings=adaptive.savings(runs, config) if seq else None, curves=curves,
         )
 
     @property

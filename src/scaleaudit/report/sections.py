@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import adaptive, calibration, ledger, plan, provenance, stats
+from .. import adaptive, calibration, ledger, metrics, plan, provenance, stats
 from .. import config as study_config
 from .document import Document, Figure, Heading, PageBreak, Para, Table
 from .prose import text
@@ -298,6 +298,25 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
     return blocks
 
 
+def curves_section(res: Results, figs: dict[str, list[Path]]) -> list:
+    """Learning curves and reliability diagrams of every run, where the report was given the run files."""
+    blocks = [Heading("Learning curves and reliability")]
+    if res.curves is None:
+        return blocks + [Para(text("curves", "not_given"))]
+    bins = metrics.CALIBRATION_BINS
+    blocks += [Para(text("curves", "learning", metric=res.metric)),
+               *figure_blocks(figs.get("learning_loss", []), text("curves", "loss_figure")),
+               *figure_blocks(figs.get("learning_val", []), text("curves", "val_figure", metric=res.metric)),
+               Para(text("curves", "reliability", bins=bins)),
+               *figure_blocks(figs.get("reliability", []), text("curves", "reliability_figure", bins=bins))]
+    missing = res.curves.missing
+    if len(missing):
+        blocks.append(Para(text("curves", "without_files", n=len(missing), runs=listed(
+            [f"{res.labels.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}, seed {r.seed}"
+             for r in missing.itertuples()]))))
+    return blocks
+
+
 def reproduction_section(res: Results) -> list:
     rep = res.reproduction
     blocks = [Heading("Reproduction check")]
@@ -370,6 +389,7 @@ def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = 
         summary_section(res),
         methods_section(res),
         results_section(res, figs),
+        curves_section(res, figs),
         reproduction_section(res),
         costs_section(res, estimate),
         appendix_section(res),
