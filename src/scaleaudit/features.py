@@ -30,7 +30,8 @@ def key(spec: dict, data_path: Path, weights: dict | None, input_size: int, prec
         "data": [str(Path(data_path).resolve()), stat.st_size, stat.st_mtime_ns], "dataset": spec["dataset"],
         "model": arm["model"], "weights": weights["sha256"] if weights else None,
         "seed": None if arm["pretrained"] else spec["seed"], "input_size": input_size,
-        "normalize": spec["recipe"]["normalize"], "resize": spec["recipe"]["resize"], "precision": precision,
+        "normalize": spec["recipe"]["normalize"], "rgb": spec["recipe"]["rgb"], "resize": spec["recipe"]["resize"],
+        "precision": precision,
         "torch": torch.__version__,
     })
 

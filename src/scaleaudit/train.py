@@ -8,6 +8,7 @@ epoch with the best validation score are tested once.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,14 @@ from .files import atomic_path, write_json
 from .records import RunInfo, RunResult, RunSpec
 
 MEAN_STD = {"half": ((0.5,), (0.5,)), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def mean_std(recipe: dict, arm: dict) -> tuple[tuple, tuple]:
+    """The recipe's Normalize statistics; ``pretrained``: those of the arm's timm pretrained config, as
+    MedMNIST+ takes them (``model.default_cfg['mean'/'std']``): 0.5/0.5 for AugReg ViTs, ImageNet for ResNet a1."""
+    if recipe["normalize"] == "pretrained":
+        return models.pretrained_mean_std(arm)
+    return MEAN_STD[recipe["normalize"]]
 CHECKPOINT = "checkpoint.pt"
 # Saving is ~0.5 s for ResNet-18 on a CPU (weights, optimiser, best weights): every epoch of a small
 # model would spend ~10 % of the time on it. A kill loses at most this much training, never a result.
@@ -79,11 +89,19 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 class BatchTransform:
-    """uint8 (B, C, H, W) on the device -> normalised float (B, C, S, S), optionally augmented."""
+    """uint8 (B, C, H, W) on the device -> normalised float (B, C', S, S), optionally augmented.
+
+    The order is MedMNIST+'s (train.py: ToTensor, Normalize, Pad with fill=0): scale to [0, 1], normalise,
+    then pad, so the padding is 0 in normalised space. With ``rgb`` grey images become three equal
+    channels, as medmnist's ``as_rgb=True`` (PIL ``convert("RGB")``) makes them.
+    """
 
     def __init__(self, recipe: dict, in_chans: int, input_size: int, device: torch.device,
-                 memory_format: torch.memory_format = torch.contiguous_format):
-        mean, std = MEAN_STD[recipe["normalize"]]
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 mean_std: tuple[tuple, tuple] | None = None):
+        mean, std = mean_std or MEAN_STD[recipe["normalize"]]
+        self.rgb = bool(recipe.get("rgb"))
+        in_chans = 3 if self.rgb else in_chans
         if in_chans != len(mean):  # grey images with ImageNet statistics: one averaged channel
             mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -92,7 +110,10 @@ class BatchTransform:
         self.memory_format = memory_format
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = (images.float().div_(255) - self.mean) / self.std
+        x = images.float().div_(255)
+        if self.rgb and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
         if generator is not None and self.augment == "flip":
             flip = torch.rand(len(x), generator=generator, device=generator.device) < 0.5
             # non_blocking: a blocking copy to CUDA would wait for the whole stream (a sync per step)
@@ -124,7 +145,18 @@ def _scheduler(recipe: dict, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=recipe["gamma"])
     if recipe["scheduler"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if recipe["scheduler"] == "cosine_timm":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: _timm_cosine_factor(done, epochs))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _timm_cosine_factor(done: int, epochs: int) -> float:
+    """The lr factor of the epoch after ``done`` finished ones under MedMNIST+'s schedule: timm's
+    ``CosineLRScheduler(t_initial=epochs, cycle_limit=1)`` (lr_min 0, no warmup) stepped with
+    ``step(epoch=e)`` after 0-based epoch e, so the first two epochs both run at the full lr
+    (sdoerrich97/rethinking-model-prototyping-MedMNISTPlus@b67b772, train.py)."""
+    t = max(done - 1, 0)
+    return 0.5 * (1 + math.cos(math.pi * t / epochs)) if t < epochs else 0.0
 
 
 def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -150,7 +182,8 @@ class Trainer:
         self.spec, self.device, self.log = spec, device, log
         arm, recipe = spec["arm_spec"], spec["recipe"]
         meta = data.info(spec["dataset"])
-        self.task, in_chans = meta["task"], meta["n_channels"]
+        # the model sees three channels when the recipe repeats grey to RGB (MedMNIST+: as_rgb=True)
+        self.task, in_chans = meta["task"], 3 if recipe["rgb"] else meta["n_channels"]
         num_classes = meta["n_classes"]
         self.input_size = arm["input_size"] or spec["size"]
         torch.manual_seed(spec["seed"])
@@ -166,7 +199,8 @@ class Trainer:
         # step on CPU in bf16, nothing in fp32); transformers gain nothing from it.
         is_cnn = not models.is_transformer(models.split_name(arm["model"])[0])
         fmt = torch.channels_last if is_cnn and (device.type == "cuda" or self.bf16) else torch.contiguous_format
-        self.transform = BatchTransform(recipe, in_chans, self.input_size, device, memory_format=fmt)
+        self.transform = BatchTransform(recipe, in_chans, self.input_size, device, memory_format=fmt,
+                                        mean_std=mean_std(recipe, arm))
         self.model = models.build(arm, num_classes, in_chans, self.input_size, weights).to(device, memory_format=fmt)
         # measured (benchmarks/bench_conv.py): pays in bf16; in fp32, on contiguous tensors, it does not
         self.gemm_convs = conv_gemm.adopt(self.model, in_chans, self.input_size) if device.type == "cpu" and self.bf16 else []
@@ -557,6 +591,7 @@ def _params(spec: dict, data_record: dict, weights: dict | None, n_train: int) -
         "data_sha256": data_record["sha256"],
         "git_commit": code["commit"], "git_dirty": code["dirty"], "n_train": n_train,
         "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"], "recipe": spec["recipe"]["name"],
+        "model_definition": spec["arm_spec"].get("definition") or f"timm {timm.__version__}",
     }
     params |= {f"recipe.{k}": v for k, v in spec["recipe"].items() if k != "name"}
     if weights is not None:
