@@ -325,7 +325,7 @@ def build(arm: dict, num_classes: int, in_chans: int, input_size: int, weights: 
         _check_weight_names(model, weights["file"], pretrained_name(arm))
     else:
         model = timm.create_model(arch, pretrained=False, **kwargs)
-    if arm.get("train") == "linear_probe":
+    if arm.get("train") in ("linear_probe", "knn_probe"):  # a kNN probe never steps its head either
         head = model.get_classifier()
         for p in model.parameters():
             p.requires_grad = False

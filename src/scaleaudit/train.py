@@ -21,7 +21,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from . import conv_gemm, cost, data, features, jobcontrol, metrics, models, provenance, settings
+from . import conv_gemm, cost, data, features, jobcontrol, knn, metrics, models, provenance, settings
 from .errors import ScaleauditError
 from .files import atomic_path, write_json
 from .records import RunInfo, RunResult, RunSpec
@@ -183,7 +183,7 @@ class Trainer:
         arm, recipe = spec["arm_spec"], spec["recipe"]
         meta = data.info(spec["dataset"])
         # the model sees three channels when the recipe repeats grey to RGB (MedMNIST+: as_rgb=True)
-        self.task, in_chans = meta["task"], 3 if recipe["rgb"] else meta["n_channels"]
+        self.task, in_chans = meta["task"], 3 if recipe.get("rgb") else meta["n_channels"]
         num_classes = meta["n_classes"]
         self.input_size = arm["input_size"] or spec["size"]
         torch.manual_seed(spec["seed"])
@@ -210,10 +210,11 @@ class Trainer:
         self.generator = torch.Generator(device="cpu").manual_seed(spec["seed"])
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.in_chans = in_chans
-        # A linear probe whose images never change (no augmentation) trains its head on cached features.
+        # A linear probe whose images never change (no augmentation) trains its head on cached features; a kNN
+        # probe votes among them. They are computed (or loaded) by prepare(), inside the run's metered time.
+        self.knn = arm["train"] == "knn_probe"
         self.cached_features = features.usable(spec)
-        if self.cached_features:
-            self._use_cached_features(Path(data_path), weights, keep)
+        self._prepare = (lambda: self._use_cached_features(Path(data_path), weights, keep)) if self.cached_features else None
         self.net = self.model.get_classifier() if self.cached_features else self.model
         # compiles on the first step; the uncompiled self.model keeps its state_dict names for checkpoints
         compile_mode = spec["hardware"]["compile"]
@@ -241,6 +242,12 @@ class Trainer:
         feats = features.load_or_compute(path, make, self.log)
         self.tensors = {s: ((feats[s][keep] if s == "train" else feats[s]).to(self.device), y)
                         for s, (_, y) in self.tensors.items()}
+
+    def prepare(self) -> None:
+        """Swap the images for the frozen backbone's features, once (a probe); nothing for end-to-end training."""
+        if self._prepare is not None:
+            self._prepare, prepare = None, self._prepare
+            prepare()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def trained_state(self) -> dict[str, torch.Tensor]:
@@ -347,6 +354,10 @@ class Trainer:
             checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> None:
         """Train to the recipe's end; checkpoint after the first epoch and the last, and in between once
         ``checkpoint_every_s`` and 1/CHECKPOINT_SHARE times the last save's duration have passed (0: every epoch)."""
+        self.prepare()
+        if self.knn:  # nothing to train: the support set is the training split's features
+            self.state |= {"best_epoch": 0, "best_state": self.trained_state()}
+            return
         recipe = self.spec["recipe"]
         epochs, select = recipe["epochs"], recipe["select"]
         saved_at, save_s = None, 0.0
@@ -382,10 +393,21 @@ class Trainer:
 
     def test(self) -> tuple[dict, dict, np.ndarray]:
         """Val and test metrics of the selected weights; the test split is evaluated only here."""
+        if self.knn:
+            return self._knn_test()
         self.load_trained_state(self.state["best_state"])
         val, _ = self.evaluate("val")
         test, probs = self.evaluate("test")
         return val, test, probs
+
+    def _knn_test(self) -> tuple[dict, dict, np.ndarray]:
+        """Val and test metrics of the k-nearest-neighbour vote (knn.py); a vote has no loss."""
+        k = min(self.spec["arm_spec"].get("knn_k", knn.K), self.n_train)
+        support, support_labels = (t.cpu().numpy() for t in self.tensors["train"])
+        shares = knn.vote_shares(support, support_labels, {s: self.tensors[s][0].cpu().numpy() for s in ("val", "test")},
+                                 k, self.task, data.info(self.spec["dataset"])["n_classes"])
+        val, test = ({**metrics.evaluate(self.labels[s], shares[s], self.task), "loss": None} for s in ("val", "test"))
+        return val, test, shares["test"]
 
 
 class Terminated(SystemExit):
@@ -468,7 +490,7 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
 
         size_info = cost.parameters(trainer.model) | {
             "flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
-        }
+        } | ({"trainable_params": 0} if trainer.knn else {})  # a vote trains nothing, not even its unused head
         log(f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
             f"{trainer.n_train} training images on {device} in {trainer.precision}"
             + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else ""))
@@ -519,7 +541,8 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, labels=labels, probabilities=probs)
         if tracked is not None:
-            tracked.log_metrics({f"test_{k}": v for k, v in test.items()} | {f"best_val_{k}": v for k, v in val.items()}
+            tracked.log_metrics({f"test_{k}": v for k, v in test.items() if v is not None}  # a kNN vote has no loss
+                                | {f"best_val_{k}": v for k, v in val.items() if v is not None}
                                 | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}, step=trainer.state["epoch"])
             tracked.log_artifacts([out_dir / "run_config.json", out_dir / "predictions.npz"])
             tracked.log_dict(result, "metrics.json")
