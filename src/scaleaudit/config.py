@@ -88,6 +88,8 @@ def check_references(config: dict) -> None:
             )
         if arm.get("reproduces"):
             published.check(arm["reproduces"], where=f"arm {name!r}")
+            published.check_weights(arm["reproduces"], models.pretrained_name(arm) if arm["pretrained"] else None,
+                                    where=f"arm {name!r}")
         if name in config["design"]["arms"]:
             models.check_arm(arm, where=f"arm {name!r}")
             if config["recipes"][arm["recipe"]]["normalize"] == "pretrained":

@@ -304,7 +304,7 @@ def reproduction_section(res: Results) -> list:
     if rep.empty:
         return blocks + [Para(text("reproduction", "nothing_published"))]
     rows = [[res.labels[r.arm], f"{r.dataset} @ {r.size} px", f"{r.paper}\n{r.reference}", r.n,
-             f"{r.auc:.3f} ± {num(r.auc_sd)}", f"{r.pub_auc:.3f}", f"{r.auc_diff:+.3f}",
+             f"{r.auc:.3f} ± {num(r.auc_sd)}", num(r.pub_auc), num(r.auc_diff, "+.3f"),  # no AUC published: kNN
              f"{r.acc:.3f} ± {num(r.acc_sd)}", f"{r.pub_acc:.3f}", f"{r.acc_diff:+.3f}",
              "–" if r.within is None else ("yes" if r.within else "no")] for r in rep.itertuples()]
     blocks.append(Table(["arm", "dataset", "published (id)", "seeds", "AUC here", "AUC paper", "Δ AUC", "ACC here",
