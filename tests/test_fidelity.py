@@ -237,3 +237,38 @@ def test_runs_record_the_model_definition():
     assert params["model_definition"] == spec["arm_spec"]["definition"]
     vit = config.run_spec(cfg, "breastmnist", 28, "vit_b16_pretrained", 1.0, 1)
     assert "definition" not in vit["arm_spec"] and train._params(vit, {"sha256": "x"}, None, 10)["model_definition"].startswith("timm ")
+
+
+def test_fidelity_table_lists_what_a_recipe_changes_from_its_protocol():
+    from scaleaudit import fidelity
+
+    assert fidelity.differences(full_config()).empty  # the study's own recipes are the protocols
+    demo = config.load(REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml")
+    diff = fidelity.differences(demo)
+    assert set(zip(diff["recipe"], diff["setting"])) == {
+        ("demo_v2", "epochs"), ("demo_finetune", "epochs"), ("demo_finetune", "early_stop_patience")}
+    # what issue 13 found wrong before: ImageNet statistics for every arm, no weight decay, torch's cosine
+    old = config.load(REPO / "config" / "config.yaml", overrides={"recipes": {"medmnist_plus": {
+        "normalize": "imagenet", "weight_decay": 0, "scheduler": "cosine", "rgb": False}}})
+    assert set(fidelity.differences(old)["setting"]) == {"normalize", "weight_decay", "scheduler", "rgb"}
+    # naming the protocol documents the recipe: it changes no run's configuration hash
+    cfg = full_config()
+    spec = config.run_spec(cfg, "breastmnist", 28, "vit_b16_pretrained", 1.0, 1)
+    del cfg["recipes"]["medmnist_plus"]["protocol"]
+    assert config.run_spec(cfg, "breastmnist", 28, "vit_b16_pretrained", 1.0, 1)["config_hash"] == spec["config_hash"]
+
+
+def test_report_methods_carry_the_fidelity_table():
+    from runtable import make_config, make_runs
+
+    from scaleaudit import report
+
+    runs = make_runs(seeds=3)
+    cfg = make_config(runs)
+    cfg["recipes"]["medmnist_plus"] = cfg["recipes"]["medmnist_plus"] | {"protocol": "medmnist_plus"}
+    md = report.to_markdown(report.document(report.Results.of(runs, cfg), {
+        name: [REPO / f"{name}.png"] for name in ("scores", "calibration", "pareto", "forest")}), REPO)
+    assert "Fidelity to the published protocols" in md and "zero-padded" in md
+    assert md.index("Fidelity to the published protocols") < md.index("Reproduction check")
+    # the runtable's medmnist_plus recipe is a MedMNIST v2-like stand-in: each departing setting is a row
+    assert r"| weight\_decay | 0.01 | 0 |" in md and r"| normalize | pretrained | half |" in md

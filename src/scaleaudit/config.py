@@ -151,7 +151,8 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
 
     if definition := DEFINITIONS.get(split_name(arm_spec["model"])[0]):
         arm_spec["definition"] = definition  # a model scaleaudit defines: which definition trained it
-    recipe = dict(config["recipes"][arm_spec["recipe"]], name=arm_spec["recipe"])
+    # the protocol a recipe follows is documentation for the report, not a training setting
+    recipe = {k: v for k, v in config["recipes"][arm_spec["recipe"]].items() if k != "protocol"} | {"name": arm_spec["recipe"]}
     round_ = None
     if isinstance(config["design"]["seeds"], dict):  # adaptive seeds: the round is bookkeeping, not in the hash
         from .adaptive import round_of

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import adaptive, calibration, ledger, plan, provenance, stats
+from .. import adaptive, calibration, fidelity, ledger, plan, provenance, stats
 from .. import config as study_config
 from .document import Document, Figure, Heading, PageBreak, Para, Table
 from .prose import text
@@ -140,6 +140,22 @@ def methods_section(res: Results) -> list:
                   country=hw["country_iso_code"])),
         *statistics_paras(res),
     ]
+
+
+def fidelity_section(res: Results) -> list:
+    """Fidelity to the published protocols that recipes follow (fidelity.py): what differs, and why."""
+    protocols = fidelity.protocols_used(res.config)
+    if not protocols:
+        return []
+    diff = fidelity.differences(res.config)
+    blocks = [Heading("Fidelity to the published protocols", 2), Para(text("fidelity", "intro", protocols=protocols))]
+    if diff.empty:
+        blocks.append(Para(text("fidelity", "faithful")))
+    else:
+        blocks.append(Table(["recipe", "protocol", "setting", "protocol's value", "this recipe"],
+                            [[r.recipe, r.protocol, r.setting, str(r.theirs), str(r.ours)] for r in diff.itertuples()],
+                            widths=[1.5, 1.3, 1.5, 1.5, 1.5], size=8, caption=text("fidelity", "table_caption")))
+    return blocks + [Para(text("fidelity", p)) for p in protocols]
 
 
 def seeds_text(cfg: dict) -> str:
@@ -369,6 +385,7 @@ def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = 
     sections = [
         summary_section(res),
         methods_section(res),
+        fidelity_section(res),
         results_section(res, figs),
         reproduction_section(res),
         costs_section(res, estimate),
