@@ -272,3 +272,27 @@ def test_report_methods_carry_the_fidelity_table():
     assert md.index("Fidelity to the published protocols") < md.index("Reproduction check")
     # the runtable's medmnist_plus recipe is a MedMNIST v2-like stand-in: each departing setting is a row
     assert r"| weight\_decay | 0.01 | 0 |" in md and r"| normalize | pretrained | half |" in md
+
+
+def test_every_pretrained_arm_with_the_papers_weights_reproduces_its_row():
+    """MedMNIST+ rows carry the timm weights the paper used: an arm with exactly those weights and a MedMNIST+
+    recipe claims the row of its training scheme; an arm with other weights may not claim it."""
+    from scaleaudit import published
+    from scaleaudit.errors import ScaleauditError
+
+    cfg = full_config()
+    scheme = {"finetune": "pretrained", "linear_probe": "linear_probe", "knn_probe": "knn"}
+    claimed = 0
+    for name, arm in cfg["arms"].items():
+        if not arm["pretrained"] or cfg["recipes"][arm["recipe"]].get("protocol") != "medmnist_plus":
+            continue
+        weights = train.models.pretrained_name(arm)
+        expected = {r["id"] for r in published.rows() if r.get("weights") == weights
+                    and r["id"].endswith("_" + scheme[arm["train"]])}
+        assert arm.get("reproduces") in (expected or {None}), name
+        claimed += bool(expected)
+    assert claimed >= 2  # resnet18_pretrained and resnet18_knn at least
+    raw = config.load(REPO / "config" / "config.yaml")
+    raw["arms"]["vit_b16_pretrained"]["reproduces"] = "medmnist_plus/vit_b16_pretrained"
+    with pytest.raises(ScaleauditError, match="augreg2_in21k_ft_in1k"):
+        config.validate(raw)

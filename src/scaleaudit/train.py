@@ -27,14 +27,6 @@ from .files import atomic_path, write_json
 from .records import RunInfo, RunResult, RunSpec
 
 MEAN_STD = {"half": ((0.5,), (0.5,)), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
-
-
-def mean_std(recipe: dict, arm: dict) -> tuple[tuple, tuple]:
-    """The recipe's Normalize statistics; ``pretrained``: those of the arm's timm pretrained config, as
-    MedMNIST+ takes them (``model.default_cfg['mean'/'std']``): 0.5/0.5 for AugReg ViTs, ImageNet for ResNet a1."""
-    if recipe["normalize"] == "pretrained":
-        return models.pretrained_mean_std(arm)
-    return MEAN_STD[recipe["normalize"]]
 CHECKPOINT = "checkpoint.pt"
 # Saving is ~0.5 s for ResNet-18 on a CPU (weights, optimiser, best weights): every epoch of a small
 # model would spend ~10 % of the time on it. A kill loses at most this much training, never a result.
@@ -43,6 +35,14 @@ CHECKPOINT_EVERY_S = 30.0
 # this share of the wall time goes to saving, so the interval grows with the time the last save took.
 CHECKPOINT_SHARE = 0.02
 CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace: required for deterministic cuBLAS results
+
+
+def mean_std(recipe: dict, arm: dict) -> tuple[tuple, tuple]:
+    """The recipe's Normalize statistics; ``pretrained``: those of the arm's timm pretrained config, as
+    MedMNIST+ takes them (``model.default_cfg['mean'/'std']``): 0.5/0.5 for AugReg ViTs, ImageNet for ResNet a1."""
+    if recipe["normalize"] == "pretrained":
+        return models.pretrained_mean_std(arm)
+    return MEAN_STD[recipe["normalize"]]
 
 
 def cuda_diagnosis() -> str:
