@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 from runtable import make_runs
@@ -48,3 +50,12 @@ def test_reproduction_sets_arm_beside_published_number():
     assert r["auc_diff"] == pytest.approx(r["auc"] - 0.901) and bool(r["within"])
     # a dataset the paper did not report for that model is left out, not invented
     assert reproduction.reproduction(make_runs(datasets=(("octmnist", 28),)), arms).empty
+
+
+def test_reproduction_of_a_result_published_without_auc_is_judged_on_acc():
+    """MedMNIST+ reports no AUC for its kNN: the row shows none, and the spread check uses the ACC."""
+    runs = make_runs(base=0.90)
+    arms = {"cnn_small": {"reproduces": "medmnist_plus/resnet18_knn"}}
+    r = reproduction.reproduction(runs, arms).iloc[0]
+    assert math.isnan(r["pub_auc"]) and math.isnan(r["auc_diff"]) and r["pub_acc"] == 0.7821
+    assert r["within"] == (abs(r["acc"] - 0.7821) <= 2 * r["acc_sd"])

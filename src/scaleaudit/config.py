@@ -88,8 +88,15 @@ def check_references(config: dict) -> None:
             )
         if arm.get("reproduces"):
             published.check(arm["reproduces"], where=f"arm {name!r}")
+            published.check_weights(arm["reproduces"], models.pretrained_name(arm) if arm["pretrained"] else None,
+                                    where=f"arm {name!r}")
         if name in config["design"]["arms"]:
             models.check_arm(arm, where=f"arm {name!r}")
+            if config["recipes"][arm["recipe"]]["normalize"] == "pretrained":
+                try:
+                    models.pretrained_mean_std(arm)
+                except ScaleauditError as exc:
+                    raise ScaleauditError(f"arm {name!r} (recipe {arm['recipe']!r}): {exc.problem}", exc.fix) from None
 
 
 def load(*paths: str | Path, overrides: dict | None = None) -> dict:
@@ -140,7 +147,12 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
     """Everything one training job needs, resolved; its hash identifies the run's configuration."""
     # Display, comparison and scheduling keys do not change what is trained: they must not re-run it.
     arm_spec = {k: v for k, v in config["arms"][arm].items() if k not in NOT_TRAINING_KEYS}
-    recipe = dict(config["recipes"][arm_spec["recipe"]], name=arm_spec["recipe"])
+    from .models import DEFINITIONS, split_name  # loaded already: check_references imports models
+
+    if definition := DEFINITIONS.get(split_name(arm_spec["model"])[0]):
+        arm_spec["definition"] = definition  # a model scaleaudit defines: which definition trained it
+    # the protocol a recipe follows is documentation for the report, not a training setting
+    recipe = {k: v for k, v in config["recipes"][arm_spec["recipe"]].items() if k != "protocol"} | {"name": arm_spec["recipe"]}
     round_ = None
     if isinstance(config["design"]["seeds"], dict):  # adaptive seeds: the round is bookkeeping, not in the hash
         from .adaptive import round_of

@@ -19,7 +19,9 @@ from .files import atomic_path, canonical_hash
 
 
 def usable(spec: dict) -> bool:
-    return spec["arm_spec"]["train"] == "linear_probe" and spec["recipe"]["augment"] == "none"
+    """A kNN probe always works on features (it never sees an augmented image); a linear probe without augmentation."""
+    train = spec["arm_spec"]["train"]
+    return train == "knn_probe" or (train == "linear_probe" and spec["recipe"]["augment"] == "none")
 
 
 def key(spec: dict, data_path: Path, weights: dict | None, input_size: int, precision: str) -> str:
@@ -30,7 +32,8 @@ def key(spec: dict, data_path: Path, weights: dict | None, input_size: int, prec
         "data": [str(Path(data_path).resolve()), stat.st_size, stat.st_mtime_ns], "dataset": spec["dataset"],
         "model": arm["model"], "weights": weights["sha256"] if weights else None,
         "seed": None if arm["pretrained"] else spec["seed"], "input_size": input_size,
-        "normalize": spec["recipe"]["normalize"], "resize": spec["recipe"]["resize"], "precision": precision,
+        "normalize": spec["recipe"]["normalize"], "rgb": bool(spec["recipe"].get("rgb")), "resize": spec["recipe"]["resize"],
+        "precision": precision,
         "torch": torch.__version__,
     })
 

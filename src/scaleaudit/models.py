@@ -15,7 +15,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from . import settings
+from . import reference_models, settings
 from .errors import ScaleauditError
 from .files import file_digest
 
@@ -62,16 +62,18 @@ def scaleaudit_cnn_small(pretrained: bool = False, **kwargs) -> SmallCNN:
 
 @register_model
 def scaleaudit_resnet18_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
-    """ResNet-18 with the CIFAR stem of MedMNIST v2's 28 px models: 3x3 stride-1 conv, no max-pool."""
+    """MedMNIST v2's ResNet-18 (28): their own definition and initialisation (reference_models.py)."""
     if pretrained:
         raise ScaleauditError(
             "scaleaudit_resnet18_cifar has no pretrained weights", "use timm's resnet18 for a pretrained arm"
         )
     kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)
-    model = timm.create_model("resnet18", pretrained=False, **kwargs)
-    model.conv1 = nn.Conv2d(kwargs.get("in_chans", 3), 64, 3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model
+    return reference_models.MedMNISTResNet(**kwargs)
+
+
+# scaleaudit's own definitions of registered models, by source: recorded with every run that uses one, and part
+# of its config hash, so that results of an earlier definition are never taken for this one's
+DEFINITIONS = {"scaleaudit_resnet18_cifar": reference_models.SOURCE}
 
 
 def split_name(model: str) -> tuple[str, str | None]:
@@ -112,6 +114,22 @@ def pretrained_name(arm: dict) -> str:
         default = timm.models.get_pretrained_cfg(arch)
         tag = default.tag if default else None
     return f"{arch}.{tag}" if tag else arch
+
+
+def pretrained_mean_std(arm: dict) -> tuple[tuple, tuple]:
+    """Mean and std of the arm's timm pretrained config (of timm's default weights for the architecture when
+    the arm trains from scratch), as MedMNIST+ normalises (train.py: ``m.default_cfg['mean'], ['std']``)."""
+    name = pretrained_name(arm)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a wrong tag of a known architecture
+        cfg = None
+    if cfg is None:
+        raise ScaleauditError(
+            f"model {arm['model']!r} has no timm pretrained config to take normalisation statistics from",
+            "give its recipe `normalize: half` or `normalize: imagenet` instead of `normalize: pretrained`",
+        )
+    return tuple(cfg.mean), tuple(cfg.std)
 
 
 def _local_candidates(weights_dir: Path, name: str) -> list[Path]:
@@ -307,7 +325,7 @@ def build(arm: dict, num_classes: int, in_chans: int, input_size: int, weights: 
         _check_weight_names(model, weights["file"], pretrained_name(arm))
     else:
         model = timm.create_model(arch, pretrained=False, **kwargs)
-    if arm.get("train") == "linear_probe":
+    if arm.get("train") in ("linear_probe", "knn_probe"):  # a kNN probe never steps its head either
         head = model.get_classifier()
         for p in model.parameters():
             p.requires_grad = False

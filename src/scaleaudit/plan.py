@@ -91,6 +91,7 @@ def calibrate(spec: dict, device, steps: int, batch: int) -> dict:
         spec = dict(spec, fraction=1.0, arm_spec=dict(spec["arm_spec"], pretrained=False),
                     recipe=dict(spec["recipe"], batch_size=batch))
         trainer = train.Trainer(spec, path, None, device, log=lambda msg: None, synthetic=True)
+        trainer.prepare()  # a probe's steps take features
         raw = train._on_device(data.load_splits(path, spec["dataset"], spec["size"], synthetic=True)["train"][0], device)
     images, labels = trainer.tensors["train"]
     idx = torch.arange(batch, device=device) % len(images)
@@ -132,7 +133,7 @@ def count_step(spec: dict) -> dict:
 
     meta = data.info(spec["dataset"])
     arm = dict(spec["arm_spec"], pretrained=False)
-    size, chans = arm["input_size"] or spec["size"], meta["n_channels"]
+    size, chans = arm["input_size"] or spec["size"], 3 if spec["recipe"].get("rgb") else meta["n_channels"]
     with torch.device("meta"):  # counting needs shapes, not weights
         model = models.build(arm, meta["n_classes"], chans, size)
         x, y = torch.zeros(2, chans, size, size), torch.zeros(2, dtype=torch.long)

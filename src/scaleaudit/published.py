@@ -29,6 +29,18 @@ def check(reference: str, where: str) -> None:
         )
 
 
+def check_weights(reference: str, weights: str | None, where: str) -> None:
+    """Reject an arm that reproduces a pretrained model's published result with other weights than the paper's
+    (``weights``: the arm's timm ``arch.tag``, None when it trains from scratch)."""
+    paper = {r.get("weights") for r in rows() if r["id"] == reference} - {None}
+    if paper and weights not in paper:
+        raise ScaleauditError(
+            f"{where} reproduces {reference!r}, published with the weights {', '.join(sorted(paper))}, "
+            f"but uses {weights or 'no pretrained weights'}",
+            "use the paper's weights (model and weights_tag) for this arm, or remove `reproduces:`",
+        )
+
+
 def find(reference: str, dataset: str, size: int) -> dict | None:
     """The published row of ``reference`` for this dataset and image size, if the paper reported one."""
     for r in rows():

@@ -8,6 +8,7 @@ epoch with the best validation score are tested once.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import signal
 import sys
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 
-from . import conv_gemm, cost, data, features, jobcontrol, metrics, models, provenance, settings
+from . import conv_gemm, cost, data, features, jobcontrol, knn, metrics, models, provenance, settings
 from .errors import ScaleauditError
 from .files import atomic_path, write_json
 from .records import PREDICTIONS, RunInfo, RunResult, RunSpec
@@ -33,6 +35,14 @@ CHECKPOINT_EVERY_S = 30.0
 # this share of the wall time goes to saving, so the interval grows with the time the last save took.
 CHECKPOINT_SHARE = 0.02
 CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace: required for deterministic cuBLAS results
+
+
+def mean_std(recipe: dict, arm: dict) -> tuple[tuple, tuple]:
+    """The recipe's Normalize statistics; ``pretrained``: those of the arm's timm pretrained config, as
+    MedMNIST+ takes them (``model.default_cfg['mean'/'std']``): 0.5/0.5 for AugReg ViTs, ImageNet for ResNet a1."""
+    if recipe["normalize"] == "pretrained":
+        return models.pretrained_mean_std(arm)
+    return MEAN_STD[recipe["normalize"]]
 
 
 def cuda_diagnosis() -> str:
@@ -79,11 +89,19 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 class BatchTransform:
-    """uint8 (B, C, H, W) on the device -> normalised float (B, C, S, S), optionally augmented."""
+    """uint8 (B, C, H, W) on the device -> normalised float (B, C', S, S), optionally augmented.
+
+    The order is MedMNIST+'s (train.py: ToTensor, Normalize, Pad with fill=0): scale to [0, 1], normalise,
+    then pad, so the padding is 0 in normalised space. With ``rgb`` grey images become three equal
+    channels, as medmnist's ``as_rgb=True`` (PIL ``convert("RGB")``) makes them.
+    """
 
     def __init__(self, recipe: dict, in_chans: int, input_size: int, device: torch.device,
-                 memory_format: torch.memory_format = torch.contiguous_format):
-        mean, std = MEAN_STD[recipe["normalize"]]
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 mean_std: tuple[tuple, tuple] | None = None):
+        mean, std = mean_std or MEAN_STD[recipe["normalize"]]
+        self.rgb = bool(recipe.get("rgb"))
+        in_chans = 3 if self.rgb else in_chans
         if in_chans != len(mean):  # grey images with ImageNet statistics: one averaged channel
             mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -92,7 +110,10 @@ class BatchTransform:
         self.memory_format = memory_format
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = (images.float().div_(255) - self.mean) / self.std
+        x = images.float().div_(255)
+        if self.rgb and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
         if generator is not None and self.augment == "flip":
             flip = torch.rand(len(x), generator=generator, device=generator.device) < 0.5
             # non_blocking: a blocking copy to CUDA would wait for the whole stream (a sync per step)
@@ -124,7 +145,18 @@ def _scheduler(recipe: dict, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=recipe["gamma"])
     if recipe["scheduler"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if recipe["scheduler"] == "cosine_timm":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: _timm_cosine_factor(done, epochs))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _timm_cosine_factor(done: int, epochs: int) -> float:
+    """The lr factor of the epoch after ``done`` finished ones under MedMNIST+'s schedule: timm's
+    ``CosineLRScheduler(t_initial=epochs, cycle_limit=1)`` (lr_min 0, no warmup) stepped with
+    ``step(epoch=e)`` after 0-based epoch e, so the first two epochs both run at the full lr
+    (sdoerrich97/rethinking-model-prototyping-MedMNISTPlus@b67b772, train.py)."""
+    t = max(done - 1, 0)
+    return 0.5 * (1 + math.cos(math.pi * t / epochs)) if t < epochs else 0.0
 
 
 def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -150,7 +182,8 @@ class Trainer:
         self.spec, self.device, self.log = spec, device, log
         arm, recipe = spec["arm_spec"], spec["recipe"]
         meta = data.info(spec["dataset"])
-        self.task, in_chans = meta["task"], meta["n_channels"]
+        # the model sees three channels when the recipe repeats grey to RGB (MedMNIST+: as_rgb=True)
+        self.task, in_chans = meta["task"], 3 if recipe.get("rgb") else meta["n_channels"]
         num_classes = meta["n_classes"]
         self.input_size = arm["input_size"] or spec["size"]
         torch.manual_seed(spec["seed"])
@@ -166,7 +199,8 @@ class Trainer:
         # step on CPU in bf16, nothing in fp32); transformers gain nothing from it.
         is_cnn = not models.is_transformer(models.split_name(arm["model"])[0])
         fmt = torch.channels_last if is_cnn and (device.type == "cuda" or self.bf16) else torch.contiguous_format
-        self.transform = BatchTransform(recipe, in_chans, self.input_size, device, memory_format=fmt)
+        self.transform = BatchTransform(recipe, in_chans, self.input_size, device, memory_format=fmt,
+                                        mean_std=mean_std(recipe, arm))
         self.model = models.build(arm, num_classes, in_chans, self.input_size, weights).to(device, memory_format=fmt)
         # measured (benchmarks/bench_conv.py): pays in bf16; in fp32, on contiguous tensors, it does not
         self.gemm_convs = conv_gemm.adopt(self.model, in_chans, self.input_size) if device.type == "cpu" and self.bf16 else []
@@ -176,10 +210,11 @@ class Trainer:
         self.generator = torch.Generator(device="cpu").manual_seed(spec["seed"])
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.in_chans = in_chans
-        # A linear probe whose images never change (no augmentation) trains its head on cached features.
+        # A linear probe whose images never change (no augmentation) trains its head on cached features; a kNN
+        # probe votes among them. They are computed (or loaded) by prepare(), inside the run's metered time.
+        self.knn = arm["train"] == "knn_probe"
         self.cached_features = features.usable(spec)
-        if self.cached_features:
-            self._use_cached_features(Path(data_path), weights, keep)
+        self._prepare = (lambda: self._use_cached_features(Path(data_path), weights, keep)) if self.cached_features else None
         self.net = self.model.get_classifier() if self.cached_features else self.model
         # compiles on the first step; the uncompiled self.model keeps its state_dict names for checkpoints
         compile_mode = spec["hardware"]["compile"]
@@ -207,6 +242,12 @@ class Trainer:
         feats = features.load_or_compute(path, make, self.log)
         self.tensors = {s: ((feats[s][keep] if s == "train" else feats[s]).to(self.device), y)
                         for s, (_, y) in self.tensors.items()}
+
+    def prepare(self) -> None:
+        """Swap the images for the frozen backbone's features, once (a probe); nothing for end-to-end training."""
+        if self._prepare is not None:
+            self._prepare, prepare = None, self._prepare
+            prepare()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def trained_state(self) -> dict[str, torch.Tensor]:
@@ -313,6 +354,10 @@ class Trainer:
             checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> None:
         """Train to the recipe's end; checkpoint after the first epoch and the last, and in between once
         ``checkpoint_every_s`` and 1/CHECKPOINT_SHARE times the last save's duration have passed (0: every epoch)."""
+        self.prepare()
+        if self.knn:  # nothing to train: the support set is the training split's features
+            self.state |= {"best_epoch": 0, "best_state": self.trained_state()}
+            return
         recipe = self.spec["recipe"]
         epochs, select = recipe["epochs"], recipe["select"]
         saved_at, save_s = None, 0.0
@@ -348,10 +393,21 @@ class Trainer:
 
     def test(self) -> tuple[dict, dict, np.ndarray]:
         """Val and test metrics of the selected weights; the test split is evaluated only here."""
+        if self.knn:
+            return self._knn_test()
         self.load_trained_state(self.state["best_state"])
         val, _ = self.evaluate("val")
         test, probs = self.evaluate("test")
         return val, test, probs
+
+    def _knn_test(self) -> tuple[dict, dict, np.ndarray]:
+        """Val and test metrics of the k-nearest-neighbour vote (knn.py); a vote has no loss."""
+        k = min(self.spec["arm_spec"].get("knn_k", knn.K), self.n_train)
+        support, support_labels = (t.cpu().numpy() for t in self.tensors["train"])
+        shares = knn.vote_shares(support, support_labels, {s: self.tensors[s][0].cpu().numpy() for s in ("val", "test")},
+                                 k, self.task, data.info(self.spec["dataset"])["n_classes"])
+        val, test = ({**metrics.evaluate(self.labels[s], shares[s], self.task), "loss": None} for s in ("val", "test"))
+        return val, test, shares["test"]
 
 
 class Terminated(SystemExit):
@@ -434,7 +490,7 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
 
         size_info = cost.parameters(trainer.model) | {
             "flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
-        }
+        } | ({"trainable_params": 0} if trainer.knn else {})  # a vote trains nothing, not even its unused head
         log(f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
             f"{trainer.n_train} training images on {device} in {trainer.precision}"
             + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else ""))
@@ -485,7 +541,8 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, labels=labels, probabilities=probs)
         if tracked is not None:
-            tracked.log_metrics({f"test_{k}": v for k, v in test.items()} | {f"best_val_{k}": v for k, v in val.items()}
+            tracked.log_metrics({f"test_{k}": v for k, v in test.items() if v is not None}  # a kNN vote has no loss
+                                | {f"best_val_{k}": v for k, v in val.items() if v is not None}
                                 | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}, step=trainer.state["epoch"])
             tracked.log_artifacts([out_dir / "run_config.json", out_dir / PREDICTIONS])
             tracked.log_dict(result, "metrics.json")
@@ -557,6 +614,7 @@ def _params(spec: dict, data_record: dict, weights: dict | None, n_train: int) -
         "data_sha256": data_record["sha256"],
         "git_commit": code["commit"], "git_dirty": code["dirty"], "n_train": n_train,
         "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"], "recipe": spec["recipe"]["name"],
+        "model_definition": spec["arm_spec"].get("definition") or f"timm {timm.__version__}",
     }
     params |= {f"recipe.{k}": v for k, v in spec["recipe"].items() if k != "name"}
     if weights is not None:

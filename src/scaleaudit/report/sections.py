@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import adaptive, calibration, ledger, metrics, plan, provenance, stats
+from .. import adaptive, calibration, fidelity, ledger, metrics, plan, provenance, stats
 from .. import config as study_config
 from .document import Document, Figure, Heading, PageBreak, Para, Table
 from .prose import text
@@ -140,6 +140,22 @@ def methods_section(res: Results) -> list:
                   country=hw["country_iso_code"])),
         *statistics_paras(res),
     ]
+
+
+def fidelity_section(res: Results) -> list:
+    """Fidelity to the published protocols that recipes follow (fidelity.py): what differs, and why."""
+    protocols = fidelity.protocols_used(res.config)
+    if not protocols:
+        return []
+    diff = fidelity.differences(res.config)
+    blocks = [Heading("Fidelity to the published protocols", 2), Para(text("fidelity", "intro", protocols=protocols))]
+    if diff.empty:
+        blocks.append(Para(text("fidelity", "faithful")))
+    else:
+        blocks.append(Table(["recipe", "protocol", "setting", "protocol's value", "this recipe"],
+                            [[r.recipe, r.protocol, r.setting, str(r.theirs), str(r.ours)] for r in diff.itertuples()],
+                            widths=[1.5, 1.3, 1.5, 1.5, 1.5], size=8, caption=text("fidelity", "table_caption")))
+    return blocks + [Para(text("fidelity", p)) for p in protocols]
 
 
 def seeds_text(cfg: dict) -> str:
@@ -323,7 +339,7 @@ def reproduction_section(res: Results) -> list:
     if rep.empty:
         return blocks + [Para(text("reproduction", "nothing_published"))]
     rows = [[res.labels[r.arm], f"{r.dataset} @ {r.size} px", f"{r.paper}\n{r.reference}", r.n,
-             f"{r.auc:.3f} ± {num(r.auc_sd)}", f"{r.pub_auc:.3f}", f"{r.auc_diff:+.3f}",
+             f"{r.auc:.3f} ± {num(r.auc_sd)}", num(r.pub_auc), num(r.auc_diff, "+.3f"),  # no AUC published: kNN
              f"{r.acc:.3f} ± {num(r.acc_sd)}", f"{r.pub_acc:.3f}", f"{r.acc_diff:+.3f}",
              "–" if r.within is None else ("yes" if r.within else "no")] for r in rep.itertuples()]
     blocks.append(Table(["arm", "dataset", "published (id)", "seeds", "AUC here", "AUC paper", "Δ AUC", "ACC here",
@@ -388,6 +404,7 @@ def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = 
     sections = [
         summary_section(res),
         methods_section(res),
+        fidelity_section(res),
         results_section(res, figs),
         curves_section(res, figs),
         reproduction_section(res),
