@@ -171,3 +171,16 @@ def test_a_rung_that_differs_in_more_than_size_is_a_clear_error():
     with pytest.raises(ScaleauditError, match="ladder 'vit_augreg' differ in input_size") as err:
         config.load(REPO / "config" / "config.yaml", overrides=odd)
     assert "vit_s16_pretrained: 64" in str(err.value) and "same input_size" in err.value.fix
+
+
+def test_trend_band_is_the_pointwise_t_band_of_the_line():
+    x, y = np.array([6.76, 7.34, 7.94]), np.array([0.80, 0.83, 0.84])
+    fit = sps.linregress(x, y)
+    k, grid = len(x), np.array([x.mean(), 8.94])
+    line, lo, hi = scaling.trend_band((x, y), grid, 0.95)
+    s = math.sqrt(((y - fit.intercept - fit.slope * x) ** 2).sum() / (k - 2))
+    sxx = ((x - x.mean()) ** 2).sum()
+    t = sps.t.ppf(0.975, k - 2)
+    assert line == pytest.approx(fit.intercept + fit.slope * grid)
+    assert hi - line == pytest.approx(t * s * np.sqrt(1 / k + (grid - x.mean()) ** 2 / sxx))
+    assert np.isnan(scaling.trend_band((x[:2], y[:2]), grid, 0.95)[1]).all()

@@ -49,6 +49,19 @@ def slope_interval(points: Sequence, confidence: float) -> tuple:
     return slope, slope - half, slope + half
 
 
+def trend_band(points: Sequence, grid, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fitted line of ``slope_interval`` on ``grid`` (log10 x) with its pointwise t-band (k - 2 degrees of freedom):
+    what the figures draw, one decade beyond the largest rung for "the next 10x". NaN where the slope has none."""
+    x, y = (np.asarray(a, dtype=float) for a in points)
+    grid = np.asarray(grid, dtype=float)
+    slope, lo, _ = slope_interval((x, y), confidence)
+    fit = y.mean() + slope * (grid - x.mean())
+    # the slope's half-width is t * s / sqrt(Sxx); the band's at g is t * s * sqrt(1/k + (g - mean x)^2 / Sxx)
+    sxx = ((x - x.mean()) ** 2).sum()
+    half = (slope - lo) * np.sqrt(sxx / len(x) + (grid - x.mean()) ** 2) if len(x) >= MIN_RUNGS else np.nan
+    return fit, fit - half, fit + half
+
+
 def rungs(runs: pd.DataFrame, by: list[str], point: str, axis: str, metric: str = "auc",
           confidence: float = 0.95) -> pd.DataFrame:
     """One row per (``by`` group, ``point``) of the runs with a finite test score and a positive ``axis``: the runs
