@@ -184,3 +184,18 @@ def test_trend_band_is_the_pointwise_t_band_of_the_line():
     assert line == pytest.approx(fit.intercept + fit.slope * grid)
     assert hi - line == pytest.approx(t * s * np.sqrt(1 / k + (grid - x.mean()) ** 2 / sxx))
     assert np.isnan(scaling.trend_band((x[:2], y[:2]), grid, 0.95)[1]).all()
+
+
+def test_headline_answers_across_datasets_where_there_are_two_else_per_dataset():
+    runs = run_table({"breastmnist": 0.05, "pathmnist": 0.03})
+    _, per_task, overall = scaling.model_scale(runs, CONFIG, "params")
+    head = scaling.headline(per_task, overall)
+    vit = head[(head["ladder"] == "vit") & (head["fraction"] == 1.0)].iloc[0]
+    assert vit["tasks"] == 2 and vit["slope"] == pytest.approx(0.04)
+    # the two-rung ladder has no slope anywhere: each dataset is named with its own (empty) trend
+    assert sorted(head.loc[head["ladder"] == "short", "dataset"]) == ["breastmnist", "pathmnist"]
+    one = scaling.headline(*scaling.model_scale(run_table({"breastmnist": 0.05}), CONFIG, "params")[1:])
+    vit = one[one["ladder"] == "vit"]
+    assert list(vit["dataset"]) == ["breastmnist", "breastmnist"] and vit["slope"].to_numpy() == pytest.approx(0.05)
+    assert scaling.ladders(runs, CONFIG) == {"short": ["two_a", "two_b"], "vit": ["vit_ti", "vit_s", "vit_b"]}
+    assert scaling.t_quantile(1, 0.95) == pytest.approx(12.706, abs=1e-3)

@@ -145,6 +145,34 @@ def ladder_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     return out[out["ladder"].notna()]
 
 
+def ladders(runs: pd.DataFrame, config: dict) -> dict[str, list[str]]:
+    """Each ladder with runs: its rungs (arms), smallest first (by their parameters)."""
+    lr = ladder_runs(runs, config)
+    size = lr.groupby("arm")["params"].median()
+    return {name: sorted(g["arm"].unique(), key=lambda a: (size[a], a)) for name, g in lr.groupby("ladder", sort=True)}
+
+
+def headline(per_task: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFrame:
+    """The answer per ladder and fraction: across datasets where at least two have a slope, else each dataset's own
+    trend (columns ladder, fraction, dataset, size, tasks, rungs, slope, lo, hi, decision)."""
+    rows = []
+    for r in overall.itertuples():
+        if r.tasks >= 2:
+            rows.append({"ladder": r.ladder, "fraction": r.fraction, "dataset": None, "size": None, "tasks": r.tasks,
+                         "rungs": None, "slope": r.mean_slope, "lo": r.lo, "hi": r.hi, "decision": r.decision})
+            continue
+        for t in per_task[(per_task["ladder"] == r.ladder) & (per_task["fraction"] == r.fraction)].itertuples():
+            rows.append({"ladder": t.ladder, "fraction": t.fraction, "dataset": t.dataset, "size": t.size, "tasks": 1,
+                         "rungs": t.rungs, "slope": t.slope, "lo": t.lo, "hi": t.hi, "decision": t.decision})
+    return pd.DataFrame(rows, columns=["ladder", "fraction", "dataset", "size", "tasks", "rungs", "slope", "lo", "hi",
+                                       "decision"])
+
+
+def t_quantile(df: int, confidence: float) -> float:
+    """The two-sided t quantile of an interval at ``confidence`` on ``df`` degrees of freedom (for the report's words)."""
+    return float(sps.t.ppf(0.5 + confidence / 2, df))
+
+
 def model_scale(runs: pd.DataFrame, config: dict, axis: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The metric against ``axis`` ('params' or 'train_flops') along every ladder: the rung points per cell, the
     trend per cell and ladder, and the trend across tasks per ladder and fraction."""
