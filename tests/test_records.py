@@ -59,8 +59,9 @@ def test_training_flops_are_recorded_and_a_run_recorded_before_them_reads_as_unk
     assert result.cost["train_flops"] == 3 * flops * n * result.epochs_run
     assert aggregate.collect([one_run]).loc[0, "train_flops"] == result.cost["train_flops"]
     # a linear probe runs the frozen backbone forward only: once per image on cached features
-    assert cost.training_flops(flops, n, 5, "linear_probe", cached_features=True) == flops * n
-    assert cost.training_flops(flops, n, 5, "linear_probe", cached_features=False) == flops * n * 5
+    probe = {"train": "linear_probe"}
+    assert cost.training_flops(flops, n, 5, probe, cached_features=True) == flops * n
+    assert cost.training_flops(flops, n, 5, probe, cached_features=False) == flops * n * 5
     doc = read_json(one_run)
     del doc["cost"]["train_flops"]
     write_json(tmp_path / "metrics.json", doc)
