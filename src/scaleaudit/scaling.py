@@ -34,16 +34,18 @@ MIN_RUNGS = 3  # a line through two points has no residual: no interval, no deci
 def slope_interval(points: Sequence, confidence: float) -> tuple:
     """The least-squares slope of y on x with its t-interval (k - 2 degrees of freedom, residual variance).
     ``points`` = (x, y), arrays whose last axis holds the k rungs (vectorised over leading axes, as
-    ``stats.Interval``). NaN with fewer than MIN_RUNGS rungs or when every x is the same."""
+    ``stats.Interval``). Two rungs: the slope without an interval; NaN where every x is the same."""
     x, y = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in points))
     k = x.shape[-1]
-    if k < MIN_RUNGS:
+    if k < 2:
         nan = np.full(x.shape[:-1], np.nan)
         return nan, nan, nan
     xc = x - x.mean(axis=-1, keepdims=True)
     sxx = (xc**2).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = (xc * y).sum(axis=-1) / sxx
+        if k < MIN_RUNGS:  # two points: a slope, but no residual to measure its uncertainty
+            return slope, np.full_like(slope, np.nan), np.full_like(slope, np.nan)
         resid = y - y.mean(axis=-1, keepdims=True) - slope[..., None] * xc
         half = sps.t.ppf(0.5 + confidence / 2, k - 2) * np.sqrt((resid**2).sum(axis=-1) / (k - 2) / sxx)
     return slope, slope - half, slope + half
@@ -58,7 +60,7 @@ def trend_band(points: Sequence, grid, confidence: float) -> tuple[np.ndarray, n
     fit = y.mean() + slope * (grid - x.mean())
     # the slope's half-width is t * s / sqrt(Sxx); the band's at g is t * s * sqrt(1/k + (g - mean x)^2 / Sxx)
     sxx = ((x - x.mean()) ** 2).sum()
-    half = (slope - lo) * np.sqrt(sxx / len(x) + (grid - x.mean()) ** 2) if len(x) >= MIN_RUNGS else np.nan
+    half = (slope - lo) * np.sqrt(sxx / len(x) + (grid - x.mean()) ** 2)
     return fit, fit - half, fit + half
 
 
