@@ -71,10 +71,11 @@ def rungs(runs: pd.DataFrame, by: list[str], point: str, axis: str, metric: str 
     a little between seeds where runs stop early)."""
     col = stats.score_column(metric)
     score, value = (pd.to_numeric(runs[c], errors="coerce") for c in (col, axis))
-    ok = runs[np.isfinite(score) & (value > 0)].assign(log10_x=np.log10(value[np.isfinite(score) & (value > 0)]))
+    usable = np.isfinite(score) & (value > 0)
+    ok = runs[usable].assign(log10_x=np.log10(value[usable]))
     rows = []
     for key, g in ok.groupby(by + [point], sort=True):
-        estimate, lo, hi = stats.t_interval([g[col].to_numpy()], confidence)
+        _, lo, hi = stats.t_interval([g[col].to_numpy()], confidence)
         rows.append(dict(zip(by + [point], key)) | {
             "n": len(g), "mean": float(g[col].mean()), "lo": float(lo), "hi": float(hi),
             "x": float(10 ** g["log10_x"].mean()), "log10_x": float(g["log10_x"].mean())})
