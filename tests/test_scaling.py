@@ -201,3 +201,9 @@ def test_headline_answers_across_datasets_where_there_are_two_else_per_dataset()
     assert list(vit["dataset"]) == ["breastmnist", "breastmnist"] and vit["slope"].to_numpy() == pytest.approx(0.05)
     assert scaling.ladders(runs, CONFIG) == {"short": ["two_a", "two_b"], "vit": ["vit_ti", "vit_s", "vit_b"]}
     assert scaling.t_quantile(1, 0.95) == pytest.approx(12.706, abs=1e-3)
+
+
+def test_the_benchmark_table_sets_the_trend_beside_the_pooled_reference():
+    rows = calibration.trend_table(2000, seeds=(5,), seed=3)
+    assert [r["noise"] for r in rows] == list(calibration.NOISE)
+    assert all(r["pooled_coverage"] < r["coverage"] - 0.05 and r["tasks_power_0.05"] > 0.9 for r in rows)
