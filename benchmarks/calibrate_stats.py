@@ -6,7 +6,9 @@ difference on a ROPE edge (±0.01), power (P(better)) at +0.02 and +0.05, the sa
 how often a study with five large arms on the ROPE edge says "Scale pays". The percentile bootstrap that scaleaudit
 used before is measured beside it as the reference. Adaptive seeds (3, 5, ..., 15): coverage at stopping, false
 "better" on the ROPE edge and the expected seeds per comparison at true gains 0, 0.01, 0.02 and 0.05, for the
-repeated confidence intervals and for the fixed-n interval re-checked each round (which inflates them). ``--write`` stores the figures in
+repeated confidence intervals and for the fixed-n interval re-checked each round (which inflates them). The scale
+axis: coverage and false "better" of a ladder's gain per 10x (calibration.trend_table). ``--write`` stores the
+figures (all but the scale axis's) in
 src/scaleaudit/calibration.json, which the report's Methods quotes.
 
     python benchmarks/calibrate_stats.py [--replicates 20000] [--write]
@@ -54,6 +56,15 @@ def main() -> None:
     print(f"{'noise':6} {'seeds':>5} {'false Scale pays':>17}")
     for r in t["study"]:
         print(f"{r['noise']:6} {r['seeds']:5d} {r['false_scale_pays']:17.3f}")
+    print(f"\nScale axis: the gain per 10x of a ladder (3 rungs at ViT-Ti/S/B's log10 parameters, a bend of sd "
+          f"{calibration.BEND_SD:g} per rung plus seed noise of sd {calibration.SEED_SD:g} per run; scaling.slope_interval), "
+          "beside a regression on every run (pooled), and across 7 tasks:")
+    print(f"{'noise':6} {'seeds':>5} {'coverage':>9} {'better@+rope':>13} {'5 rungs':>8} {'pooled cov':>11} "
+          f"{'pooled better':>14} {'tasks cov':>10} {'tasks better':>13} {'tasks P(+0.05)':>15}")
+    for r in calibration.trend_table(args.replicates):
+        print(f"{r['noise']:6} {r['seeds']:5d} {r['coverage']:9.3f} {r['false_better']:13.3f} "
+              f"{r['false_better_5_rungs']:8.3f} {r['pooled_coverage']:11.3f} {r['pooled_false_better']:14.3f} "
+              f"{r['tasks_coverage']:10.3f} {r['tasks_false_better']:13.3f} {r['tasks_power_0.05']:15.3f}")
     seq = calibration.sequential_table(args.replicates)
     s = seq["seeds"]
     print(f"\nAdaptive seeds {s}: looks after each round, each comparison stopped at its first decision; repeated "

@@ -42,6 +42,7 @@ def make_runs(gain: dict[str, float] | None = None, seeds: int = 5, noise: float
                         "test_loss": 0.5, "val_auc": auc + rng.normal(0, 0.001), "val_acc": auc - 0.05,
                         "val_bacc": auc - 0.08, "val_ece": 0.05, "val_loss": 0.5,
                         "params": int(params), "trainable_params": int(params), "flops_per_image": int(params * 20),
+                        "train_flops": 3 * int(params * 20) * int(546 * fraction) * 4,
                         "train_seconds": hours * 3600, "device": "cuda" if accelerator else "cpu",
                         "device_hours": hours, "accelerator_hours": hours if accelerator else 0.0, "peak_mem_mb": 1000.0,
                         "energy_kwh": kwh, "co2e_kg": kwh * 0.37, "energy_method": "codecarbon (synthetic)",

@@ -48,3 +48,21 @@ def test_spec_hash_covers_every_field_and_bad_specs_are_rejected():
     assert records.RunSpec.create(**(fields | {"seed": 2})).config_hash != spec["config_hash"]
     with pytest.raises(ScaleauditError, match="missing seed"):
         records.RunSpec.from_dict({k: v for k, v in spec.items() if k != "seed"})
+
+
+def test_training_flops_are_recorded_and_a_run_recorded_before_them_reads_as_unknown(one_run, tmp_path):
+    from scaleaudit import cost
+
+    result = records.RunResult.load(one_run)
+    flops, n = result.cost["flops_per_image"], result.n_train
+    # end to end: forward plus backward (about 3 forward passes) per training image per epoch
+    assert result.cost["train_flops"] == 3 * flops * n * result.epochs_run
+    assert aggregate.collect([one_run]).loc[0, "train_flops"] == result.cost["train_flops"]
+    # a linear probe runs the frozen backbone forward only: once per image on cached features
+    probe = {"train": "linear_probe"}
+    assert cost.training_flops(flops, n, 5, probe, cached_features=True) == flops * n
+    assert cost.training_flops(flops, n, 5, probe, cached_features=False) == flops * n * 5
+    doc = read_json(one_run)
+    del doc["cost"]["train_flops"]
+    write_json(tmp_path / "metrics.json", doc)
+    assert aggregate.collect([tmp_path / "metrics.json"])["train_flops"].isna().all()

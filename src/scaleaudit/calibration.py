@@ -16,7 +16,7 @@ from importlib import resources
 
 import numpy as np
 
-from . import stats
+from . import scaling, stats
 
 NOISE = ("normal", "t4")
 SEED_SD = 0.02  # sd of a paired difference between two runs (seed noise of 0.01-0.03 AUC per run is typical)
@@ -159,3 +159,68 @@ def sequential_table(replicates: int, rope: float = 0.01, confidence: float = 0.
             rows.append({"method": method, "noise": kind, "true_diff": rope, "family": family,
                          "any_better": fam["any_better"]})
     return {"seeds": dict(seeds), "rows": rows}
+
+
+# --- the scale axis: the trend of a ladder (scaling.slope_interval) -----------------------------------------------
+
+LADDER_LOG10_PARAMS = (6.76, 7.34, 7.94)  # ViT-Ti/S/B: 5.7M, 22M, 86M parameters
+BEND_SD = 0.01  # sd of each rung's true mean around the line: the true curve need not be a line in log10 x
+
+
+def planted_ladder(log10_x, seeds: int, slope, kind: str, shape: tuple, rng: np.random.Generator,
+                   bend_sd: float = BEND_SD, task_sd: float = SEED_SD) -> np.ndarray:
+    """Runs' test scores along a ladder, shape ``shape`` + (rungs, seeds): a line of ``slope`` per 10x, each rung off
+    it by its own bend (sd ``bend_sd``) and each run by its separate seed noise (sd ``task_sd``)."""
+    x = np.asarray(log10_x, dtype=float)
+    line = np.asarray(slope, dtype=float)[..., None, None] * (x - x.mean())[:, None]
+    bend = bend_sd * rng.standard_normal(shape + (len(x), 1))
+    return 0.8 + line + bend + task_sd * noise(kind, shape + (len(x), seeds), rng)
+
+
+def simulate_trend(log10_x, seeds: int, slope: float, kind: str, replicates: int, rng: np.random.Generator,
+                   rope: float = 0.01, confidence: float = 0.95, bend_sd: float = BEND_SD, pooled: bool = False) -> dict:
+    """One ladder's trend (family of one): how often the interval of the gain per 10x covers the planted slope, and
+    how often each decision is made. ``pooled``: the naive reference that regresses every run on its rung's x
+    (k * seeds - 2 degrees of freedom), blind to the bend of the curve."""
+    x = np.asarray(log10_x, dtype=float)
+    y = planted_ladder(x, seeds, slope, kind, (replicates,), rng, bend_sd)
+    points = (np.repeat(x, seeds), y.reshape(replicates, -1)) if pooled else (x, y.mean(axis=-1))
+    a = stats.assess(points, rope, confidence, interval=scaling.slope_interval)
+    return {"coverage": float(np.mean((a["lo"] <= slope) & (slope <= a["hi"])))} | rates(a["decision"])
+
+
+def simulate_trend_tasks(log10_x, seeds: int, slope: float, kind: str, replicates: int, rng: np.random.Generator,
+                         rope: float = 0.01, confidence: float = 0.95, bend_sd: float = BEND_SD) -> dict:
+    """The across-task trend of one ladder over the seven tasks of TASK_SDS (true task slopes ``slope`` +
+    TASK_OFFSETS): coverage of the mean slope and the decisions, through ``scaling.across_tasks``'s path."""
+    slopes = [scaling.slope_interval((log10_x, planted_ladder(log10_x, seeds, slope + off, kind, (replicates,), rng,
+                                                              bend_sd, sd).mean(axis=-1)), confidence)[0]
+              for sd, off in zip(TASK_SDS, TASK_OFFSETS)]
+    a = stats.assess([np.stack(slopes, axis=-1)], rope, confidence)
+    return {"coverage": float(np.mean((a["lo"] <= slope) & (slope <= a["hi"])))} | rates(a["decision"])
+
+
+def trend_table(replicates: int, seeds=(3, 5), rope: float = 0.01, confidence: float = 0.95, seed: int = 0) -> list[dict]:
+    """The ladder trend's figures per noise and seeds: coverage of the gain per 10x (planted +0.02), false "better"
+    with the truth on the ROPE edge (three rungs; five rungs), the naive run-level regression's coverage and false
+    "better" beside them, and the across-task summary's coverage, false "better" and power at +0.05 per 10x."""
+    rng = np.random.default_rng(seed)
+    five = np.linspace(6.0, 9.0, 5)
+    rows = []
+    for kind in NOISE:
+        for n in seeds:
+            three = LADDER_LOG10_PARAMS
+            rows.append({
+                "noise": kind, "seeds": n,
+                "coverage": simulate_trend(three, n, 0.02, kind, replicates, rng, rope, confidence)["coverage"],
+                "false_better": simulate_trend(three, n, rope, kind, replicates, rng, rope, confidence)["better"],
+                "false_better_5_rungs": simulate_trend(five, n, rope, kind, replicates, rng, rope, confidence)["better"],
+                "pooled_coverage": simulate_trend(three, n, 0.02, kind, replicates, rng, rope, confidence,
+                                                  pooled=True)["coverage"],
+                "pooled_false_better": simulate_trend(three, n, rope, kind, replicates, rng, rope, confidence,
+                                                      pooled=True)["better"],
+                "tasks_coverage": simulate_trend_tasks(three, n, rope, kind, replicates, rng, rope, confidence)["coverage"],
+                "tasks_false_better": simulate_trend_tasks(three, n, rope, kind, replicates, rng, rope, confidence)["better"],
+                "tasks_power_0.05": simulate_trend_tasks(three, n, 0.05, kind, replicates, rng, rope, confidence)["better"],
+            })
+    return rows

@@ -16,7 +16,7 @@ from .errors import ScaleauditError
 from .records import RunSpec
 
 SCHEMA_FILE = "config.schema.yaml"
-NOT_TRAINING_KEYS = ("label", "reproduces", "resources")
+NOT_TRAINING_KEYS = ("label", "reproduces", "resources", "ladder")
 
 
 def schema() -> dict:
@@ -65,7 +65,7 @@ def validate(config: dict) -> dict:
 
 def check_references(config: dict) -> None:
     """Names that the schema cannot check: datasets, arms, recipes, sizes, timm models and published results."""
-    from . import data, models  # models pulls in torch/timm; only needed once the schema passed
+    from . import data, models, scaling  # models pulls in torch/timm; only needed once the schema passed
 
     for entry in config["data"]["datasets"]:
         for size in entry["sizes"]:
@@ -97,6 +97,7 @@ def check_references(config: dict) -> None:
                     models.pretrained_mean_std(arm)
                 except ScaleauditError as exc:
                     raise ScaleauditError(f"arm {name!r} (recipe {arm['recipe']!r}): {exc.problem}", exc.fix) from None
+    scaling.check_ladders(config)
 
 
 def load(*paths: str | Path, overrides: dict | None = None) -> dict:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import blank_forward
+from .plan import train_factor
 
 T = TypeVar("T")
 
@@ -30,6 +31,16 @@ def flops_per_image(model: nn.Module, in_chans: int, input_size: int) -> int:
     with FlopCounterMode(display=False) as counter:
         blank_forward(model, in_chans, input_size)
     return int(counter.get_total_flops())
+
+
+def training_flops(flops_per_image: int, images: int, epochs: int, arm: dict, cached_features: bool) -> int:
+    """FLOPs of a run's training steps (the x-axis of the compute trend; validation passes not counted): the forward
+    passes per training image of ``plan.train_factor`` (3 end to end, the backward pass about two: Kaplan et al.
+    2020; 1 for a linear probe's frozen backbone) in every epoch, or once per image for a probe on cached features
+    (``features.usable``). A probe's head is negligible beside its backbone."""
+    if cached_features:
+        return flops_per_image * images
+    return train_factor(arm) * flops_per_image * images * epochs
 
 
 def peak_memory_mb(device: torch.device) -> float:

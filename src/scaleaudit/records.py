@@ -7,6 +7,7 @@ way. The spec travels as JSON (``scaleaudit train --spec``); ``RunSpec.from_dict
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
@@ -18,8 +19,9 @@ SPLIT_METRICS = ("auc", "acc", "bacc", "ece", "loss")
 PREDICTIONS = "predictions.npz"  # beside metrics.json: the test split's labels and predicted probabilities
 COST_COLUMNS = (
     "params", "trainable_params", "flops_per_image", "train_seconds", "device", "device_hours",
-    "accelerator_hours", "peak_mem_mb", "energy_kwh", "co2e_kg", "energy_method",
+    "accelerator_hours", "peak_mem_mb", "energy_kwh", "co2e_kg", "energy_method", "train_flops",
 )
+COST_DEFAULTS = {"train_flops": math.nan}  # cost added later than the layout: a run recorded before lacks it
 
 
 def _keys(cls) -> set[str]:
@@ -147,7 +149,8 @@ class RunResult:
                                   "epochs_run": self.epochs_run}
         for split in ("test", "val"):
             out |= {f"{split}_{k}": getattr(self, split)[k] for k in SPLIT_METRICS}
-        out |= {k: self.cost[k] for k in COST_COLUMNS}
+        cost = COST_DEFAULTS | self.cost
+        out |= {k: cost[k] for k in COST_COLUMNS}
         out |= {
             "weights_source": weights["source"] if weights else "none (trained from scratch)",
             "weights_sha256": weights["sha256"] if weights else "",

@@ -526,6 +526,8 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
             "accelerator_hours": train_seconds / 3600 / share if device.type == "cuda" else 0.0,
             "runs_per_gpu": share,
             "peak_mem_mb": cost.peak_memory_mb(device),
+            "train_flops": cost.training_flops(size_info["flops_per_image"], trainer.n_train, trainer.state["epoch"],
+                                               spec["arm_spec"], trainer.cached_features),
         },
         provenance=provenance.record() | {
             "data": {k: data_record[k] for k in ("file", "source", "sha256", "verified_against")},

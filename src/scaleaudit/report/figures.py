@@ -8,6 +8,7 @@ drawn per part from the run files (learning curves, reliability diagrams), where
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .. import ledger  # noqa: E402
+from .. import ledger, scaling, stats  # noqa: E402
 from .document import FIGURE_DPI  # noqa: E402
 from .results import Results  # noqa: E402
 
@@ -248,9 +250,113 @@ def reliability(cv: Canvas, part):
     return fig
 
 
-PER_PART = {"scores": scores, "calibration": calibration, "pareto": pareto}
+# --- the scale axis (scaleaudit.scaling) ---------------------------------------------------------------------------
+
+
+TREND_COLOURS = ("#0072B2", "#009E73", "#CC79A7", "#E69F00")  # one per ladder (Okabe-Ito), cycled past four
+
+
+def _error(r) -> list[list[float]]:
+    """Asymmetric error bar of a rung point; none where its interval is missing (a single seed)."""
+    return [[0.0 if math.isnan(r.lo) else r.mean - r.lo], [0.0 if math.isnan(r.hi) else r.hi - r.mean]]
+
+
+def _scale(cv: Canvas, part, axis: str):
+    """Test metric of every arm against ``axis`` (log x; mean and t-interval over seeds), the ROPE band around the
+    best small arm, and each ladder's fitted trend with its pointwise band, dashed for the next 10x."""
+    res, v = cv.res, cv.verdict
+    points, _, _ = scaling.model_scale(res.runs, res.config, axis)
+    if not len(points):
+        return None
+    every = scaling.rungs(res.runs, stats.CELL, "arm", axis, v["metric"], v["confidence"])
+    group = res.runs.groupby("arm")["group"].first()
+    trend_colour = dict(zip(sorted(points["ladder"].unique()), itertools.cycle(TREND_COLOURS)))
+    fig, axes = cv.grid(part, 2.6)
+    for i, (dataset, size) in enumerate(part):
+        for j, fraction in enumerate(cv.fractions):
+            ax, cell = axes[i, j], (dataset, size, fraction)
+            here = every[(every[stats.CELL] == cell).all(axis=1)]
+            edges = list(here["mean"])
+            small = here[here["arm"].map(group) == "small"]
+            if len(small):
+                best = small["mean"].max()
+                ax.axhspan(best - v["rope"], best + v["rope"], color="0.88", zorder=0)
+                edges += [best - v["rope"], best + v["rope"]]
+            for r in here.itertuples():
+                ax.errorbar(r.x, r.mean, yerr=_error(r), fmt="s" if group[r.arm] == "small" else "o", ms=5, capsize=2,
+                            color=cv.colours[res.labels[r.arm]], zorder=3)
+                edges += [e for e in (r.lo, r.hi) if not math.isnan(e)]
+            for ladder, g in points[(points[stats.CELL] == cell).all(axis=1)].groupby("ladder"):
+                x, colour = g["log10_x"].to_numpy(), trend_colour[ladder]
+                grid = np.linspace(x.min(), x.max() + 1, 60)
+                fit, lo, hi = scaling.trend_band((x, g["mean"].to_numpy()), grid, v["confidence"])
+                seen = grid <= x.max()
+                ax.plot(10 ** grid[seen], fit[seen], color=colour, lw=1.2, zorder=2)
+                ax.plot(10 ** grid[~seen], fit[~seen], color=colour, lw=1.2, ls="--", zorder=2)
+                ax.fill_between(10 ** grid, lo, hi, color=colour, alpha=0.12, lw=0, zorder=1)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            if edges:  # the rungs decide the view, not a trend band that one degree of freedom makes huge
+                lo_y, hi_y = min(edges), max(edges)
+                pad = max(0.15 * (hi_y - lo_y), 0.01)
+                ax.set_ylim(lo_y - pad, hi_y + pad)
+            cv.title(ax, dataset, size, fraction)
+    fig.supxlabel(f"{scaling.AXES[axis]}{' per run' if axis == 'train_flops' else ''} (log scale)", fontsize=9)
+    fig.supylabel(f"test {res.metric} (mean, {v['confidence']:.0%} CI over seeds)", fontsize=9)
+    shown = [lbl for lbl in cv.order if lbl in set(cv.runs["arm_label"])]
+    handles = [plt.Line2D([], [], marker="s" if group[a] == "small" else "o", ls="none", color=cv.colours[res.labels[a]],
+                          label=res.labels[a]) for a in sorted(group.index, key=lambda a: shown.index(res.labels[a]))]
+    handles += [plt.Rectangle((0, 0), 1, 1, color="0.88", label=f"best small arm ± ROPE ({v['rope']:g})"),
+                *(plt.Line2D([], [], color=c, label=f"{ladder}: trend (dashed: the next 10x), {v['confidence']:.0%} band")
+                  for ladder, c in trend_colour.items())]
+    fig.legend(handles=handles, loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
+def scale_params(cv: Canvas, part):
+    """Test metric against parameters (log), with each ladder's trend."""
+    return _scale(cv, part, "params")
+
+
+def scale_flops(cv: Canvas, part):
+    """Test metric against training FLOPs (log), with each ladder's trend."""
+    return _scale(cv, part, "train_flops")
+
+
+def data_scale(cv: Canvas):
+    """Test metric of every arm against the number of training images (log), mean and t-interval over seeds; only
+    with several training fractions."""
+    res, v, tasks = cv.res, cv.verdict, cv.tasks
+    if len(cv.fractions) < 2:
+        return None
+    points = scaling.data_scale(res.runs, res.config)[0]
+    wrap = min(len(tasks), 3)
+    fig, axes = plt.subplots(math.ceil(len(tasks) / wrap), wrap, squeeze=False, sharey=True, layout="constrained",
+                             figsize=(2.6 * wrap, 2.4 * math.ceil(len(tasks) / wrap)))
+    for ax, (dataset, size) in zip(axes.flat, tasks):
+        task = points[(points["dataset"] == dataset) & (points["size"] == size)]
+        for arm, d in task.groupby("arm"):
+            colour = cv.colours[res.labels[arm]]
+            ax.fill_between(d["x"], d["lo"], d["hi"], color=colour, alpha=0.15, lw=0)
+            ax.plot(d["x"], d["mean"], marker="o", color=colour)
+        ax.set_xscale("log")
+        ticks = task.groupby("fraction")["x"].median()  # a log axis under a decade has no labelled ticks of its own
+        ax.set_xticks(ticks.to_numpy(), [f"{x:.0f}\n({f:g})" for f, x in ticks.items()], fontsize=7)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{dataset} @ {size} px", fontsize=9)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.supxlabel("training images (log scale; the training fraction in brackets)", fontsize=9)
+    fig.supylabel(f"test {res.metric} (mean, {v['confidence']:.0%} CI)", fontsize=9)
+    fig.legend(handles=[plt.Line2D([], [], marker="o", color=cv.colours[lbl], label=lbl) for lbl in cv.order],
+               loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
+PER_PART = {"scores": scores, "calibration": calibration, "pareto": pareto, "scale_params": scale_params,
+            "scale_flops": scale_flops}
 WITH_CURVES = {"learning_loss": learning_loss, "learning_val": learning_val, "reliability": reliability}  # per part
-WHOLE = {"forest": forest, "efficiency": efficiency}
+WHOLE = {"forest": forest, "efficiency": efficiency, "data_scale": data_scale}
 
 
 def figures(res: Results, outdir: Path) -> dict[str, list[Path]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import adaptive, calibration, fidelity, ledger, metrics, plan, provenance, stats
+from .. import adaptive, calibration, fidelity, ledger, metrics, plan, provenance, scaling, stats
 from .. import config as study_config
 from .document import Document, Figure, Heading, PageBreak, Para, Table
 from .prose import text
@@ -333,6 +333,64 @@ def curves_section(res: Results, figs: dict[str, list[Path]]) -> list:
     return blocks
 
 
+def _trend_rows(res: Results, axis: str, per_task: pd.DataFrame, overall: pd.DataFrame) -> list[list]:
+    name = scaling.AXES[axis]
+    rows = [[name, r.ladder, cell_name(r), f"{r.fraction:g}", r.rungs, num(r.slope, "+.3f"), ci(r.lo, r.hi),
+             ci(r.adj_lo, r.adj_hi), r.decision, r.note] for r in per_task.itertuples()]
+    rows += [[name, r.ladder, f"across {r.tasks} datasets", f"{r.fraction:g}", "", num(r.mean_slope, "+.3f"),
+              ci(r.lo, r.hi), ci(r.adj_lo, r.adj_hi), r.decision, ""] for r in overall.itertuples() if r.tasks >= 2]
+    return rows
+
+
+def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
+    """The scale axis: the metric along each model-size ladder against parameters and training FLOPs, what the next
+    10x buys (per dataset and across datasets), and the metric against the number of training images."""
+    v, L, metric = res.config["verdict"], res.labels, res.metric
+    blocks = [Heading("Scaling")]
+    ladders = scaling.ladders(res.runs, res.config)
+    if not ladders:
+        blocks.append(Para(text("scaling", "no_ladder")))
+    else:
+        named = "; ".join(f"{name} ({', '.join(L[a] for a in arms)})" for name, arms in ladders.items())
+        blocks.append(Para(text("scaling", "method", ladders=named, metric=metric, rope=v["rope"],
+                                confidence=v["confidence"])))
+        rows, answers, family = [], [], 0
+        captions = {"scale_params": text("scaling", "params_figure", confidence=v["confidence"]),
+                    "scale_flops": text("scaling", "flops_figure", confidence=v["confidence"])}
+        for axis, figure in (("params", "scale_params"), ("train_flops", "scale_flops")):
+            _, per_task, overall = scaling.model_scale(res.runs, res.config, axis)
+            blocks += figure_blocks(figs.get(figure, []), captions[figure])
+            rows += _trend_rows(res, axis, per_task, overall)
+            family = max(family, int(per_task["family"].max()) if len(per_task) else 0)
+            for r in scaling.headline(per_task, overall).itertuples():
+                where = f"across {r.tasks} datasets" if r.tasks >= 2 else cell_name(r)
+                where += f", fraction {r.fraction:g}"
+                answers.append(text("scaling", "answer", ladder=r.ladder, axis=scaling.AXES[axis], where=where,
+                                    slope=r.slope, lo=r.lo, hi=r.hi, confidence=v["confidence"], decision=r.decision,
+                                    metric=metric) if not math.isnan(r.lo) else
+                               text("scaling", "no_interval", ladder=r.ladder, axis=scaling.AXES[axis], where=where))
+        blocks += [Table(["axis", "ladder", "dataset", "frac.", "rungs", "gain per 10x", f"{v['confidence']:.0%} CI",
+                          "simultaneous CI", "decision", "note"], rows,
+                         widths=[1.1, 1.1, 1.4, 0.5, 0.5, 0.8, 1.3, 1.3, 0.9, 1.6], size=7,
+                         caption=text("scaling", "trend_caption", family=family))]
+        blocks += [Para(a) for a in answers]
+        if min(len(arms) for arms in ladders.values()) == scaling.MIN_RUNGS:
+            blocks.append(Para(text("scaling", "few_rungs", rungs=scaling.MIN_RUNGS,
+                                    t=scaling.t_quantile(1, v["confidence"]))))
+    blocks.append(Heading("Scaling with data", 2))
+    if "data_scale" in figs:
+        _, per_task, _ = scaling.data_scale(res.runs, res.config)
+        blocks += figure_blocks(figs["data_scale"], text("scaling", "data_figure", confidence=v["confidence"]))
+        blocks.append(Table(["dataset", "arm", "fractions", "gain per 10x images", f"{v['confidence']:.0%} CI",
+                             "decision"],
+                            [[cell_name(r), L[r.arm], r.rungs, num(r.slope, "+.3f"), ci(r.lo, r.hi), r.decision]
+                             for r in per_task.itertuples()], widths=[1.4, 2.2, 0.7, 1, 1.4, 0.9], size=8,
+                            caption=text("scaling", "data_caption")))
+    else:
+        blocks.append(Para(text("scaling", "one_fraction", fractions=[f"{f:g}" for f in sorted(res.runs["fraction"].unique())])))
+    return blocks
+
+
 def reproduction_section(res: Results) -> list:
     rep = res.reproduction
     blocks = [Heading("Reproduction check")]
@@ -406,8 +464,9 @@ def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = 
         methods_section(res),
         fidelity_section(res),
         results_section(res, figs),
-        curves_section(res, figs),
+        scaling_section(res, figs),
         reproduction_section(res),
+        curves_section(res, figs),
         costs_section(res, estimate),
         appendix_section(res),
     ]
