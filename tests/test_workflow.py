@@ -16,15 +16,12 @@ import tiny_study
 TINY = {
     "study": "tiny",
     "data": {"datasets": [{"flag": "breastmnist", "sizes": [28]}]},
-    "design": {"arms": ["cnn_small", "vit_pt", "vit_l1", "vit_l2", "vit_l3"], "fractions": [0.5, 1.0], "seeds": 2},
+    "design": {"arms": ["cnn_small", "vit_pt"], "fractions": [0.5, 1.0], "seeds": 2},
     "recipes": {"tiny": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 2}},
     "arms": {
         "cnn_small": {"recipe": "tiny"},
         "vit_pt": {"model": "vit_tiny_patch16_224", "pretrained": True, "weights_tag": "augreg_in21k_ft_in1k",
                    "input_size": 32, "recipe": "tiny", "group": "large"},
-        # a model-size ladder of timm's tiny test ViTs (0.27 M / 0.35 M / 0.78 M parameters): the Scaling section
-        **{f"vit_l{k}": {"model": m, "input_size": 32, "recipe": "tiny", "group": "large", "ladder": "test_vits"}
-           for k, m in enumerate(("test_vit", "test_vit2", "test_vit3"), 1)},
     },
 }
 
@@ -53,8 +50,7 @@ def test_tiny_study_end_to_end(study):
     assert done.returncode == 0, done.stderr[-3000:]
 
     runs = pd.read_csv(work / "results" / "tiny" / "runs.csv")
-    assert len(runs) == 20  # 5 arms x 2 fractions x 2 seeds
-    assert (runs["train_flops"] == 3 * runs["flops_per_image"] * runs["n_train"] * runs["epochs_run"]).all()
+    assert len(runs) == 8  # 2 arms x 2 fractions x 2 seeds
     assert set(runs["n_train"]) == {273, 546}
     assert runs.loc[runs["arm"] == "vit_pt", "weights_published"].eq(False).all()
     assert runs.loc[runs["arm"] == "cnn_small", "weights_source"].str.contains("scratch").all()
@@ -67,12 +63,8 @@ def test_tiny_study_end_to_end(study):
 
     pdf = work / "reports" / "tiny.pdf"
     assert pdf.read_bytes().startswith(b"%PDF")
-    md = pdf.with_suffix(".md").read_text().replace("\\_", "_")  # the report rule hands the run folders on: curves of every run
+    md = pdf.with_suffix(".md").read_text()  # the report rule hands the run folders on: curves of every run
     assert "learning_val_1.png" in md and "reliability_1.png" in md and "Not drawn" not in md
-    scaling = md[md.index("# Scaling"):]
-    assert "test_vits (vit_l1, vit_l2, vit_l3)" in scaling and "| parameters | test_vits |" in scaling
-    for name in ("scale_params_1", "scale_flops_1", "data_scale"):
-        assert f"{name}.png)" in scaling
     assert (work / "results" / "tiny" / "config.resolved.json").exists()
 
     again = snakemake(work, env, "--dry-run")
