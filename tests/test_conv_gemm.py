@@ -63,7 +63,7 @@ def test_adopt_picks_the_tiny_feature_maps_and_keeps_the_weights():
     model.eval()
     expected = model(x)
     # at 28 px layer4 works on 4x4 maps (16 positions); layer3's 7x7 stays with oneDNN
-    assert conv_gemm.adopt(model, 1, 28) == ["layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0",
+    assert conv_gemm.adopt(model, 1, 28) == ["layer4.0.conv1", "layer4.0.conv2", "layer4.0.shortcut.0",
                                              "layer4.1.conv1", "layer4.1.conv2"]
     assert isinstance(model.layer4[1].conv2, conv_gemm.GemmConv2d) and type(model.layer3[1].conv2) is nn.Conv2d
     state = model.state_dict()
@@ -88,5 +88,5 @@ def test_trainer_runs_the_4x4_convolutions_as_gemms_in_bf16_on_a_cpu(tiny_mirror
     trainer = train.Trainer(spec, record["file"], None, torch.device("cpu"), log=lambda msg: None)
     converted = [n for n, m in trainer.model.named_modules() if isinstance(m, conv_gemm.GemmConv2d)]
     assert trainer.gemm_convs == converted
-    assert converted == (["layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0", "layer4.1.conv1",
+    assert converted == (["layer4.0.conv1", "layer4.0.conv2", "layer4.0.shortcut.0", "layer4.1.conv1",
                           "layer4.1.conv2"] if adopted else [])
