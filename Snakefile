@@ -12,10 +12,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/shift.smk"
 
 
 rule all:
     input:
         RUN_TABLE,
         REPORT,
+        [SHIFT_TABLE, SHIFT_VERDICT] if SHIFT["enabled"] else [],
     default_target: True
