@@ -71,7 +71,8 @@ def evaluate(run_dir: Path, corrupted_record: dict, data_record: dict, weights: 
 def rows(record: dict) -> list[dict]:
     """One row per corruption and severity of one ``shift.json`` (severity 0, corruption 'none': clean)."""
     run = record["run"]
-    key = {k: run[k] for k in RUN_KEY} | {"group": run["group"]}
+    key = {k: run[k] for k in RUN_KEY} | {"group": run["group"], "medmnistc": record["corrupted_set"]["medmnistc"],
+                                          "shift_seed": record["corrupted_set"]["seed"]}
     out = [key | {"corruption": "none", "severity": 0} | record["clean"]]
     for name, levels in record["corrupted"].items():
         out += [key | {"corruption": name, "severity": s} | m for s, m in zip(record["severities"], levels)]

@@ -5,20 +5,19 @@ CORRUPTED = "results/data/corrupted/{dataset}_{size}"
 SHIFT_TABLE = f"{RESULTS}/runs_shift.csv"
 SHIFT_VERDICT = f"{RESULTS}/shift_verdict.csv"
 # Under --software-deployment-method conda the rule's own env (envs/medmnistc.yaml) provides `python`;
-# otherwise the corruption venv that `make medmnistc-env` builds (shift.python).
+# otherwise shift.python, else $SCALEAUDIT_MEDMNISTC_PYTHON (settings.py), else the corruption venv that
+# `make medmnistc-env` builds beside the Snakefile.
 SHIFT_PYTHON = (
-    "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else SHIFT["python"]
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else settings.value("shift.python", SHIFT["python"])
+    or str(Path(workflow.basedir) / ".venv-medmnistc" / "bin" / "python")
 )
 
 
 localrules:
     aggregate_shift,
     shift_verdict,
-
-
-def shift_of(wildcards):
-    """shift.json of every run that all_metrics lists (adaptive rounds included)."""
-    return [str(Path(m).with_name("shift.json")) for m in all_metrics(wildcards)]
 
 
 rule corrupt_test_set:
@@ -74,7 +73,8 @@ rule shift_eval:
 rule aggregate_shift:
     """One table of every run under every corruption and severity (severity 0: clean)."""
     input:
-        shift_of,
+        # shift.json of every run that all_metrics lists (adaptive rounds included)
+        lambda wildcards: [str(Path(m).with_name("shift.json")) for m in all_metrics(wildcards)],
     output:
         SHIFT_TABLE,
     log:
