@@ -40,7 +40,7 @@ def test_wheel_works_outside_the_checkout(tmp_path, tiny_mirror):
     sdist = next(dist.glob("*.tar.gz"))
     assert wheel.name == f"scaleaudit-{scaleaudit.__version__}-py3-none-any.whl" and sdist.exists()
     shipped = set(zipfile.ZipFile(wheel).namelist())
-    for data_file in ("config.schema.yaml", "medmnist_info.json", "published.json"):
+    for data_file in ("config.schema.yaml", "medmnist_info.json", "published.json", "report/templates/summary.j2"):
         assert f"scaleaudit/{data_file}" in shipped
     print(f"wheel {wheel.stat().st_size / 1024:.0f} KiB, sdist {sdist.stat().st_size / 1024:.0f} KiB")
 
@@ -60,6 +60,8 @@ def test_wheel_works_outside_the_checkout(tmp_path, tiny_mirror):
     where = run([str(py), "-c", "import scaleaudit; print(scaleaudit.__file__)"], cwd=work, env=env).stdout.strip()
     assert where.startswith(purelib) and not where.startswith(str(REPO)), where
     assert run(["scaleaudit", "--version"], cwd=work, env=env).stdout.strip() == f"scaleaudit {scaleaudit.__version__}"
+    prose = "from scaleaudit.report import prose; print(prose.text('results', 'metrics_caption'))"
+    assert run([str(py), "-c", prose], cwd=work, env=env).stdout.strip() == "Test metrics per arm."  # templates shipped
 
     (work / "study.yaml").write_text(yaml.safe_dump(tiny_study.TINY_CONFIG))
     checked = run(["scaleaudit", "validate-config", "study.yaml"], cwd=work, env=env)

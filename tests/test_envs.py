@@ -57,7 +57,7 @@ def test_corruption_env_is_pinned_to_its_lock():
 
 def test_every_imported_distribution_is_declared():
     imports = set()
-    for path in (REPO / "src" / "scaleaudit").glob("*.py"):
+    for path in (REPO / "src" / "scaleaudit").rglob("*.py"):
         imports |= set(re.findall(r"^\s*(?:from|import) ([a-z_][a-z0-9_]*)", path.read_text(), re.M))
     stdlib = __import__("sys").stdlib_module_names
     third_party = {m for m in imports if m not in stdlib and m != "scaleaudit"}

@@ -12,7 +12,7 @@ import yaml
 import tiny_study
 from conftest import REPO
 from runtable import make_config, make_runs
-from scaleaudit import config, data, plan, report
+from scaleaudit import config, data, ledger, plan, report
 
 
 def test_images_and_flops_of_a_run_follow_the_recipe():
@@ -68,7 +68,7 @@ def test_report_sets_the_estimate_against_the_measured_cost():
     runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=(("breastmnist", 28),), fractions=(1.0,),
                      published=False)
     res = report.Results.of(runs, make_config(runs))
-    measured = report.ledger.study_total(runs)
+    measured = ledger.study_total(runs)
     estimate = {"study": "synthetic", "startup_s": 20.0, "total": {"runs": len(runs), "device_hours": 2 * measured["device_hours"],
                                                "energy_kwh": measured["energy_kwh"] / 2, "flops": 1e15}}
     text = report.to_markdown(report.document(res, {k: [] for k in ("scores", "calibration", "pareto", "forest")},

@@ -170,3 +170,29 @@ def test_duplicated_run_stops_the_report(tmp_path):
     rc = cli.main(["report", "--runs", str(tmp_path / "runs.csv"), "--config", str(tmp_path / "config.json"),
                    "--out", str(tmp_path / "r.pdf")])
     assert rc == 2 and not (tmp_path / "r.pdf").exists()
+
+
+def test_every_paragraph_the_sections_name_is_a_template_macro():
+    """A misspelt paragraph name would only fail in the rare branch that renders it: check every call site."""
+    import ast
+    import inspect
+
+    from scaleaudit.report import prose, sections
+
+    calls = {(c.args[0].value, c.args[1].value) for c in ast.walk(ast.parse(inspect.getsource(sections)))
+             if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "text"}
+    assert len(calls) > 40
+    for template, paragraph in calls:
+        assert callable(getattr(prose._environment().get_template(f"{template}.j2").module, paragraph, None)), \
+            f"{template}.j2 has no macro {paragraph}"
+
+
+def test_every_large_arm_worse_is_said_so():
+    row = {"arm": "vit", "fraction": 1.0, "tasks": 1, "pairs": 3, "thin": "", "dropped": 0, "mean_diff": -0.2,
+           "iqm_diff": -0.2, "lo": -0.25, "hi": -0.15, "adj_lo": -0.3, "adj_hi": -0.1, "family": 1, "p_improve": 0.0,
+           "decision": "worse"}
+    text = report.verdict_sentence(pd.DataFrame([row]), 0.01, "auc", 0.95, {"vit": "ViT"})
+    assert text == ("Scale does not pay: every large arm is worse than the best small model by more than the practical "
+                    "threshold of ±0.01 AUC; the closest is ViT (-0.200 AUC mean over 1 dataset(s), simultaneous CI "
+                    "[-0.300, -0.100]); a claim at 95% confidence for the study as a whole (Bonferroni over 1 large arm "
+                    "× fraction summaries).")

@@ -1,0 +1,54 @@
+"""The study report: the verdict, its methods, results, costs and provenance, as PDF (Typst) and Markdown.
+
+A package a reader can find things in by name:
+
+- ``document``: the document model (headings, paragraphs, tables, figures) and its two renderings, so the PDF
+  and the Markdown version cannot drift apart;
+- ``results``: everything the report shows, computed once from the run table (``Results``), and how arms and
+  numbers are written;
+- ``figures``: one function per figure (``figures.PER_PART``, ``figures.WHOLE``);
+- ``sections``: one function per section, its prose in ``templates/<section>.j2`` (``prose``).
+
+Every number comes from the run table and the resolved config; the statistics come from ``scaleaudit.stats``,
+the costs from ``scaleaudit.ledger``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import plan
+from ..files import atomic_path, read_json, write_text
+from .document import Document, Figure, Heading, PageBreak, Para, Table, esc, to_markdown, to_typst
+from .results import NOT_PUBLISHED, TEXT_COLUMNS, Results, arm_labels, data_efficiency, families, missing_runs, read_runs
+from .sections import document, verdict_sentence
+
+__all__ = ["NOT_PUBLISHED", "TEXT_COLUMNS", "Document", "Figure", "Heading", "PageBreak", "Para", "Results", "Table",
+           "arm_labels", "build", "data_efficiency", "document", "esc", "families", "missing_runs", "read_runs",
+           "to_markdown", "to_typst", "verdict_sentence"]
+
+
+def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: str | os.PathLike,
+          assets: str | os.PathLike | None = None) -> None:
+    """Write the PDF and, next to it, the same report as Markdown (``.md``); figures go to ``assets``."""
+    import typst
+
+    from .figures import figures  # matplotlib and seaborn only where figures are drawn
+
+    runs = read_runs(runs_csv)
+    config = read_json(config_json)
+    out_pdf = Path(out_pdf)
+    assets = Path(assets) if assets else out_pdf.with_suffix("")
+    assets.mkdir(parents=True, exist_ok=True)
+    res = Results.of(runs, config)
+    # the cost estimate `scaleaudit plan` wrote before the study started, if it was of this study
+    plan_file = Path(runs_csv).parent / plan.PLAN_FILE
+    estimate = read_json(plan_file) if plan_file.exists() else None
+    doc = document(res, figures(res, assets), estimate if estimate and estimate["study"] == config["study"] else None)
+    source = assets / "report.typ"
+    write_text(source, to_typst(doc))
+    with atomic_path(out_pdf) as tmp:
+        typst.compile(str(source), output=str(tmp), root=str(assets), format="pdf")
+    md = out_pdf.with_suffix(".md")
+    write_text(md, to_markdown(doc, md.parent))

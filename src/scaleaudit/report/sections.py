@@ -1,0 +1,378 @@
+"""The report's sections, one function each, in reading order in ``document``; their prose is in
+``templates/<section>.j2`` (see ``prose``), their numbers come from ``Results``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .. import adaptive, calibration, ledger, plan, provenance, stats
+from .. import config as study_config
+from .document import Document, Figure, Heading, PageBreak, Para, Table
+from .prose import text
+from .results import NOT_PUBLISHED, Results, cell_name, ci, data_efficiency, families, listed, num, partner
+
+
+def verdict_sentence(over: pd.DataFrame, rope: float, metric: str, confidence: float, labels: dict | None = None) -> str:
+    """One sentence that the study-level decisions support; its wording follows from them, never fixed."""
+    name = metric.upper()
+    if over.empty:
+        return text("verdict", "no_verdict", name=name)
+    several = over["fraction"].nunique() > 1
+
+    def desc(r) -> str:
+        arm, where = (labels or {}).get(r.arm, r.arm), f" at training fraction {r.fraction:g}" if several else ""
+        if math.isnan(r.adj_lo):
+            return text("verdict", "arm_without_interval", arm=arm, where=where, min_pairs=stats.MIN_PAIRS)
+        return text("verdict", "arm_with_interval", arm=arm, where=where, r=r, name=name,
+                    thin=len(r.thin.split("; ")) if r.thin else 0)
+
+    by = {d: over[over["decision"] == d].sort_values("mean_diff", ascending=False) for d in stats.DECISIONS}
+    margin = text("verdict", "margin", rope=rope, name=name)
+    level = text("verdict", "level", confidence=confidence, family=over["family"].iloc[0])
+    if len(by["better"]):
+        return text("verdict", "pays", better=", ".join(desc(r) for r in by["better"].itertuples()), margin=margin,
+                    others=len(over) - len(by["better"]), level=level)
+    # undecided with its interval ending below +rope: not better at the stated level, only worse-or-equivalent is open
+    still_open = by["undecided"][~(by["undecided"]["adj_hi"] <= rope)]
+    if len(still_open):
+        return text("verdict", "not_decided", margin=margin, still_open=", ".join(desc(r) for r in still_open.itertuples()))
+    best = over.sort_values("mean_diff", ascending=False).iloc[0]
+    if len(by["worse"]) == len(over):
+        return text("verdict", "all_worse", margin=margin, best=desc(best), level=level)
+    if best.decision == "undecided":
+        return text("verdict", "best_undecided", margin=margin, rope=rope, best=desc(best), level=level)
+    return text("verdict", "best_decided", margin=margin, best=desc(best), decision=best.decision, level=level)
+
+
+def flags(res: Results) -> list:
+    """What the verdict could not use, said where the verdict is: dropped runs, missing seeds, thin cells."""
+    L, out = res.labels, []
+    if len(res.dropped):
+        out.append(Para(text("summary", "left_out", n=len(res.dropped), runs=listed(
+            [f"{L.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}, seed {r.seed} ({r.reason})"
+             for r in res.dropped.itertuples()]))))
+    if len(res.missing):
+        out.append(Para(text("summary", "fewer_seeds", cells=listed(
+            [f"{L.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}: {r.present} of {r.designed}"
+             for r in res.missing.itertuples()]))))
+    thin = res.comparisons[res.comparisons["n"] < stats.MIN_PAIRS]
+    if len(thin):
+        out.append(Para(text("summary", "no_decision", min_pairs=stats.MIN_PAIRS, cells=listed(
+            [f"{L[r.arm]} on {cell_name(r)}, fraction {r.fraction:g}: {r.note}" for r in thin.itertuples()]))))
+    return out
+
+
+def summary_section(res: Results) -> list:
+    v, c = res.config["verdict"], res.comparisons
+    large = [a for a in sorted(res.labels) if a in set(c["arm"])]
+    rows = []
+    for (dataset, size, fraction), g in c.groupby(stats.CELL, sort=True):
+        first = g.dropna(subset=["small_arm"]).head(1)
+        partner = "–" if first.empty else f"{res.labels[first.iloc[0].small_arm]}\n{first.iloc[0].small_mean:.3f}"
+        row = [f"{dataset} @ {size} px", f"{fraction:g}", partner]
+        for arm in large:
+            r = g[g["arm"] == arm]
+            row.append("–" if r.empty else
+                       f"{r.iloc[0].decision}\n{num(r.iloc[0]['diff'], '+.3f')} {ci(r.iloc[0].adj_lo, r.iloc[0].adj_hi, '.3f')}")
+        rows.append(row)
+    blocks = [
+        Heading("Summary"),
+        Para(text("summary", "question", title=res.config["title"])),
+        Para(text("summary", "how_decided", metric=res.metric, rope=v["rope"], confidence=v["confidence"],
+                  adaptive=res.savings is not None)),
+        Table(["dataset", "train frac.", "small partner"] + [res.labels[a] for a in large], rows,
+              widths=[1.2, 0.6, 1.1] + [1.6] * len(large), size=8 if len(large) < 4 else 6.5,
+              caption=text("summary", "verdict_caption", metric=res.metric,
+                           family=int(c["family"].max()) if len(c) else 0)),
+        Para(text("summary", "overall", sentence=verdict_sentence(res.overall, v["rope"], v["metric"], v["confidence"],
+                                                                  res.labels)), strong=True),
+        *flags(res),
+        Para(text("summary", "total", t=ledger.study_total(res.runs))),
+    ]
+    if NOT_PUBLISHED in "".join(res.labels.values()):
+        blocks.append(Para(text("summary", "not_published", mark=NOT_PUBLISHED)))
+    return blocks + [PageBreak()]
+
+
+def methods_section(res: Results) -> list:
+    cfg, runs = res.config, res.runs
+    design = cfg["design"]
+    arms = design["arms"]
+    data_rows = []
+    for entry in cfg["data"]["datasets"]:
+        for size in entry["sizes"]:
+            r = runs[(runs["dataset"] == entry["flag"]) & (runs["size"] == size)]
+            full = r.loc[r["fraction"] == r["fraction"].max(), "n_train"] if len(r) else pd.Series(dtype=float)
+            data_rows.append([entry["flag"], f"{size} px", r["task"].iloc[0] if len(r) else "–",
+                              num(full.max() if len(full) else math.nan, ".0f")])
+    arm_rows = []
+    for name in arms:
+        a = cfg["arms"][name]
+        weights = (f"pretrained ({a['weights_tag'] or 'timm default'})" if a["pretrained"] else "scratch") + (
+            f", file {a['weights_file']}" if a.get("weights_file") else "")
+        arm_rows.append([f"{name}\n{res.labels.get(name, a.get('label') or name)}", a["group"], a["model"], weights,
+                         a["train"], str(a["input_size"] or "data size"), a["recipe"], a.get("reproduces") or "–"])
+    recipe_rows = []
+    for name in sorted({cfg["arms"][a]["recipe"] for a in arms}):
+        r = cfg["recipes"][name]
+        sched = r["scheduler"] + (f" at {r['milestones']} ×{r['gamma']}" if r["scheduler"] == "multistep" else "")
+        recipe_rows.append([name, r["optimizer"], f"{r['lr']:g}", f"{r['weight_decay']:g}", r["batch_size"], r["epochs"],
+                            sched, r["resize"], r["normalize"], r["augment"], r["select"],
+                            r.get("early_stop_patience") or "–"])
+    hw = cfg["hardware"]
+    devices = ", ".join(f"{d}: {h} ({n} runs)" for (d, h), n in runs.groupby(["device", "hardware"]).size().items())
+    return [
+        Heading("Methods"),
+        Para(text("methods", "design", study=cfg["study"], arms=len(arms), tasks=sum(len(d["sizes"]) for d in cfg["data"]["datasets"]),
+                  fractions=design["fractions"], seeds=seeds_text(cfg), runs=len(runs))),
+        Table(["dataset", "image size", "task", "training images (largest fraction)"], data_rows,
+              widths=[1.5, 1, 1, 1.5], caption=text("methods", "datasets_caption")),
+        Table(["arm", "group", "timm model", "weights", "training", "input size", "recipe", "reproduces"], arm_rows,
+              widths=[2.2, 0.8, 2.2, 1.8, 1.1, 0.9, 1.3, 1.8], size=7.5, caption=text("methods", "arms_caption")),
+        Table(["recipe", "optimizer", "lr", "weight decay", "batch", "epochs", "schedule", "resize", "normalise",
+               "augment", "select on", "early stop"], recipe_rows,
+              widths=[1.5, 1, 0.8, 0.8, 0.7, 0.7, 1.6, 0.9, 1, 0.9, 0.9, 0.7], size=7,
+              caption=text("methods", "recipes_caption")),
+        Para(text("methods", "hardware", device=hw["device"], devices=devices, energy_methods=runs["energy_method"].unique(),
+                  country=hw["country_iso_code"])),
+        *statistics_paras(res),
+    ]
+
+
+def seeds_text(cfg: dict) -> str:
+    s = adaptive.settings(cfg)
+    if not s:
+        return text("methods", "fixed_seeds", seeds=study_config.seeds(cfg))
+    return text("methods", "adaptive_seeds", s=s, looks=adaptive.looks(s))
+
+
+def sequential_paras(res: Results) -> list:
+    """Methods of adaptive seeds: the procedure, named and cited, and its calibration (calibration.json)."""
+    s = adaptive.settings(res.config)
+    if not s:
+        return []
+    seq = calibration.measured().get("sequential")
+    paras = [Para(text("statistics", "adaptive_seeds", s=s, spending=s["spending"], looks=adaptive.looks(s)))]
+    if seq:
+        rows = {(r["method"], r["noise"], r["true_diff"]): r for r in seq["rows"] if "family" not in r}
+        edge = [r for k, r in rows.items() if k[0] == "repeated" and abs(k[2] - 0.01) < 1e-9]
+        fixed = [r for k, r in rows.items() if k[0] == "fixed_rechecked" and abs(k[2] - 0.01) < 1e-9]
+        expected = [r for k, r in sorted(rows.items())
+                    if k[0] == "repeated" and k[1] == "normal" and r["true_diff"] in calibration.ADAPTIVE_GAINS]
+        paras.append(Para(text(
+            "statistics", "adaptive_calibration", q=seq["seeds"], seed_sd=calibration.SEED_SD,
+            edge_better=max(r["better"] for r in edge),
+            coverage=min(r["coverage"] for r in rows.values() if r["method"] == "repeated"),
+            fixed_better=max(r["better"] for r in fixed), fixed_coverage=min(r["coverage"] for r in fixed),
+            expected=expected)))
+    return paras
+
+
+def adaptive_section(res: Results) -> list:
+    """Per comparison the rounds, seeds and when it was decided; the compute saved against max seeds everywhere."""
+    if res.savings is None:
+        return []
+    L, c, s = res.labels, res.comparisons, adaptive.settings(res.config)
+    rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.rounds, r.n, r.decision,
+             "–" if r.decided_round is pd.NA else f"round {r.decided_round} ({r.n} pairs)",
+             {"decided": "decided", "max": f"max ({s['max']})"}.get(r.stopped, "still running")]
+            for r in c.itertuples()]
+    t = adaptive.summary(res.savings)
+    unit = t["hours_column"].replace("_hours", "-hours")
+    saved_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.rounds, f"{r.seeds} of {r.max}", r.saved_seeds,
+                   num(r.hours, ".3g"), num(r.saved_hours, ".3g")] for r in res.savings.itertuples()]
+    return [
+        Heading("Adaptive seeds", 2),
+        Table(["dataset", "fraction", "large arm", "rounds", "pairs", "decision", "decided at", "stopped"], rows,
+              widths=[1.4, 0.6, 1.8, 0.6, 0.6, 0.9, 1.4, 1], size=7.5, caption=text("adaptive", "rounds_caption")),
+        Table(["dataset", "fraction", "arm", "rounds", "seeds", "seeds saved", unit, f"{unit} saved"], saved_rows,
+              widths=[1.4, 0.6, 1.8, 0.6, 0.8, 0.8, 0.8, 0.9], size=7.5,
+              caption=text("adaptive", "seeds_caption", max=s["max"], unit=unit)),
+        Para(text("adaptive", "saved", max=s["max"], t=t, unit=unit, share=num(100 * t["share_saved"], ".0f"))),
+    ]
+
+
+def calibration_text(confidence: float) -> str:
+    """What the simulation of benchmarks/calibrate_stats.py measured (calibration.json), in one sentence."""
+    cal = calibration.measured()
+    cell, tasks, study = cal["cell"], cal["tasks"], cal["study"]
+
+    def span(rows, key):
+        return f"{min(r[key] for r in rows):.1%}–{max(r[key] for r in rows):.1%}"
+
+    power = {r["seeds"]: r["power_0.05"] for r in cell if r["noise"] == "normal"}
+    return text("statistics", "calibration", cal=cal, cell_coverage=span(cell, "coverage"),
+                edge_false=max(max(r["false_better"], r["false_worse"]) for r in cell),
+                tasks_coverage=span(tasks, "coverage"), false_scale_pays=max(r["false_scale_pays"] for r in study),
+                power=sorted(power.items()), confidence=confidence)
+
+
+def statistics_paras(res: Results) -> list:
+    v, c, over = res.config["verdict"], res.comparisons, res.overall
+    cells, summaries = families(res.config)
+    return [
+        Para(text("statistics", "estimators", metric=res.metric, min_pairs=stats.MIN_PAIRS)),
+        Para(text("statistics", "decisions", metric=res.metric, rope=v["rope"], confidence=v["confidence"],
+                  alpha=1 - v["confidence"], m_cells=int(c["family"].max()) if len(c) else cells,
+                  m_summaries=int(over["family"].max()) if len(over) else summaries)),
+        Para(calibration_text(v["confidence"])),
+        *sequential_paras(res),
+    ]
+
+
+def figure_blocks(paths: list[Path], caption: str) -> list:
+    """One figure block per part, numbered when a figure was split (see figures.DATASETS_PER_FIGURE)."""
+    return [Figure(p, text("results", "part", caption=caption, k=k, parts=len(paths)) if len(paths) > 1 else caption)
+            for k, p in enumerate(paths, 1)]
+
+
+def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
+    v, c = res.config["verdict"], res.comparisons
+    L = res.labels
+    summary_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.n, f"{r.score_mean:.3f} ± {num(r.score_sd)}",
+                     num(r.acc_mean), num(r.ece_mean)] for r in res.summary.itertuples()]
+    comp_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], partner(r, L), r.n, num(r.diff, "+.3f"), ci(r.lo, r.hi),
+                  ci(r.adj_lo, r.adj_hi), num(r.p_improve, ".2f"), r.decision,
+                  "–" if r.seeds_needed is pd.NA else f"≈{r.seeds_needed}"] for r in c.itertuples()]
+    over_rows = [[L[r.arm], f"{r.fraction:g}", r.tasks, r.pairs, num(r.mean_diff, "+.3f"), num(r.iqm_diff, "+.3f"),
+                  ci(r.lo, r.hi), ci(r.adj_lo, r.adj_hi), num(r.p_improve, ".2f"), r.decision]
+                 for r in res.overall.itertuples()]
+    thin = [f"{L[r.arm]}, fraction {r.fraction:g}: {r.thin}" for r in res.overall.itertuples() if r.thin]
+    score_rows = [[L[r.arm], r.group, f"{r.fraction:g}", r.tasks, num(r.iqm), num(r.mean), ci(r.lo, r.hi, ".3f")]
+                  for r in res.scores.itertuples()]
+    hours = "accelerator-hour" if c.empty or c["hours"].iloc[0] == "accelerator_hours" else "device-hour"
+    cost_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], f"{r.diff:+.3f}", num(r.extra_kwh, ".3g"),
+                  num(r.energy_ratio, ".3g") + "×", num(r.gain_per_kwh, ".3g"), num(r.extra_hours, ".3g"),
+                  num(r.gain_per_hour, ".3g")] for r in c.itertuples()]
+    blocks = [
+        Heading("Results"),
+        Heading("Scores per dataset", 2),
+        *figure_blocks(figs["scores"], text("results", "scores_figure", metric=res.metric)),
+        Table(["dataset", "fraction", "arm", "seeds", f"test {res.metric} (mean ± sd)", "test ACC", "test ECE"],
+              summary_rows, widths=[1.5, 0.7, 2.2, 0.6, 1.5, 0.8, 0.8], size=8, caption=text("results", "metrics_caption")),
+        Heading("Paired differences", 2),
+    ]
+    if "forest" in figs:
+        blocks += figure_blocks(figs["forest"], text("results", "forest_figure", confidence=v["confidence"]))
+    blocks += [
+        Table(["dataset", "frac.", "large arm", "small partner", "pairs", f"Δ {res.metric}", f"{v['confidence']:.0%} CI",
+               "simultaneous CI", "P(impr.)", "decision", "seeds needed"], comp_rows,
+              widths=[1.3, 0.5, 1.6, 1.6, 0.5, 0.7, 1.4, 1.4, 0.6, 0.9, 0.7], size=7,
+              caption=text("results", "comparisons_caption", family=int(c["family"].max()) if len(c) else 0)),
+        Heading("Across datasets", 2),
+        Table(["large arm", "fraction", "datasets", "pairs", f"mean Δ {res.metric}", "IQM Δ", f"{v['confidence']:.0%} CI",
+               "simultaneous CI", "P(improve)", "decision"], over_rows,
+              widths=[1.8, 0.7, 0.7, 0.6, 0.8, 0.7, 1.4, 1.4, 0.8, 0.9], size=7.5,
+              caption=text("results", "across_caption")),
+        *([Para(text("results", "thin", min_pairs=stats.MIN_PAIRS, summaries=listed(thin)))] if thin else []),
+        Table(["arm", "group", "fraction", "datasets", f"IQM test {res.metric}", "mean", f"{v['confidence']:.0%} CI"],
+              score_rows, widths=[2.2, 0.7, 0.7, 0.7, 1, 0.8, 1.4], size=8, caption=text("results", "scores_caption")),
+        Heading("Performance against cost", 2),
+        *figure_blocks(figs["pareto"], text("results", "pareto_figure", metric=res.metric)),
+        Table(["dataset", "fraction", "large arm", f"Δ {res.metric}", "extra kWh", "energy ×", "Δ per extra kWh",
+               f"extra {hours}s", f"Δ per extra {hours}"], cost_rows,
+              widths=[1.4, 0.6, 1.8, 0.7, 0.8, 0.7, 0.9, 0.8, 0.9], size=7.5, caption=text("results", "cost_caption")),
+    ]
+    if hours == "device-hour":
+        blocks.append(Para(text("results", "device_hours")))
+    blocks += adaptive_section(res)
+    blocks.append(Heading("Data efficiency", 2))
+    if "efficiency" in figs:
+        eff = data_efficiency(c)
+        fracs = [col for col in eff.columns if isinstance(col, float)]
+        blocks += [
+            *figure_blocks(figs["efficiency"], text("results", "efficiency_figure", confidence=v["confidence"])),
+            Table(["dataset", "large arm"] + [f"Δ at {f:g}" for f in fracs],
+                  [[f"{r['dataset']} @ {r['size']} px", L[r["arm"]]] + [num(r[f], "+.3f") for f in fracs]
+                   for _, r in eff.iterrows()], size=8, caption=text("results", "efficiency_caption")),
+        ]
+    else:
+        blocks.append(Para(text("results", "one_fraction", fractions=sorted(res.runs["fraction"].unique()))))
+    blocks += [
+        Heading("Calibration", 2),
+        *figure_blocks(figs["calibration"], text("results", "calibration_figure")),
+    ]
+    return blocks
+
+
+def reproduction_section(res: Results) -> list:
+    rep = res.reproduction
+    blocks = [Heading("Reproduction check")]
+    if rep.empty:
+        return blocks + [Para(text("reproduction", "nothing_published"))]
+    rows = [[res.labels[r.arm], f"{r.dataset} @ {r.size} px", f"{r.paper}\n{r.reference}", r.n,
+             f"{r.auc:.3f} ± {num(r.auc_sd)}", f"{r.pub_auc:.3f}", f"{r.auc_diff:+.3f}",
+             f"{r.acc:.3f} ± {num(r.acc_sd)}", f"{r.pub_acc:.3f}", f"{r.acc_diff:+.3f}",
+             "–" if r.within is None else ("yes" if r.within else "no")] for r in rep.itertuples()]
+    blocks.append(Table(["arm", "dataset", "published (id)", "seeds", "AUC here", "AUC paper", "Δ AUC", "ACC here",
+                         "ACC paper", "Δ ACC", "within spread"], rows,
+                        widths=[1.5, 1.2, 2.6, 0.5, 1.1, 0.7, 0.7, 1.1, 0.7, 0.7, 0.7], size=7,
+                        caption=text("reproduction", "caption")))
+    differs = rep[rep["recipe"] != rep["protocol"]]
+    for r in differs.drop_duplicates(["arm", "recipe"]).itertuples():
+        blocks.append(Para(text("reproduction", "other_recipe", arm=res.labels[r.arm], recipe=r.recipe,
+                                protocol=r.protocol)))
+    return blocks
+
+
+def costs_section(res: Results, estimate: dict | None = None) -> list:
+    s, L = res.summary, res.labels
+    hours = ledger.hours_column(res.runs).replace("_", "-").replace("hours", "h")
+    rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], f"{r.params / 1e6:.2f}", f"{r.flops / 1e9:.3g}",
+             f"{r.train_seconds:.0f}", f"{r.hours:.3g}", f"{r.peak_mem_mb:.0f}", f"{r.energy_kwh:.3g}",
+             f"{1000 * r.co2e_kg:.3g}"] for r in s.itertuples()]
+    t = ledger.study_total(res.runs)
+    return [
+        Heading("Costs"),
+        Table(["dataset", "fraction", "arm", "params (M)", "GFLOPs / image", "train s / run", f"{hours} / run",
+               "peak MB", "kWh / run", "g CO2e / run"], rows,
+              widths=[1.4, 0.6, 2, 0.7, 0.8, 0.8, 0.8, 0.7, 0.8, 0.8], size=7.5, caption=text("costs", "caption")),
+        Para(text("costs", "total", t=t)),
+    ] + ([Para(plan.versus_measured(estimate, t))] if estimate else [])
+
+
+def appendix_section(res: Results) -> list:
+    runs, L = res.runs, res.labels
+    versions = runs.groupby(["torch_version", "timm_version"]).size()
+    commits = runs.groupby(["code_commit", "code_dirty"]).size()
+    data = runs.drop_duplicates(["dataset", "size"])
+    weights = runs.drop_duplicates("arm")
+    run_rows = [[L[r.arm], cell_name(r), f"{r.fraction:g}", r.seed, f"{getattr(r, 'test_' + res.config['verdict']['metric']):.3f}",
+                 r.config_hash, r.mlflow_run_id or "–"] for r in runs.sort_values(["dataset", "size", "arm", "fraction", "seed"]).itertuples()]
+    return [
+        PageBreak(),
+        Heading("Appendix: provenance"),
+        Table(["torch", "timm", "runs"], [[t, m, n] for (t, m), n in versions.items()], widths=[1, 1, 1], size=8,
+              caption=text("appendix", "versions_caption")),
+        Para(text("appendix", "rendered_with", packages=provenance.package_versions())),
+        Table(["code commit", "uncommitted changes", "runs"], [[c, str(d), n] for (c, d), n in commits.items()],
+              widths=[3, 1, 0.6], size=8, caption=text("appendix", "code_caption")),
+        Table(["dataset", "data SHA-256"], [[cell_name(r), r.data_sha256] for r in data.itertuples()],
+              widths=[1, None], size=7.5, caption=text("appendix", "data_caption")),
+        Table(["arm", "weights", "published", "weights SHA-256"],
+              [[L[r.arm], r.weights_source, "yes" if r.weights_published else f"NO {NOT_PUBLISHED}", r.weights_sha256 or "–"]
+               for r in weights.itertuples()], widths=[1.2, 1.6, 0.6, None], size=6.5,
+              caption=text("appendix", "weights_caption")),
+        Table(["arm", "dataset", "fraction", "seed", f"test {res.metric}", "config hash", "MLflow run id"], run_rows,
+              widths=[1.8, 1.4, 0.6, 0.4, 0.6, None, None], size=7, caption=text("appendix", "runs_caption")),
+    ]
+
+
+def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = None) -> Document:
+    """The report's blocks, section by section in reading order."""
+    code = provenance.code_version()
+    doc = Document(res.config["title"],
+                   f"study {res.config['study']}: {len(res.runs)} runs; report code {code['commit'][:12]}")
+    sections = [
+        summary_section(res),
+        methods_section(res),
+        results_section(res, figs),
+        reproduction_section(res),
+        costs_section(res, estimate),
+        appendix_section(res),
+    ]
+    doc.blocks = [block for section in sections for block in section]
+    return doc
