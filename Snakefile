@@ -11,8 +11,8 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/report.smk"
 include: "workflow/rules/shift.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

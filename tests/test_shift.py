@@ -133,3 +133,44 @@ def test_severity_curve_has_clean_and_five_severities():
     assert sorted(curve["severity"].unique()) == [0, 1, 2, 3, 4, 5]
     large = curve[curve["arm"] == "L"].set_index("severity")["mean"]
     assert large[5] < large[1] < large[0] + 0.05 and (curve["lo"] <= curve["mean"]).all()
+
+
+# --- the report's section ------------------------------------------------------------------------------------------
+
+
+def _shift_table(runs: pd.DataFrame, lost: dict[str, float]) -> pd.DataFrame:
+    """runs_shift.csv for a run table: clean = test score; 'blur' lowers every arm by 0.02 per severity and takes
+    ``lost[arm]`` off that arm (its gain lost under shift)."""
+    rows = []
+    for r in runs.itertuples():
+        key = {k: getattr(r, k) for k in ("dataset", "size", "fraction", "arm", "seed", "group")} | {
+            "medmnistc": "0.1.0", "shift_seed": 0}
+        rows.append(key | {"corruption": "none", "severity": 0, "auc": r.test_auc})
+        for sev in range(1, 6):
+            rows.append(key | {"corruption": "blur", "severity": sev, "auc": r.test_auc - 0.02 * sev - lost.get(r.arm, 0)})
+    return pd.DataFrame(rows)
+
+
+def test_report_has_the_robustness_section_with_figure_and_table(tmp_path):
+    import json
+
+    pypdf = pytest.importorskip("pypdf")
+    from runtable import make_config, make_runs
+
+    from scaleaudit import report
+
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=4)
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
+    _shift_table(runs, {"vit_b16_pretrained": 0.05}).to_csv(tmp_path / "runs_shift.csv", index=False)
+    pdf = tmp_path / "r.pdf"
+    report.build(tmp_path / "runs.csv", tmp_path / "config.json", pdf, assets=tmp_path / "assets",
+                 shift_csv=tmp_path / "runs_shift.csv")
+    text = " ".join(" ".join(p.extract_text() for p in pypdf.PdfReader(pdf).pages).split())
+    assert "Robustness under acquisition shift" in text and "gain shrinks under shift" in text
+    assert "medmnistc package (version 0.1.0, seed 0)" in text
+    assert (tmp_path / "assets" / "shift_severity.png").exists()
+    # without a shift table the section is absent
+    report.build(tmp_path / "runs.csv", tmp_path / "config.json", tmp_path / "plain.pdf", assets=tmp_path / "plain")
+    assert "Robustness" not in (tmp_path / "plain.md").read_text()
+    assert not (tmp_path / "plain" / "shift_severity.png").exists()

@@ -167,7 +167,7 @@ def cmd_next_round(args) -> None:
 def cmd_report(args) -> None:
     from . import report
 
-    report.build(args.runs, args.config, args.out, assets=args.assets)
+    report.build(args.runs, args.config, args.out, assets=args.assets, shift_csv=args.shift)
     print(f"report written to {args.out}")
 
 
@@ -273,6 +273,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="resolved study config (JSON) written by validate-config")
     s.add_argument("--assets", help="folder for figures and the report source (default: next to --out)")
     s.add_argument("--out", required=True, help="PDF file; the Markdown version goes next to it (.md)")
+    s.add_argument("--shift", help="the shift table (runs_shift.csv): adds the robustness section")
     s.set_defaults(func=cmd_report)
     return p
 

@@ -40,6 +40,7 @@ rule report:
     input:
         runs=RUN_TABLE,
         config=f"{RESULTS}/config.resolved.json",
+        shift=SHIFT_TABLE if config["shift"]["enabled"] else [],
     output:
         pdf=report(REPORT, caption="../report/pdf.rst", category="Report"),
         markdown=REPORT.removesuffix(".pdf") + ".md",
@@ -50,10 +51,12 @@ rule report:
             category="Figures",
             labels={"figure": "{figure}"},
         ),
+    params:
+        shift=lambda wildcards, input: f"--shift {input.shift}" if input.shift else "",
     log:
         f"{LOGS}/report.log",
     conda:
         CONDA_ENV
     shell:
         "scaleaudit report --runs {input.runs} --config {input.config} --assets {output.assets} "
-        "--out {output.pdf} > {log} 2>&1"
+        "--out {output.pdf} {params.shift} > {log} 2>&1"

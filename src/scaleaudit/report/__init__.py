@@ -30,7 +30,7 @@ __all__ = ["NOT_PUBLISHED", "TEXT_COLUMNS", "Document", "Figure", "Heading", "Pa
 
 
 def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: str | os.PathLike,
-          assets: str | os.PathLike | None = None) -> None:
+          assets: str | os.PathLike | None = None, shift_csv: str | os.PathLike | None = None) -> None:
     """Write the PDF and, next to it, the same report as Markdown (``.md``); figures go to ``assets``."""
     import typst
 
@@ -42,6 +42,10 @@ def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: 
     assets = Path(assets) if assets else out_pdf.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
     res = Results.of(runs, config)
+    if shift_csv:  # MedMNIST-C scores of every run (shift.enabled): the robustness section
+        import pandas as pd
+
+        res.shift = pd.read_csv(shift_csv)
     # the cost estimate `scaleaudit plan` wrote before the study started, if it was of this study
     plan_file = Path(runs_csv).parent / plan.PLAN_FILE
     estimate = read_json(plan_file) if plan_file.exists() else None

@@ -71,6 +71,7 @@ class Results:
     dropped: pd.DataFrame
     missing: pd.DataFrame
     savings: pd.DataFrame | None = None  # adaptive seeds: per cell and arm, the seeds and hours not run
+    shift: pd.DataFrame | None = None  # MedMNIST-C: runs_shift.csv (shift.enabled), else None
 
     @classmethod
     def of(cls, runs: pd.DataFrame, config: dict) -> Results:
