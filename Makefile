@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    := PATH="$(BIN):$$PATH"
 CORES  ?= all
 
-.PHONY: help install lock dist demo study test test-slurm lint bench gpu-check clean
+.PHONY: help install medmnistc-env lock dist demo study test test-slurm lint bench gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,27 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)  ## create .venv with scaleaudit and the locked dependencies (envs/requirements.lock.txt)
 
+# The corruption step's own environment (medmnistc pins medmnist, scikit-image and an older numpy, and needs
+# ImageMagick's MagickWand): scaleaudit goes in without dependencies, it runs only scaleaudit.corrupt there.
+MC_VENV  ?= .venv-medmnistc
+MC_LOCK  := envs/medmnistc.lock.txt
+MC_STAMP := $(MC_VENV)/.installed-stamp
+MC_PIP   := $(abspath $(MC_VENV))/bin/pip --disable-pip-version-check
+MAGICKWAND_DEB ?= libmagickwand-6.q16-6
+
+$(MC_STAMP): $(MC_LOCK) pyproject.toml
+	$(PYTHON) -m venv $(MC_VENV)
+	$(MC_PIP) install --quiet -r $(MC_LOCK)
+	$(MC_PIP) install --quiet --no-deps -e .
+	@$(MC_VENV)/bin/python -c 'import wand.image' 2>/dev/null || { \
+	  echo "MagickWand (ImageMagick) is missing: installing $(MAGICKWAND_DEB) with apt-get"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(MAGICKWAND_DEB); } \
+	  || { echo "could not install $(MAGICKWAND_DEB): install ImageMagick's MagickWand library (Debian/Ubuntu: $(MAGICKWAND_DEB), macOS: brew install imagemagick) and re-run make medmnistc-env" >&2; exit 1; }; }
+	$(MC_VENV)/bin/python -c 'import medmnistc.corruptions.registry, scaleaudit.corrupt'
+	touch $@
+
+medmnistc-env: $(MC_STAMP)  ## create .venv-medmnistc, the corruption step's environment (medmnistc, MagickWand)
+
 lock: $(STAMP)  ## re-pin envs/requirements.lock.txt to what .venv has installed (after testing an upgrade there)
 	$(PIP) install --quiet pip-tools
 	$(PIP) freeze --exclude-editable | grep -v '^scaleaudit' > $(VENV)/tested.txt
@@ -35,14 +56,14 @@ lock: $(STAMP)  ## re-pin envs/requirements.lock.txt to what .venv has installed
 dist: $(STAMP)  ## build the wheel and sdist into dist/
 	$(BIN)/python -m build --no-isolation --outdir dist .
 
-demo: $(STAMP)  ## run the CPU demo study (BreastMNIST, 3 arms, 3 seeds) -> reports/demo.pdf
+demo: $(STAMP) $(MC_STAMP)  ## run the CPU demo study (BreastMNIST, 3 arms, 3 seeds) -> reports/demo.pdf
 	$(RUN) snakemake --profile workflow/profiles/local --configfile config/demo.yaml --cores $(CORES)
 
-study: $(STAMP)  ## run the full study (config/config.yaml; GPU-sized) -> reports/full.pdf
+study: $(STAMP) $(MC_STAMP)  ## run the full study (config/config.yaml; GPU-sized) -> reports/full.pdf
 	$(RUN) scaleaudit plan config/config.yaml --brief
 	$(RUN) snakemake --profile workflow/profiles/local --cores $(CORES)
 
-test: $(STAMP)  ## run the test suite (unit tests and the whole workflow on a tiny config)
+test: $(STAMP) $(MC_STAMP)  ## run the test suite (unit tests and the whole workflow on a tiny config)
 	$(RUN) pytest
 
 test-slurm: $(STAMP)  ## the tiny study through the slurm profile on a local Slurm cluster (as root: installs Slurm)

@@ -11,6 +11,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/shift.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -18,4 +19,5 @@ rule all:
     input:
         RUN_TABLE,
         REPORT,
+        [SHIFT_TABLE, SHIFT_VERDICT] if SHIFT["enabled"] else [],
     default_target: True

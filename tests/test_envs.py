@@ -44,6 +44,17 @@ def test_lock_pins_every_dependency_within_its_range():
         assert "==" not in "".join(PROJECT["dependencies"])  # ranges in pyproject, pins only in the lock
 
 
+def test_corruption_env_is_pinned_to_its_lock():
+    """envs/medmnistc.yaml (conda) installs what envs/medmnistc.lock.txt (make medmnistc-env) pins."""
+    env = yaml.safe_load((REPO / "envs" / "medmnistc.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    lock = {_name(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "envs" / "medmnistc.lock.txt")
+                                                 .read_text(), re.M)}
+    assert pip[0] == f"scaleaudit=={scaleaudit.__version__}"
+    assert all(lock[_name(p)] == p.split("==")[1] for p in pip[1:]), pip
+    assert {"medmnistc", "numpy", "scikit-image", "wand"} <= {_name(p) for p in pip[1:]}
+
+
 def test_every_imported_distribution_is_declared():
     imports = set()
     for path in (REPO / "src" / "scaleaudit").rglob("*.py"):

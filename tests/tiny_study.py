@@ -51,6 +51,8 @@ def env(**extra: str) -> dict:
     e.pop("MLFLOW_TRACKING_URI", None)
     e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), e.get("PYTHONPATH")]))
     e["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), e.get("PATH", "")])
+    # copied workflows find the checkout's corruption environment (make medmnistc-env) through the setting's variable
+    e["SCALEAUDIT_MEDMNISTC_PYTHON"] = str(REPO / ".venv-medmnistc" / "bin" / "python")
     e |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"} | extra
     return e
 

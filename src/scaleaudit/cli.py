@@ -74,7 +74,7 @@ def cmd_init_tracking(args) -> None:
     uri = tracking.resolve_uri(args.uri)
     own = tracking.is_default_store(uri)
     record = tracking.init_experiment(uri, args.experiment, args.artifact_root, record_dir=Path(args.out).parent if own else None)
-    write_json(args.out, record | {"system_metrics": args.system_metrics, "versions": package_versions(),
+    write_json(args.out, record | {"system_metrics": args.system_metrics, "log_model": args.log_model, "versions": package_versions(),
                                    "settings": settings.record("tracking.uri", args.uri)})
     print(f"MLflow experiment {record['experiment']!r} (id {record['experiment_id']}) at {uri}")
 
@@ -115,6 +115,38 @@ def cmd_aggregate(args) -> None:
     print(f"{args.out}: {len(table)} runs")
 
 
+def cmd_shift_eval(args) -> None:
+    from . import shift
+    from .files import read_json, write_json
+
+    weights = read_json(args.weights) if args.weights else None
+    record = shift.evaluate(Path(args.run), read_json(args.corrupted), read_json(args.data), weights, args.threads,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    write_json(args.out, record)
+    print(f"{args.out}: {len(record['corrupted'])} corruptions x {len(record['severities'])} severities")
+
+
+def cmd_aggregate_shift(args) -> None:
+    from . import aggregate, shift
+
+    table = shift.table(args.shift)
+    aggregate.write(table, args.out)
+    print(f"{args.out}: {len(table)} rows of {table[aggregate.RUN_KEY].drop_duplicates().shape[0]} runs")
+
+
+def cmd_shift_verdict(args) -> None:
+    import pandas as pd
+
+    from . import aggregate, shift
+    from .files import read_json
+
+    verdict = read_json(args.config)["verdict"]
+    table = shift.verdicts(pd.read_csv(args.runs), pd.read_csv(args.shift), verdict["metric"], verdict["rope"],
+                           verdict["confidence"])
+    aggregate.write(table, args.out)
+    print(f"{args.out}: {len(table)} comparisons")
+
+
 def cmd_next_round(args) -> None:
     from . import adaptive, aggregate
     from .files import read_json, write_json
@@ -135,7 +167,7 @@ def cmd_next_round(args) -> None:
 def cmd_report(args) -> None:
     from . import report
 
-    report.build(args.runs, args.config, args.out, assets=args.assets, metrics=args.metrics)
+    report.build(args.runs, args.config, args.out, assets=args.assets, metrics=args.metrics, shift_csv=args.shift)
     print(f"report written to {args.out}")
 
 
@@ -174,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", required=True, help="experiment name")
     s.add_argument("--artifact-root", default="results/mlartifacts", help="artifact folder for a SQLite store")
     s.add_argument("--system-metrics", action="store_true", help="training jobs log MLflow's system metrics (needs psutil)")
+    s.add_argument("--log-model", action="store_true", help="training jobs also log their selected weights as an MLflow model")
     s.add_argument("--out", required=True, help="where to record the experiment (JSON)")
     s.set_defaults(func=cmd_init_tracking)
 
@@ -207,6 +240,27 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="CSV table")
     s.set_defaults(func=cmd_aggregate)
 
+    s = sub.add_parser("shift-eval", help="score a finished run's kept weights on a MedMNIST-C corrupted test set")
+    s.add_argument("--run", required=True, help="the run folder (metrics.json, run_config.json, best.safetensors)")
+    s.add_argument("--corrupted", required=True, help="the corrupted set's record (results/data/corrupted/*.json)")
+    s.add_argument("--data", required=True, help="the clean dataset's record (results/data/*.json)")
+    s.add_argument("--weights", help="the arm's pretrained weights record (pretrained arms)")
+    s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument("--out", required=True, help="shift.json of the run")
+    s.set_defaults(func=cmd_shift_eval)
+
+    s = sub.add_parser("aggregate-shift", help="one table (run x corruption x severity) from the runs' shift.json")
+    s.add_argument("shift", nargs="+", help="shift.json files")
+    s.add_argument("--out", required=True, help="CSV table")
+    s.set_defaults(func=cmd_aggregate_shift)
+
+    s = sub.add_parser("shift-verdict", help="the verdict on clean and on corrupted test sets, and the change of gain")
+    s.add_argument("--runs", required=True, help="the run table (runs.csv)")
+    s.add_argument("--shift", required=True, help="the shift table (runs_shift.csv)")
+    s.add_argument("--config", required=True, help="the resolved config (verdict metric, ROPE, confidence)")
+    s.add_argument("--out", required=True, help="CSV table")
+    s.set_defaults(func=cmd_shift_verdict)
+
     s = sub.add_parser("next-round", help="adaptive seeds: the runs of the next round (comparisons still undecided)")
     s.add_argument("metrics", nargs="+", help="metrics.json files of every run of the earlier rounds")
     s.add_argument("--config", required=True, help="resolved study config (JSON) written by validate-config")
@@ -222,6 +276,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the runs' metrics.json files (predictions.npz beside each): learning curves and reliability "
                         "diagrams; without them the report says they were not drawn")
     s.add_argument("--out", required=True, help="PDF file; the Markdown version goes next to it (.md)")
+    s.add_argument("--shift", help="the shift table (runs_shift.csv): adds the robustness section")
     s.set_defaults(func=cmd_report)
     return p
 

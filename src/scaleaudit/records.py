@@ -124,6 +124,7 @@ class RunResult:
     cost: dict  # COST_COLUMNS and the precision
     provenance: dict  # code, versions, hardware, data, weights
     tracking: dict | None  # MLflow run_id, tracking_uri, experiment, experiment_id
+    best_weights: dict | None = None  # the selected weights kept in the run folder: file, format, sha256, tensors
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"run": asdict(self.run)}

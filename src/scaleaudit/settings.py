@@ -25,6 +25,7 @@ SETTINGS = (
     Setting("data.mirror", "SCALEAUDIT_MIRROR", "download from the official URLs (Zenodo)"),
     Setting("weights.dir", "SCALEAUDIT_WEIGHTS_DIR", "the timm / Hugging Face hub"),
     Setting("tracking.uri", "MLFLOW_TRACKING_URI", "sqlite:///<working dir>/results/mlflow.db"),
+    Setting("shift.python", "SCALEAUDIT_MEDMNISTC_PYTHON", ".venv-medmnistc/bin/python beside the Snakefile"),
 )
 BY_KEY = {s.key: s for s in SETTINGS}
 

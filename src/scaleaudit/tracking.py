@@ -327,6 +327,21 @@ class TrackedRun:
         for path in paths:
             self._call(lambda: self.client.log_artifact(self.run_id, str(path)))
 
+    def log_model(self, model, staging: Path) -> None:
+        """The model as an MLflow model (``mlflow.pytorch`` flavour, artifact ``model``), staged in ``staging``; the
+        requirements are named, not inferred (inference imports the model in a subprocess). Pickled: MLflow's 'pt2'
+        format would trace (torch.export) every architecture; the safe copy is best.safetensors beside it."""
+        import shutil
+
+        import mlflow.pytorch
+        import torch
+
+        shutil.rmtree(staging, ignore_errors=True)
+        mlflow.pytorch.save_model(model, str(staging), serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                                         "timm", "scaleaudit"])
+        self._call(lambda: self.client.log_artifacts(self.run_id, str(staging), "model"))
+        shutil.rmtree(staging, ignore_errors=True)
+
     def log_dict(self, obj: dict, name: str) -> None:
         self._call(lambda: self.client.log_dict(self.run_id, obj, name))
 

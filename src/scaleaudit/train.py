@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 from . import conv_gemm, cost, data, features, jobcontrol, knn, metrics, models, provenance, settings
 from .errors import ScaleauditError
-from .files import atomic_path, write_json
+from .files import atomic_path, file_digest, write_json
 from .records import PREDICTIONS, RunInfo, RunResult, RunSpec
 
 MEAN_STD = {"half": ((0.5,), (0.5,)), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+BEST_WEIGHTS = "best.safetensors"  # the selected weights, kept after training
 CHECKPOINT = "checkpoint.pt"
 # Saving is ~0.5 s for ResNet-18 on a CPU (weights, optimiser, best weights): every epoch of a small
 # model would spend ~10 % of the time on it. A kill loses at most this much training, never a result.
@@ -345,6 +346,20 @@ class Trainer:
             probs.append(_probabilities(logits, self.task))
         return torch.cat(probs).cpu().numpy(), float(loss) / len(images)
 
+    @torch.inference_mode()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of other uint8 images (N, H, W[, C]) of the split's shape, through the whole model
+        (a cached linear probe's backbone too): how kept weights score corrupted test sets."""
+        self.model.eval()
+        images = _on_device(images if images.ndim == 4 else images[..., None], self.device)
+        bs = max(256, 4 * self.spec["recipe"]["batch_size"])
+        probs = []
+        for start in range(0, len(images), bs):
+            with self.autocast:
+                logits = self.model(self.transform(images[start : start + bs])).float()
+            probs.append(_probabilities(logits, self.task))
+        return torch.cat(probs).cpu().numpy()
+
     def evaluate(self, split: str) -> tuple[dict, np.ndarray]:
         probs, loss = self.predict(split)
         return metrics.evaluate(self.labels[split], probs, self.task) | {"loss": loss}, probs
@@ -536,9 +551,10 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
         tracking=None if tracked is None else {"run_id": tracked.run_id, "experiment_id": tracked.experiment_id}
         | {k: tracking[k] for k in ("tracking_uri", "experiment")},
     )
-    result = record.to_dict()
     labels = trainer.labels["test"]
-    try:  # a full disk here (predictions, MLflow, metrics) fails the run in MLflow too, never leaves it RUNNING
+    try:  # a full disk here (weights, predictions, MLflow, metrics) fails the run in MLflow too, never leaves it RUNNING
+        record.best_weights = save_best_weights(trainer.state["best_state"], out_dir / BEST_WEIGHTS)
+        result = record.to_dict()
         with atomic_path(out_dir / PREDICTIONS) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, labels=labels, probabilities=probs)
@@ -546,7 +562,9 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
             tracked.log_metrics({f"test_{k}": v for k, v in test.items() if v is not None}  # a kNN vote has no loss
                                 | {f"best_val_{k}": v for k, v in val.items() if v is not None}
                                 | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}, step=trainer.state["epoch"])
-            tracked.log_artifacts([out_dir / "run_config.json", out_dir / PREDICTIONS])
+            tracked.log_artifacts([out_dir / "run_config.json", out_dir / PREDICTIONS, out_dir / BEST_WEIGHTS])
+            if tracking.get("log_model"):
+                tracked.log_model(trainer.model, out_dir / "mlflow_model")
             tracked.log_dict(result, "metrics.json")
             if monitor is not None:
                 monitor.finish()
@@ -558,6 +576,32 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
     checkpoint.unlink(missing_ok=True)
     log(f"test auc {test['auc']:.4f} acc {test['acc']:.4f} (best epoch {trainer.state['best_epoch']}, {train_seconds:.0f} s)")
     return result
+
+
+def save_best_weights(state: dict[str, torch.Tensor], path: Path) -> dict:
+    """The selected weights (without frozen ones, as ``trained_state``) as safetensors; their record for metrics.json.
+    Evaluations after training (``scaleaudit shift-eval``) load them instead of training again."""
+    from safetensors.torch import save_file
+
+    # clones: safetensors refuses tensors that share memory, and views that are not contiguous
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+        sha256 = file_digest(tmp, "sha256")
+    return {"file": path.name, "format": "safetensors", "sha256": sha256, "tensors": len(tensors)}
+
+
+def load_best_weights(run_dir: Path, record: dict) -> dict[str, torch.Tensor]:
+    """A run's kept weights, checked against the SHA-256 its metrics.json recorded."""
+    from safetensors.torch import load_file
+
+    path = Path(run_dir) / record["file"]
+    fix = f"train the run again (delete {run_dir})"
+    if not path.exists():
+        raise ScaleauditError(f"{path} (the run's selected weights) is missing", fix)
+    if file_digest(path, "sha256") != record["sha256"]:
+        raise ScaleauditError(f"{path} is not the file its run recorded (SHA-256 differs)", fix)
+    return load_file(str(path))
 
 
 def _end_failed(tracked, monitor, exc: BaseException, log: Callable[[str], None]) -> None:

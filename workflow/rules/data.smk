@@ -46,10 +46,11 @@ rule init_tracking:
         uri=optional_flag("--uri", config["tracking"]["uri"]),  # else $MLFLOW_TRACKING_URI
         experiment=experiment_name(config["tracking"]["experiment"], STUDY),
         system_metrics="--system-metrics" if config["tracking"]["system_metrics"] else "",
+        log_model="--log-model" if config["tracking"]["log_model"] else "",
     log:
         f"{LOGS}/init_tracking.log",
     conda:
         CONDA_ENV
     shell:
         "scaleaudit init-tracking --experiment {params.experiment:q} --out {output} "
-        "--artifact-root results/mlartifacts {params.uri} {params.system_metrics} > {log} 2>&1"
+        "--artifact-root results/mlartifacts {params.uri} {params.system_metrics} {params.log_model} > {log} 2>&1"

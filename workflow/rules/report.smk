@@ -41,6 +41,7 @@ rule report:
         runs=RUN_TABLE,
         config=f"{RESULTS}/config.resolved.json",
         metrics=all_metrics,  # their folders hold the learning curves and test predictions
+        shift=SHIFT_TABLE if config["shift"]["enabled"] else [],
     output:
         pdf=report(REPORT, caption="../report/pdf.rst", category="Report"),
         markdown=REPORT.removesuffix(".pdf") + ".md",
@@ -51,10 +52,12 @@ rule report:
             category="Figures",
             labels={"figure": "{figure}"},
         ),
+    params:
+        shift=lambda wildcards, input: f"--shift {input.shift}" if input.shift else "",
     log:
         f"{LOGS}/report.log",
     conda:
         CONDA_ENV
     shell:
         "scaleaudit report --runs {input.runs} --config {input.config} --metrics {input.metrics} "
-        "--assets {output.assets} --out {output.pdf} > {log} 2>&1"
+        "--assets {output.assets} --out {output.pdf} {params.shift} > {log} 2>&1"

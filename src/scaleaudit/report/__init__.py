@@ -32,9 +32,11 @@ __all__ = ["NOT_PUBLISHED", "TEXT_COLUMNS", "Document", "Figure", "Heading", "Pa
 
 
 def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: str | os.PathLike,
-          assets: str | os.PathLike | None = None, metrics: list[str | os.PathLike] | None = None) -> None:
+          assets: str | os.PathLike | None = None, metrics: list[str | os.PathLike] | None = None,
+          shift_csv: str | os.PathLike | None = None) -> None:
     """Write the PDF and, next to it, the same report as Markdown (``.md``); figures go to ``assets``. With the
-    runs' ``metrics`` files, the report adds their learning curves and reliability diagrams."""
+    runs' ``metrics`` files, the report adds their learning curves and reliability diagrams; with the shift table
+    (runs_shift.csv), the robustness section."""
     import typst
 
     from .figures import figures  # matplotlib and seaborn only where figures are drawn
@@ -45,6 +47,10 @@ def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: 
     assets = Path(assets) if assets else out_pdf.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
     res = Results.of(runs, config, curves.load(metrics, runs) if metrics else None)
+    if shift_csv:  # MedMNIST-C scores of every run (shift.enabled): the robustness section
+        import pandas as pd
+
+        res.shift = pd.read_csv(shift_csv)
     # the cost estimate `scaleaudit plan` wrote before the study started, if it was of this study
     plan_file = Path(runs_csv).parent / plan.PLAN_FILE
     estimate = read_json(plan_file) if plan_file.exists() else None

@@ -353,10 +353,40 @@ def data_scale(cv: Canvas):
     return fig
 
 
+def shift_severity(cv: Canvas):
+    """Test metric against MedMNIST-C severity (0: clean) per arm, mean over corruptions; only with shift results."""
+    from .. import shift
+
+    if cv.res.shift is None or cv.res.shift.empty:
+        return None
+    curve = shift.severity_curve(cv.res.shift, cv.verdict["metric"], cv.verdict["confidence"])
+    curve = curve.assign(arm_label=curve["arm"].map(cv.res.labels))
+    keys = sorted(set(zip(curve["dataset"], curve["size"], curve["fraction"])))
+    wrap = min(len(keys), 3)
+    fig, axes = plt.subplots(math.ceil(len(keys) / wrap), wrap, squeeze=False, sharey=True, layout="constrained",
+                             figsize=(2.6 * wrap + 0.6, 2.4 * math.ceil(len(keys) / wrap)))
+    for ax, (dataset, size, fraction) in zip(axes.flat, keys):
+        for label in cv.order:
+            d = curve[(curve["dataset"] == dataset) & (curve["size"] == size) & (curve["fraction"] == fraction)
+                      & (curve["arm_label"] == label)].sort_values("severity")
+            if len(d):
+                ax.fill_between(d["severity"], d["lo"], d["hi"], color=cv.colours[label], alpha=0.2)
+                ax.plot(d["severity"], d["mean"], marker="o", ms=3, color=cv.colours[label])
+        ax.set_xticks(range(6))
+        cv.title(ax, dataset, size, fraction)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.supxlabel("MedMNIST-C severity (0: clean)", fontsize=9)
+    fig.supylabel(f"test {cv.res.metric}", fontsize=9)
+    fig.legend(handles=[plt.Line2D([], [], marker="o", color=cv.colours[lbl], label=lbl) for lbl in cv.order],
+               loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
 PER_PART = {"scores": scores, "calibration": calibration, "pareto": pareto, "scale_params": scale_params,
             "scale_flops": scale_flops}
 WITH_CURVES = {"learning_loss": learning_loss, "learning_val": learning_val, "reliability": reliability}  # per part
-WHOLE = {"forest": forest, "efficiency": efficiency, "data_scale": data_scale}
+WHOLE = {"forest": forest, "efficiency": efficiency, "data_scale": data_scale, "shift_severity": shift_severity}
 
 
 def figures(res: Results, outdir: Path) -> dict[str, list[Path]]:

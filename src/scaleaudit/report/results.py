@@ -73,6 +73,7 @@ class Results:
     missing: pd.DataFrame
     savings: pd.DataFrame | None = None  # adaptive seeds: per cell and arm, the seeds and hours not run
     curves: Curves | None = None  # learning curves and reliability diagrams, where the run files were given
+    shift: pd.DataFrame | None = None  # MedMNIST-C: runs_shift.csv (shift.enabled), else None
 
     @classmethod
     def of(cls, runs: pd.DataFrame, config: dict, curves: Curves | None = None) -> Results:

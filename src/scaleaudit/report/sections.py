@@ -454,6 +454,33 @@ def appendix_section(res: Results) -> list:
     ]
 
 
+def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
+    """Robustness under acquisition shift (MedMNIST-C): the verdict clean vs corrupted, per corruption family."""
+    from .. import shift
+
+    if res.shift is None or res.shift.empty:
+        return []
+    v, L = res.config["verdict"], res.labels
+    table = shift.verdicts(res.runs, res.shift, v["metric"], v["rope"], v["confidence"])
+    corruptions = [c for c in table["condition"].unique() if c not in (shift.CLEAN, shift.ALL)]
+    blocks = [Heading("Robustness under acquisition shift"),
+              Para(text("shift", "intro", corruptions=listed(corruptions), seed=res.shift["shift_seed"].iloc[0],
+                        medmnistc=res.shift["medmnistc"].iloc[0], rope=v["rope"], metric=res.metric,
+                        family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max())))]
+    if "shift_severity" in figs:
+        blocks += figure_blocks(figs["shift_severity"], text("shift", "severity_figure", metric=res.metric))
+    for (dataset, size, fraction), g in table.groupby(stats.CELL, sort=True):
+        rows = [[r.condition, L[r.arm], num(r.diff, "+.3f"), ci(r.adj_lo, r.adj_hi), r.decision,
+                 "" if r.condition == shift.CLEAN else num(r.change, "+.3f"),
+                 "" if r.condition == shift.CLEAN else ci(r.change_lo, r.change_hi), r.reading or "–"]
+                for r in g.itertuples()]
+        blocks.append(Heading(f"{dataset} @ {size} px, fraction {fraction:g}", 2))
+        blocks.append(Table(["condition", "large arm", f"Δ {res.metric}", "simultaneous CI", "decision", "change",
+                             "change CI", "reading"], rows, widths=[1.3, 1.6, 0.6, 1.3, 0.9, 0.6, 1.3, 1.6], size=7,
+                            caption=text("shift", "table_caption", metric=res.metric, confidence=v["confidence"])))
+    return blocks
+
+
 def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = None) -> Document:
     """The report's blocks, section by section in reading order."""
     code = provenance.code_version()
@@ -465,6 +492,7 @@ def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = 
         fidelity_section(res),
         results_section(res, figs),
         scaling_section(res, figs),
+        shift_section(res, figs),
         reproduction_section(res),
         curves_section(res, figs),
         costs_section(res, estimate),

@@ -1,0 +1,170 @@
+"""Robustness under acquisition shift: each run's kept weights on MedMNIST-C corrupted test sets, and the verdict.
+
+``evaluate`` (training stack, imported lazily) loads a finished run's ``best.safetensors``, checks that it gives the
+test scores metrics.json recorded, and scores every corruption and severity of the cached corrupted set
+(``corrupt.py``); the result is ``shift.json`` beside metrics.json. ``table`` flattens those into one row per run,
+corruption and severity (severity 0: the clean test split).
+
+``verdicts`` reuses the verdict's one path (``stats.compare``: pairs -> t-interval -> decide) with the corrupted
+score in place of the test score; the small partner is still chosen on the clean validation split, so no choice
+sees corrupted data. Conditions: ``clean``, each corruption (mean over its 5 severities) and ``all`` (mean over
+corruptions and severities). Multiplicity: the clean verdicts stay in the study's per-cell family; the shift claims
+(each corrupted condition's comparison, and whether the gain changed under shift) form one family of their own, of
+cells x large arms x (corruptions + 1) x 2, Bonferroni like the others.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .aggregate import RUN_KEY
+from .errors import ScaleauditError
+from .files import read_json
+
+CLEAN, ALL = "clean", "all"
+METRICS = ("auc", "acc", "bacc", "ece")
+
+
+def evaluate(run_dir: Path, corrupted_record: dict, data_record: dict, weights: dict | None,
+             threads: int | None = None, log=print) -> dict:
+    """Score a finished run's selected weights on every corruption and severity; the content of ``shift.json``."""
+    from . import corrupt, metrics, train
+    from .records import RunResult
+
+    run_dir = Path(run_dir)
+    result = RunResult.load(run_dir / "metrics.json")
+    spec = read_json(run_dir / "run_config.json")
+    if result.best_weights is None:
+        raise ScaleauditError(f"{run_dir} has no kept weights (trained by a scaleaudit that did not keep them)",
+                              f"train the run again (delete {run_dir}) to evaluate it under shift")
+    try:
+        arrays = corrupt.check(corrupted_record, Path(data_record["file"]))
+    except corrupt.CorruptedSetError as exc:
+        raise ScaleauditError(str(exc)) from None
+    train.configure_torch(spec["seed"], threads, spec["hardware"]["determinism"])
+    device = train.pick_device(spec["device"])
+    trainer = train.Trainer(spec, data_record["file"], weights, device, log=log)
+    trainer.load_trained_state(train.load_best_weights(run_dir, result.best_weights))
+    clean, _ = trainer.evaluate("test")
+    off = {k: (clean[k], result.test[k]) for k in METRICS if not math.isclose(clean[k], result.test[k], abs_tol=1e-9)
+           and not (math.isnan(clean[k]) and math.isnan(result.test[k]))}
+    if off:
+        raise ScaleauditError(f"{run_dir}/{result.best_weights['file']} does not give the test scores metrics.json "
+                              f"recorded: {off}", f"train the run again (delete {run_dir})")
+    labels = trainer.labels["test"]
+    scores = {}
+    for name in corrupted_record["corruptions"]:
+        scores[name] = [metrics.evaluate(labels, trainer.probabilities(level), trainer.task) for level in arrays[name]]
+        log(f"{name}: auc " + " ".join(f"{s['auc']:.3f}" for s in scores[name]))
+    return {"run": result.to_dict()["run"], "task": result.task, "clean": {k: clean[k] for k in METRICS},
+            "corrupted": scores, "severities": corrupted_record["severities"],
+            "corrupted_set": {k: corrupted_record[k] for k in ("file", "sha256", "seed")}
+            | {"medmnistc": corrupted_record["versions"].get("medmnistc")},
+            "best_weights": result.best_weights}
+
+
+def rows(record: dict) -> list[dict]:
+    """One row per corruption and severity of one ``shift.json`` (severity 0, corruption 'none': clean)."""
+    run = record["run"]
+    key = {k: run[k] for k in RUN_KEY} | {"group": run["group"], "medmnistc": record["corrupted_set"]["medmnistc"],
+                                          "shift_seed": record["corrupted_set"]["seed"]}
+    out = [key | {"corruption": "none", "severity": 0} | record["clean"]]
+    for name, levels in record["corrupted"].items():
+        out += [key | {"corruption": name, "severity": s} | m for s, m in zip(record["severities"], levels)]
+    return out
+
+
+def table(paths: list) -> pd.DataFrame:
+    return pd.DataFrame([r for p in paths for r in rows(read_json(p))]).sort_values(
+        RUN_KEY + ["corruption", "severity"], ignore_index=True)
+
+
+def condition_scores(shift: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
+    """Per run: its score under each condition: clean, each corruption (mean over severities), all (mean over
+    corruptions and severities). Columns: RUN_KEY + condition + score."""
+    clean = shift[shift["severity"] == 0]
+    bad = shift[shift["severity"] > 0]
+    parts = [clean[RUN_KEY].assign(condition=CLEAN, score=clean[metric].to_numpy()),
+             bad.groupby(RUN_KEY + ["corruption"], as_index=False)[metric].mean()
+             .rename(columns={"corruption": "condition", metric: "score"}),
+             bad.groupby(RUN_KEY, as_index=False)[metric].mean().assign(condition=ALL).rename(columns={metric: "score"})]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _with_score(runs: pd.DataFrame, scores: pd.DataFrame, condition: str, metric: str) -> pd.DataFrame:
+    """The run table with the condition's score as its test score (validation scores stay clean)."""
+    s = scores[scores["condition"] == condition][RUN_KEY + ["score"]]
+    merged = runs.drop(columns=[stats.score_column(metric)]).merge(s, on=RUN_KEY, how="inner")
+    return merged.rename(columns={"score": stats.score_column(metric)})
+
+
+def verdicts(runs: pd.DataFrame, shift: pd.DataFrame, metric: str = "auc", rope: float = 0.01,
+             confidence: float = 0.95) -> pd.DataFrame:
+    """Per cell, large arm and condition: the paired difference to the small partner and its decision
+    (``stats.compare``), and for corrupted conditions the change of that gain from clean (``change``: the paired
+    difference of differences, decided against the same ROPE: 'better' = the gain grows under shift, 'worse' =
+    it shrinks) and a plain reading (``reading``). ``family``: the shift family's size (module docstring)."""
+    scores = condition_scores(shift, metric)
+    conditions = [CLEAN] + sorted(set(scores["condition"]) - {CLEAN, ALL}) + [ALL]
+    cells = runs.loc[runs["group"] == "large", stats.CELL + ["arm"]].drop_duplicates()
+    family = len(cells) * (len(conditions) - 1) * 2
+    clean_runs = _with_score(runs, scores, CLEAN, metric)
+    clean = stats.compare(clean_runs, metric, rope, confidence)  # the study's per-cell family, as the report's
+    clean_pairs = stats.paired(clean_runs, metric)
+    out = [clean.assign(condition=CLEAN)]
+    for condition in conditions[1:]:
+        shifted = _with_score(runs, scores, condition, metric)
+        c = stats.compare(shifted, metric, rope, confidence, family=family)
+        pairs = stats.paired(shifted, metric).merge(clean_pairs, on=stats.CELL + ["arm", "seed", "small_arm"],
+                                                    suffixes=("", "_clean"))
+        changes = []
+        for key in c[stats.CELL + ["arm"]].itertuples(index=False, name=None):
+            g = pairs[(pairs[stats.CELL + ["arm"]] == key).all(axis=1)]
+            dd = (g["diff"] - g["diff_clean"]).to_numpy()
+            if len(dd) >= stats.MIN_PAIRS:
+                a = stats.assess([dd], rope, confidence, family)
+                changes.append({"change": float(a["estimate"]), "change_lo": float(a["adj_lo"]),
+                                "change_hi": float(a["adj_hi"]), "change_decision": a["decision"]})
+            else:
+                changes.append({"change": float(dd.mean()) if len(dd) else math.nan, "change_lo": math.nan,
+                                "change_hi": math.nan, "change_decision": "undecided"})
+        out.append(pd.concat([c.assign(condition=condition, family=family), pd.DataFrame(changes, index=c.index)],
+                             axis=1))
+    table_ = pd.concat(out, ignore_index=True)
+    clean_decision = table_[table_["condition"] == CLEAN].set_index(stats.CELL + ["arm"])["decision"]
+    table_["reading"] = [reading(clean_decision.get(tuple(r[k] for k in stats.CELL + ["arm"]), "undecided"),
+                                 r["decision"], r.get("change_decision"))
+                         if r["condition"] != CLEAN else "" for _, r in table_.iterrows()]
+    return table_
+
+
+def reading(clean: str, shifted: str, change: str | None) -> str:
+    """What a corrupted condition says about a large arm's gain, from the clean decision, the shifted decision and
+    the decision on the change of the gain."""
+    if clean == "better" and shifted == "better":
+        return "gain survives" + (" and shrinks" if change == "worse" else " and grows" if change == "better" else "")
+    if clean == "better":
+        return "gain shrinks under shift" if change == "worse" else "gain not shown under shift"
+    if shifted == "better":
+        return "gain only under shift"
+    if change == "worse":
+        return "falls further behind under shift"
+    return "no gain shown"
+
+
+def severity_curve(shift: pd.DataFrame, metric: str = "auc", confidence: float = 0.95) -> pd.DataFrame:
+    """Per dataset, size, arm, fraction and severity (0 = clean): the mean over corruptions and seeds and the
+    t-interval of the mean over seeds of each seed's corruption mean (the report's metric-vs-severity figure)."""
+    per_seed = shift.groupby(RUN_KEY + ["severity"], as_index=False)[metric].mean()
+    rows_ = []
+    for key, g in per_seed.groupby(["dataset", "size", "arm", "fraction", "severity"], sort=True):
+        est, lo, hi = stats.t_interval([g[metric].to_numpy()], confidence)
+        rows_.append(dict(zip(["dataset", "size", "arm", "fraction", "severity"], key))
+                     | {"mean": float(est) if len(g) > 1 else float(g[metric].mean()), "lo": float(lo), "hi": float(hi),
+                        "seeds": len(g)})
+    return pd.DataFrame(rows_)

@@ -1,0 +1,176 @@
+"""Shift evaluation of kept weights, and the verdict on clean and corrupted test sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from scaleaudit import corrupt, shift, stats, train
+from scaleaudit.errors import ScaleauditError
+from scaleaudit.records import RunResult
+import tiny_study
+
+
+# --- kept weights and their evaluation -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from conftest import make_npz, write_sums
+
+    tmp = tmp_path_factory.mktemp("shift")
+    make_npz(tmp / "mirror" / "breastmnist.npz")
+    write_sums(tmp / "mirror")
+    record = tiny_study.fetch(tmp / "mirror", tmp / "data")
+    out = tmp / "run"
+    train.run(tiny_study.spec(seed=1), record, out, None, None, threads=1)
+    return out, record
+
+
+def _corrupted(tmp_path, data_file, levels=5) -> dict:
+    """A corrupted set of the layout corrupt.build writes (numpy-made: darker at each severity, black at 5)."""
+    with np.load(data_file) as npz:
+        clean, labels = npz["test_images"], npz["test_labels"]
+    arrays = {"darken": np.stack([(clean * (1 - 0.2 * s)).astype(np.uint8) for s in range(1, levels + 1)]),
+              "labels": labels}
+    np.savez(tmp_path / "c.npz", **arrays)
+    return {"file": str(tmp_path / "c.npz"), "sha256": corrupt._sha256(tmp_path / "c.npz"), "corruptions": ["darken"],
+            "severities": [1, 2, 3, 4, 5], "seed": 0, "versions": {"medmnistc": "0.1.0"}}
+
+
+def test_training_keeps_the_selected_weights_and_records_them(finished_run):
+    out, _ = finished_run
+    result = RunResult.load(out / "metrics.json")
+    assert result.best_weights["file"] == "best.safetensors" and (out / "best.safetensors").exists()
+    assert result.best_weights["sha256"] == train.file_digest(out / "best.safetensors", "sha256")
+    assert not (out / train.CHECKPOINT).exists()  # the checkpoint goes, the selected weights stay
+
+
+def test_shift_eval_reproduces_the_clean_test_score_then_scores_each_severity(finished_run, tmp_path):
+    out, record = finished_run
+    result = RunResult.load(out / "metrics.json")
+    rec = shift.evaluate(out, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
+    assert rec["clean"] == {k: result.test[k] for k in shift.METRICS}
+    assert len(rec["corrupted"]["darken"]) == 5
+    assert rec["corrupted"]["darken"][-1]["auc"] == 0.5  # black images: the corrupted images were scored
+    rows = pd.DataFrame(shift.rows(rec))
+    assert list(rows["severity"]) == [0, 1, 2, 3, 4, 5] and list(rows["corruption"])[:2] == ["none", "darken"]
+
+
+def test_shift_eval_refuses_other_weights(finished_run, tmp_path):
+    out, record = finished_run
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("metrics.json", "run_config.json"):
+        (copy / name).write_bytes((out / name).read_bytes())
+    state = load_file(str(out / "best.safetensors"))
+    save_file({k: (v + 1 if v.is_floating_point() else v) for k, v in state.items()}, str(copy / "best.safetensors"))
+    with pytest.raises(ScaleauditError, match="SHA-256"):
+        shift.evaluate(copy, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
+
+
+# --- the verdict ---------------------------------------------------------------------------------------------------
+
+
+def _tables(gains: dict[str, float], clean_gain: float, seeds=6, noise=0.002, seed=0):
+    """A run table (small arm s, large arm L, one cell) and its shift table with planted gains of L over s."""
+    rng = np.random.default_rng(seed)
+    runs, shifted = [], []
+    for sd in range(seeds):
+        base = 0.8 + rng.normal(0, 0.02)  # the seed's difficulty, shared by the pair
+        for arm, group in (("s", "small"), ("L", "large")):
+            test = base + (clean_gain if arm == "L" else 0) + rng.normal(0, noise)
+            key = {"dataset": "breastmnist", "size": 28, "fraction": 1.0, "arm": arm, "seed": sd}
+            runs.append(key | {"group": group, "test_auc": test, "val_auc": 0.8})
+            shifted.append(key | {"group": group, "corruption": "none", "severity": 0, "auc": test})
+            for name, gain in gains.items():
+                for sev in range(1, 6):
+                    score = base - 0.02 * sev + (gain if arm == "L" else 0) + rng.normal(0, noise)
+                    shifted.append(key | {"group": group, "corruption": name, "severity": sev, "auc": score})
+    return pd.DataFrame(runs), pd.DataFrame(shifted)
+
+
+def test_verdicts_tell_survives_shrinks_and_only_under_shift():
+    runs, sh = _tables({"blur": 0.05, "noise": 0.0}, clean_gain=0.05)
+    v = shift.verdicts(runs, sh).set_index("condition")
+    assert list(v.index) == ["clean", "blur", "noise", "all"]
+    assert v.loc["clean", "decision"] == "better" and v.loc["clean", "family"] == 1  # the per-cell family
+    assert v.loc["blur", "reading"] == "gain survives" and v.loc["blur", "change_decision"] == "equivalent"
+    assert v.loc["noise", "reading"] == "gain shrinks under shift" and v.loc["noise", "decision"] == "equivalent"
+    assert v.loc["noise", "change"] == pytest.approx(-0.05, abs=0.01)
+    assert v.loc["all", "diff"] == pytest.approx(0.025, abs=0.01)
+    assert (v.loc[["blur", "noise", "all"], "family"] == 1 * 3 * 2).all()  # cells x arms x (corruptions + 1) x 2
+    runs, sh = _tables({"blur": 0.05}, clean_gain=0.0)
+    v = shift.verdicts(runs, sh).set_index("condition")
+    assert v.loc["clean", "decision"] == "equivalent" and v.loc["blur", "reading"] == "gain only under shift"
+
+
+def test_clean_condition_is_the_studys_own_verdict():
+    runs, sh = _tables({"blur": 0.01}, clean_gain=0.02, noise=0.01)
+    clean = shift.verdicts(runs, sh).query("condition == 'clean'").drop(columns=["condition", "reading"])
+    expected = stats.compare(runs, "auc", 0.01, 0.95)
+    pd.testing.assert_frame_equal(clean.reset_index(drop=True)[expected.columns], expected, check_dtype=False)
+
+
+def test_no_change_is_rarely_called_a_change():
+    """Planted truth: the gain is the same under shift. The shift family's claims about the change are false at a
+    rate at most alpha (simulation, 200 studies)."""
+    false = 0
+    for i in range(200):
+        runs, sh = _tables({"blur": 0.03}, clean_gain=0.03, seeds=5, noise=0.02, seed=i)
+        v = shift.verdicts(runs, sh).set_index("condition")
+        false += v.loc["blur", "change_decision"] in ("better", "worse")
+    assert false / 200 <= 0.05
+
+
+def test_severity_curve_has_clean_and_five_severities():
+    runs, sh = _tables({"blur": 0.05, "noise": 0.0}, clean_gain=0.05)
+    curve = shift.severity_curve(sh)
+    assert sorted(curve["severity"].unique()) == [0, 1, 2, 3, 4, 5]
+    large = curve[curve["arm"] == "L"].set_index("severity")["mean"]
+    assert large[5] < large[1] < large[0] + 0.05 and (curve["lo"] <= curve["mean"]).all()
+
+
+# --- the report's section ------------------------------------------------------------------------------------------
+
+
+def _shift_table(runs: pd.DataFrame, lost: dict[str, float]) -> pd.DataFrame:
+    """runs_shift.csv for a run table: clean = test score; 'blur' lowers every arm by 0.02 per severity and takes
+    ``lost[arm]`` off that arm (its gain lost under shift)."""
+    rows = []
+    for r in runs.itertuples():
+        key = {k: getattr(r, k) for k in ("dataset", "size", "fraction", "arm", "seed", "group")} | {
+            "medmnistc": "0.1.0", "shift_seed": 0}
+        rows.append(key | {"corruption": "none", "severity": 0, "auc": r.test_auc})
+        for sev in range(1, 6):
+            rows.append(key | {"corruption": "blur", "severity": sev, "auc": r.test_auc - 0.02 * sev - lost.get(r.arm, 0)})
+    return pd.DataFrame(rows)
+
+
+def test_report_has_the_robustness_section_with_figure_and_table(tmp_path):
+    import json
+
+    pypdf = pytest.importorskip("pypdf")
+    from runtable import make_config, make_runs
+
+    from scaleaudit import report
+
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=4)
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
+    _shift_table(runs, {"vit_b16_pretrained": 0.05}).to_csv(tmp_path / "runs_shift.csv", index=False)
+    pdf = tmp_path / "r.pdf"
+    report.build(tmp_path / "runs.csv", tmp_path / "config.json", pdf, assets=tmp_path / "assets",
+                 shift_csv=tmp_path / "runs_shift.csv")
+    text = " ".join(" ".join(p.extract_text() for p in pypdf.PdfReader(pdf).pages).split())
+    assert "Robustness under acquisition shift" in text and "gain shrinks under shift" in text
+    assert "medmnistc package (version 0.1.0, seed 0)" in text
+    assert (tmp_path / "assets" / "shift_severity.png").exists()
+    # without a shift table the section is absent
+    report.build(tmp_path / "runs.csv", tmp_path / "config.json", tmp_path / "plain.pdf", assets=tmp_path / "plain")
+    assert "Robustness" not in (tmp_path / "plain.md").read_text()
+    assert not (tmp_path / "plain" / "shift_severity.png").exists()
