@@ -20,7 +20,7 @@ import scaleaudit
 import tiny_study
 from conftest import REPO
 
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "results", "logs", ".snakemake", "dist", "build", "*.egg-info",
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".venv-medmnistc", "results", "logs", ".snakemake", "dist", "build", "*.egg-info",
                                     "__pycache__", ".pytest_cache", "reports", "report.html", "mlruns")
 
 

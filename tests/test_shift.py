@@ -118,13 +118,13 @@ def test_clean_condition_is_the_studys_own_verdict():
 
 def test_no_change_is_rarely_called_a_change():
     """Planted truth: the gain is the same under shift. The shift family's claims about the change are false at a
-    rate at most alpha (simulation, 200 studies)."""
+    rate at most alpha (simulation, 100 studies; a decision on the point estimate alone errs in ~40 %)."""
     false = 0
-    for i in range(200):
+    for i in range(100):
         runs, sh = _tables({"blur": 0.03}, clean_gain=0.03, seeds=5, noise=0.02, seed=i)
         v = shift.verdicts(runs, sh).set_index("condition")
         false += v.loc["blur", "change_decision"] in ("better", "worse")
-    assert false / 200 <= 0.05
+    assert false / 100 <= 0.05
 
 
 def test_severity_curve_has_clean_and_five_severities():

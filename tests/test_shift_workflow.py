@@ -46,6 +46,9 @@ def test_shift_steps_end_to_end(tmp_path, tiny_mirror):
     assert list(verdict["condition"]) == ["clean", *sorted(record["corruptions"]), "all"]
     assert verdict["reading"].fillna("").str.len().iloc[1:].gt(0).all()
 
+    assert "Robustness under acquisition shift" in (work / "reports" / "shift.md").read_text()
+    assert (work / "results" / "shift" / "report" / "shift_severity.png").exists()
+
     client = mlflow.MlflowClient(f"sqlite:///{work / 'results' / 'mlflow.db'}")
     for run_id in runs["mlflow_run_id"]:  # tracking.log_model: an MLflow model beside the kept weights
         names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
