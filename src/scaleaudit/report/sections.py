@@ -155,7 +155,8 @@ def fidelity_section(res: Results) -> list:
         blocks.append(Table(["recipe", "protocol", "setting", "protocol's value", "this recipe"],
                             [[r.recipe, r.protocol, r.setting, str(r.theirs), str(r.ours)] for r in diff.itertuples()],
                             widths=[1.5, 1.3, 1.5, 1.5, 1.5], size=8, caption=text("fidelity", "table_caption")))
-    return blocks + [Para(text("fidelity", p)) for p in protocols]
+    notes = {"medmnist_v2": text("fidelity", "medmnist_v2"), "medmnist_plus": text("fidelity", "medmnist_plus")}
+    return blocks + [Para(notes[p]) for p in protocols]
 
 
 def seeds_text(cfg: dict) -> str:
