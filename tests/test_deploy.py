@@ -13,6 +13,8 @@ import venv
 import zipfile
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 import yaml
 
@@ -83,6 +85,31 @@ def catalog_copy(dest: Path) -> Path:
     return work
 
 
+KEY = ["dataset", "size", "fraction", "arm", "seed"]
+
+
+def shift_steps_ran(work: Path, study: str) -> None:
+    """MedMNIST-C built once in its own env, every run's kept weights scored (a linear probe's too), the verdict and
+    its report section, the MLflow models of tracking.log_model."""
+    results = work / "results" / study
+    record = json.loads((work / "results" / "data" / "corrupted" / "breastmnist_28.json").read_text())
+    assert record["corruptions"][0] == "pixelate" and record["versions"]["medmnistc"] == "0.1.0"
+    runs = pd.read_csv(results / "runs.csv")
+    shifted = pd.read_csv(results / "runs_shift.csv")
+    assert len(shifted) == len(runs) * (1 + 7 * 5)  # runs x (clean + 7 corruptions x 5 severities)
+    clean = shifted[shifted["severity"] == 0].merge(runs, on=KEY)
+    assert len(clean) == len(runs) and (clean["auc"] == clean["test_auc"]).all()  # the kept weights are the tested ones
+    verdict = pd.read_csv(results / "shift_verdict.csv")
+    assert list(verdict["condition"]) == ["clean", *sorted(record["corruptions"]), "all"]
+    assert verdict["reading"].fillna("").str.len().iloc[1:].gt(0).all()
+    assert "Robustness under acquisition shift" in (work / "reports" / f"{study}.md").read_text()
+    assert (results / "report" / "shift_severity.png").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'results' / 'mlflow.db'}")
+    for run_id in runs["mlflow_run_id"]:
+        names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
+        assert {"best.safetensors", "model/MLmodel"} <= names
+
+
 @pytest.mark.slow
 def test_catalog_test_config_runs_with_the_default_profile_and_gives_an_html_report(tmp_path, tiny_mirror):
     work = catalog_copy(tmp_path / "repo")
@@ -94,6 +121,8 @@ def test_catalog_test_config_runs_with_the_default_profile_and_gives_an_html_rep
     resolved = json.loads((test_dir / "results" / "catalog-test" / "config.resolved.json").read_text())
     assert resolved["settings"]["data.mirror"] == {"value": str(tiny_mirror), "source": "$SCALEAUDIT_MIRROR",
                                                    "env": "SCALEAUDIT_MIRROR"}
+
+    shift_steps_ran(test_dir, "catalog-test")
 
     run([*snakemake, "--report", "report.html"], cwd=work, env=env)
     html = (test_dir / "report.html").read_text()

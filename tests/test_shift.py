@@ -59,6 +59,26 @@ def test_shift_eval_reproduces_the_clean_test_score_then_scores_each_severity(fi
     assert list(rows["severity"]) == [0, 1, 2, 3, 4, 5] and list(rows["corruption"])[:2] == ["none", "darken"]
 
 
+@pytest.mark.parametrize("kind", ["linear_probe", "knn_probe"])
+def test_shift_eval_of_a_probe_scores_through_its_features_like_training(kind, finished_run, tmp_path):
+    """A probe trains on cached features (a kNN only votes on them): its clean score must come back through that path,
+    and corrupted images through the backbone, or every probe arm of the study fails its shift evaluation."""
+    import yaml
+
+    from scaleaudit import config
+
+    _, record = finished_run
+    raw = yaml.safe_load(yaml.safe_dump(tiny_study.TINY_CONFIG))
+    raw["arms"]["cnn_a"]["train"] = kind
+    spec = config.run_spec(config.validate(raw), "breastmnist", 28, "cnn_a", 1.0, 1)
+    out = tmp_path / kind
+    train.run(spec, record, out, None, None, threads=1)
+    result = RunResult.load(out / "metrics.json")
+    rec = shift.evaluate(out, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
+    assert rec["clean"] == {k: result.test[k] for k in shift.METRICS}
+    assert rec["corrupted"]["darken"][-1]["auc"] == 0.5  # black images: every image gets the same score
+
+
 def test_shift_eval_refuses_other_weights(finished_run, tmp_path):
     out, record = finished_run
     from safetensors.torch import load_file, save_file

@@ -49,8 +49,9 @@ def evaluate(run_dir: Path, corrupted_record: dict, data_record: dict, weights: 
     train.configure_torch(spec["seed"], threads, spec["hardware"]["determinism"])
     device = train.pick_device(spec["device"])
     trainer = train.Trainer(spec, data_record["file"], weights, device, log=log)
-    trainer.load_trained_state(train.load_best_weights(run_dir, result.best_weights))
-    clean, _ = trainer.evaluate("test")
+    trainer.prepare()  # a probe's features, as in training: its clean score comes from the same path
+    trainer.state["best_state"] = train.load_best_weights(run_dir, result.best_weights)
+    _, clean, _ = trainer.test()
     off = {k: (clean[k], result.test[k]) for k in METRICS if not math.isclose(clean[k], result.test[k], abs_tol=1e-9)
            and not (math.isnan(clean[k]) and math.isnan(result.test[k]))}
     if off:

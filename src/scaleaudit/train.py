@@ -349,10 +349,13 @@ class Trainer:
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of other uint8 images (N, H, W[, C]) of the split's shape, through the whole model
-        (a cached linear probe's backbone too): how kept weights score corrupted test sets."""
+        (a cached linear probe's backbone too; a kNN probe votes on their features): how kept weights score
+        corrupted test sets."""
         self.model.eval()
         images = _on_device(images if images.ndim == 4 else images[..., None], self.device)
         bs = max(256, 4 * self.spec["recipe"]["batch_size"])
+        if self.knn:
+            return self._knn_shares(features.compute(self.model, self.transform, images, bs, self.autocast).cpu().numpy())
         probs = []
         for start in range(0, len(images), bs):
             with self.autocast:
@@ -415,12 +418,16 @@ class Trainer:
         test, probs = self.evaluate("test")
         return val, test, probs
 
-    def _knn_test(self) -> tuple[dict, dict, np.ndarray]:
-        """Val and test metrics of the k-nearest-neighbour vote (knn.py); a vote has no loss."""
+    def _knn_shares(self, queries: np.ndarray) -> np.ndarray:
+        """The k-nearest-neighbour vote (knn.py) of feature rows against the training split's features."""
         k = min(self.spec["arm_spec"].get("knn_k", knn.K), self.n_train)
         support, support_labels = (t.cpu().numpy() for t in self.tensors["train"])
-        shares = knn.vote_shares(support, support_labels, {s: self.tensors[s][0].cpu().numpy() for s in ("val", "test")},
-                                 k, self.task, data.info(self.spec["dataset"])["n_classes"])
+        return knn.vote_shares(support, support_labels, {"q": queries}, k, self.task,
+                               data.info(self.spec["dataset"])["n_classes"])["q"]
+
+    def _knn_test(self) -> tuple[dict, dict, np.ndarray]:
+        """Val and test metrics of the k-nearest-neighbour vote; a vote has no loss."""
+        shares = {s: self._knn_shares(self.tensors[s][0].cpu().numpy()) for s in ("val", "test")}
         val, test = ({**metrics.evaluate(self.labels[s], shares[s], self.task), "loss": None} for s in ("val", "test"))
         return val, test, shares["test"]
 
