@@ -16,6 +16,7 @@ TINY_CONFIG = {
     "data": {"datasets": [{"flag": "breastmnist", "sizes": [28]}]},
     "design": {"arms": ["cnn_a", "cnn_b"], "fractions": [1.0], "seeds": 2},
     "hardware": {"device": "cpu"},
+    "shift": {"enabled": False},  # the shift steps run in the catalog study (test_deploy), once
     "recipes": {"tiny": {"optimizer": "adam", "lr": 1.0e-3, "batch_size": 16, "epochs": 3}},
     "arms": {
         "cnn_a": {"model": "scaleaudit_cnn_small", "recipe": "tiny", "group": "small"},
