@@ -343,6 +343,15 @@ def _trend_rows(res: Results, axis: str, per_task: pd.DataFrame, overall: pd.Dat
     return rows
 
 
+def scaling_methods(res: Results) -> list:
+    """How a trend along a model-size ladder is fitted and judged (Methods); nothing without a ladder."""
+    if not scaling.ladders(res.runs, res.config):
+        return []
+    v = res.config["verdict"]
+    return [Heading("The scale axis", 2),
+            Para(text("scaling", "method", metric=res.metric, rope=v["rope"], confidence=v["confidence"]))]
+
+
 def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
     """The scale axis: the metric along each model-size ladder against parameters and training FLOPs, what the next
     10x buys (per dataset and across datasets), and the metric against the number of training images."""
@@ -353,8 +362,7 @@ def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
         blocks.append(Para(text("scaling", "no_ladder")))
     else:
         named = "; ".join(f"{name} ({', '.join(L[a] for a in arms)})" for name, arms in ladders.items())
-        blocks.append(Para(text("scaling", "method", ladders=named, metric=metric, rope=v["rope"],
-                                confidence=v["confidence"])))
+        blocks.append(Para(text("scaling", "ladders", ladders=named)))
         rows, answers, family = [], [], 0
         captions = {"scale_params": text("scaling", "params_figure", confidence=v["confidence"]),
                     "scale_flops": text("scaling", "flops_figure", confidence=v["confidence"])}
@@ -455,6 +463,21 @@ def appendix_section(res: Results) -> list:
     ]
 
 
+def shift_methods(res: Results) -> list:
+    """The corrupted test sets (MedMNIST-C) and how the gain is judged under them (Methods); nothing without them."""
+    from .. import shift
+
+    if res.shift is None or res.shift.empty:
+        return []
+    v = res.config["verdict"]
+    table = shift.verdicts(res.runs, res.shift, v["metric"], v["rope"], v["confidence"])
+    corruptions = [c for c in table["condition"].unique() if c not in (shift.CLEAN, shift.ALL)]
+    return [Heading("Corrupted test sets (MedMNIST-C)", 2),
+            Para(text("shift", "intro", corruptions=listed(corruptions), seed=res.shift["shift_seed"].iloc[0],
+                      medmnistc=res.shift["medmnistc"].iloc[0], rope=v["rope"], metric=res.metric,
+                      family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max())))]
+
+
 def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
     """Robustness under acquisition shift (MedMNIST-C): the verdict clean vs corrupted, per corruption family."""
     from .. import shift
@@ -463,11 +486,7 @@ def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
         return []
     v, L = res.config["verdict"], res.labels
     table = shift.verdicts(res.runs, res.shift, v["metric"], v["rope"], v["confidence"])
-    corruptions = [c for c in table["condition"].unique() if c not in (shift.CLEAN, shift.ALL)]
-    blocks = [Heading("Robustness under acquisition shift"),
-              Para(text("shift", "intro", corruptions=listed(corruptions), seed=res.shift["shift_seed"].iloc[0],
-                        medmnistc=res.shift["medmnistc"].iloc[0], rope=v["rope"], metric=res.metric,
-                        family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max())))]
+    blocks = [Heading("Robustness under acquisition shift"), Para(text("shift", "see_methods"))]
     if "shift_severity" in figs:
         blocks += figure_blocks(figs["shift_severity"], text("shift", "severity_figure", metric=res.metric))
     for (dataset, size, fraction), g in table.groupby(stats.CELL, sort=True):
@@ -491,6 +510,8 @@ def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = 
         summary_section(res),
         methods_section(res),
         fidelity_section(res),
+        scaling_methods(res),
+        shift_methods(res),
         results_section(res, figs),
         scaling_section(res, figs),
         shift_section(res, figs),
