@@ -73,6 +73,15 @@ class Canvas:
         return plt.subplots(len(part), ncol, squeeze=False, layout="constrained",
                             figsize=(width or min(max(3.3 * ncol, 5.0), 7.5), height * len(part)), **kw)
 
+    def panels(self, n: int, width: float, height: float):
+        """``n`` panels with a shared y-axis, three to a row; the grid's unused panels are hidden."""
+        wrap = min(n, 3)
+        fig, axes = plt.subplots(math.ceil(n / wrap), wrap, squeeze=False, sharey=True, layout="constrained",
+                                 figsize=(width * wrap, height * math.ceil(n / wrap)))
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        return fig, list(axes.flat)[:n]
+
     def arm_legend(self, fig, labels):
         fig.legend(handles=[plt.Line2D([], [], marker="o", color=self.colours[lbl], label=lbl) for lbl in labels],
                    loc="outside upper center", ncol=2, fontsize=8, frameon=False)
@@ -176,10 +185,8 @@ def efficiency(cv: Canvas):
     c, v, res, tasks, fractions = cv.res.comparisons, cv.verdict, cv.res, cv.tasks, cv.fractions
     if len(fractions) < 2 or not len(c):
         return None
-    wrap = min(len(tasks), 3)
-    fig, axes = plt.subplots(math.ceil(len(tasks) / wrap), wrap, squeeze=False, sharey=True, layout="constrained",
-                             figsize=(2.4 * wrap, 2.3 * math.ceil(len(tasks) / wrap)))
-    for ax, (dataset, size) in zip(axes.flat, tasks):
+    fig, axes = cv.panels(len(tasks), 2.4, 2.3)
+    for ax, (dataset, size) in zip(axes, tasks):
         ax.axhspan(-v["rope"], v["rope"], color="0.85", zorder=0)
         for arm, d in c[(c["dataset"] == dataset) & (c["size"] == size)].groupby("arm"):
             d, colour = d.sort_values("fraction"), cv.colours[res.labels[arm]]
@@ -189,8 +196,6 @@ def efficiency(cv: Canvas):
         ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{dataset} @ {size} px", fontsize=9)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.axis("off")
     fig.supxlabel("fraction of the training split (log scale)", fontsize=9)
     fig.supylabel(f"{res.metric} gain over best small arm", fontsize=9)
     cv.arm_legend(fig, [lbl for lbl in cv.order if lbl in set(c["arm"].map(res.labels))])
@@ -330,10 +335,8 @@ def data_scale(cv: Canvas):
     if len(cv.fractions) < 2:
         return None
     points = scaling.data_scale(res.runs, res.config)[0]
-    wrap = min(len(tasks), 3)
-    fig, axes = plt.subplots(math.ceil(len(tasks) / wrap), wrap, squeeze=False, sharey=True, layout="constrained",
-                             figsize=(2.6 * wrap, 2.4 * math.ceil(len(tasks) / wrap)))
-    for ax, (dataset, size) in zip(axes.flat, tasks):
+    fig, axes = cv.panels(len(tasks), 2.6, 2.4)
+    for ax, (dataset, size) in zip(axes, tasks):
         task = points[(points["dataset"] == dataset) & (points["size"] == size)]
         for arm, d in task.groupby("arm"):
             colour = cv.colours[res.labels[arm]]
@@ -344,12 +347,9 @@ def data_scale(cv: Canvas):
         ax.set_xticks(ticks.to_numpy(), [f"{x:.0f}\n({f:g})" for f, x in ticks.items()], fontsize=7)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{dataset} @ {size} px", fontsize=9)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.axis("off")
     fig.supxlabel("training images (log scale; the training fraction in brackets)", fontsize=9)
     fig.supylabel(f"test {res.metric} (mean, {v['confidence']:.0%} CI)", fontsize=9)
-    fig.legend(handles=[plt.Line2D([], [], marker="o", color=cv.colours[lbl], label=lbl) for lbl in cv.order],
-               loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    cv.arm_legend(fig, cv.order)
     return fig
 
 
@@ -362,10 +362,8 @@ def shift_severity(cv: Canvas):
     curve = shift.severity_curve(cv.res.shift, cv.verdict["metric"], cv.verdict["confidence"])
     curve = curve.assign(arm_label=curve["arm"].map(cv.res.labels))
     keys = sorted(set(zip(curve["dataset"], curve["size"], curve["fraction"])))
-    wrap = min(len(keys), 3)
-    fig, axes = plt.subplots(math.ceil(len(keys) / wrap), wrap, squeeze=False, sharey=True, layout="constrained",
-                             figsize=(2.6 * wrap + 0.6, 2.4 * math.ceil(len(keys) / wrap)))
-    for ax, (dataset, size, fraction) in zip(axes.flat, keys):
+    fig, axes = cv.panels(len(keys), 2.6, 2.4)
+    for ax, (dataset, size, fraction) in zip(axes, keys):
         for label in cv.order:
             d = curve[(curve["dataset"] == dataset) & (curve["size"] == size) & (curve["fraction"] == fraction)
                       & (curve["arm_label"] == label)].sort_values("severity")
@@ -374,12 +372,9 @@ def shift_severity(cv: Canvas):
                 ax.plot(d["severity"], d["mean"], marker="o", ms=3, color=cv.colours[label])
         ax.set_xticks(range(6))
         cv.title(ax, dataset, size, fraction)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
     fig.supxlabel("MedMNIST-C severity (0: clean)", fontsize=9)
     fig.supylabel(f"test {cv.res.metric}", fontsize=9)
-    fig.legend(handles=[plt.Line2D([], [], marker="o", color=cv.colours[lbl], label=lbl) for lbl in cv.order],
-               loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+    cv.arm_legend(fig, cv.order)
     return fig
 
 
