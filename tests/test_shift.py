@@ -189,6 +189,7 @@ def test_report_has_the_robustness_section_with_figure_and_table(tmp_path):
     text = " ".join(" ".join(p.extract_text() for p in pypdf.PdfReader(pdf).pages).split())
     assert "Robustness under acquisition shift" in text and "gain shrinks under shift" in text
     assert "medmnistc package (version 0.1.0, seed 0)" in text
+    assert "below 224 px that one decode is made to return colour" in text  # the one departure from medmnistc, said
     assert (tmp_path / "assets" / "shift_severity.png").exists()
     # without a shift table the section is absent
     report.build(tmp_path / "runs.csv", tmp_path / "config.json", tmp_path / "plain.pdf", assets=tmp_path / "plain")

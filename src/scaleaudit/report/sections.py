@@ -475,7 +475,8 @@ def shift_methods(res: Results) -> list:
     return [Heading("Corrupted test sets (MedMNIST-C)", 2),
             Para(text("shift", "intro", corruptions=listed(corruptions), seed=res.shift["shift_seed"].iloc[0],
                       medmnistc=res.shift["medmnistc"].iloc[0], rope=v["rope"], metric=res.metric,
-                      family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max())))]
+                      family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max()),
+                      below_224=bool((res.shift["size"] < 224).any())))]
 
 
 def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
