@@ -37,7 +37,7 @@ def _corrupted(tmp_path, data_file, levels=5) -> dict:
               "labels": labels}
     np.savez(tmp_path / "c.npz", **arrays)
     return {"file": str(tmp_path / "c.npz"), "sha256": corrupt._sha256(tmp_path / "c.npz"), "corruptions": ["darken"],
-            "severities": [1, 2, 3, 4, 5], "seed": 0, "versions": {"medmnistc": "0.1.0"}}
+            "severities": [1, 2, 3, 4, 5], "seed": 0, "families": {"darken": "color"}, "versions": {"medmnistc": "0.1.0"}}
 
 
 def test_training_keeps_the_selected_weights_and_records_them(finished_run):
@@ -57,6 +57,7 @@ def test_shift_eval_reproduces_the_clean_test_score_then_scores_each_severity(fi
     assert rec["corrupted"]["darken"][-1]["auc"] == 0.5  # black images: the corrupted images were scored
     rows = pd.DataFrame(shift.rows(rec))
     assert list(rows["severity"]) == [0, 1, 2, 3, 4, 5] and list(rows["corruption"])[:2] == ["none", "darken"]
+    assert list(rows["family"])[:2] == ["none", "color"]
 
 
 @pytest.mark.parametrize("kind", ["linear_probe", "knn_probe"])
@@ -106,11 +107,12 @@ def _tables(gains: dict[str, float], clean_gain: float, seeds=6, noise=0.002, se
             test = base + (clean_gain if arm == "L" else 0) + rng.normal(0, noise)
             key = {"dataset": "breastmnist", "size": 28, "fraction": 1.0, "arm": arm, "seed": sd}
             runs.append(key | {"group": group, "test_auc": test, "val_auc": 0.8})
-            shifted.append(key | {"group": group, "corruption": "none", "severity": 0, "auc": test})
+            shifted.append(key | {"group": group, "corruption": "none", "family": "none", "severity": 0, "auc": test})
             for name, gain in gains.items():
                 for sev in range(1, 6):
                     score = base - 0.02 * sev + (gain if arm == "L" else 0) + rng.normal(0, noise)
-                    shifted.append(key | {"group": group, "corruption": name, "severity": sev, "auc": score})
+                    shifted.append(key | {"group": group, "corruption": name, "family": name, "severity": sev,
+                                          "auc": score})
     return pd.DataFrame(runs), pd.DataFrame(shifted)
 
 
@@ -127,6 +129,18 @@ def test_verdicts_tell_survives_shrinks_and_only_under_shift():
     runs, sh = _tables({"blur": 0.05}, clean_gain=0.0)
     v = shift.verdicts(runs, sh).set_index("condition")
     assert v.loc["clean", "decision"] == "equivalent" and v.loc["blur", "reading"] == "gain only under shift"
+
+
+def test_conditions_are_corruption_families_averaged_over_their_corruptions():
+    runs, sh = _tables({"brightness_up": 0.04, "contrast_down": 0.0, "pixelate": 0.02}, clean_gain=0.02)
+    sh["family"] = sh["corruption"].map({"none": "none", "brightness_up": "color", "contrast_down": "color",
+                                         "pixelate": "digital"})
+    scores = shift.condition_scores(sh).set_index(["arm", "seed", "condition"])["score"]
+    bad = sh[(sh["arm"] == "L") & (sh["seed"] == 0) & sh["corruption"].isin(["brightness_up", "contrast_down"])]
+    assert scores["L", 0, "color"] == pytest.approx(bad["auc"].mean())
+    v = shift.verdicts(runs, sh)
+    assert list(v["condition"]) == ["clean", "color", "digital", "all"]
+    assert (v.loc[v["condition"] != "clean", "family"] == 1 * 3 * 2).all()  # cells x arms x (families + 1) x 2
 
 
 def test_clean_condition_is_the_studys_own_verdict():
@@ -165,9 +179,10 @@ def _shift_table(runs: pd.DataFrame, lost: dict[str, float]) -> pd.DataFrame:
     for r in runs.itertuples():
         key = {k: getattr(r, k) for k in ("dataset", "size", "fraction", "arm", "seed", "group")} | {
             "medmnistc": "0.1.0", "shift_seed": 0}
-        rows.append(key | {"corruption": "none", "severity": 0, "auc": r.test_auc})
+        rows.append(key | {"corruption": "none", "family": "none", "severity": 0, "auc": r.test_auc})
         for sev in range(1, 6):
-            rows.append(key | {"corruption": "blur", "severity": sev, "auc": r.test_auc - 0.02 * sev - lost.get(r.arm, 0)})
+            rows.append(key | {"corruption": "motion_blur", "family": "blur", "severity": sev,
+                               "auc": r.test_auc - 0.02 * sev - lost.get(r.arm, 0)})
     return pd.DataFrame(rows)
 
 

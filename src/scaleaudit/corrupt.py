@@ -173,13 +173,16 @@ def build(data: Path, flag: str, size: int, seed: int, out: Path, record_out: Pa
         with os.fdopen(fd, "wb") as fh:
             np.savez_compressed(fh, **arrays)
         sha = _sha256(Path(tmp))
-        from medmnistc.corruptions.registry import DATASET_RGB
+        from medmnistc.corruptions.registry import CORRUPTIONS_DS_FOLDS, DATASET_RGB
+
+        family = {name: fam for fam, members in CORRUPTIONS_DS_FOLDS.items() for name in members}
 
         record = {
             "dataset": flag, "size": int(size), "file": str(out), "sha256": sha,
             "generator": "medmnistc (DatasetManager.create_single_dataset's procedure)"
             + ("" if arrays[names[0]].shape[2:4] == (224, 224) else "; motion_blur's grey decode as colour (below 224 px)"),
             "seed": int(seed), "corruptions": names,
+            "families": {n: family[n] for n in names},  # medmnistc's grouping: digital, noise, blur, color, task-specific
             "parameters": {n: repr(c.severity_params) for n, c in corruptions(flag).items()},
             "severities": list(SEVERITIES), "rgb": bool(DATASET_RGB[flag]),
             "shape": list(arrays[names[0]].shape),

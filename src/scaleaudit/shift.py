@@ -7,10 +7,11 @@ corruption and severity (severity 0: the clean test split).
 
 ``verdicts`` reuses the verdict's one path (``stats.compare``: pairs -> t-interval -> decide) with the corrupted
 score in place of the test score; the small partner is still chosen on the clean validation split, so no choice
-sees corrupted data. Conditions: ``clean``, each corruption (mean over its 5 severities) and ``all`` (mean over
-corruptions and severities). Multiplicity: the clean verdicts stay in the study's per-cell family; the shift claims
-(each corrupted condition's comparison, and whether the gain changed under shift) form one family of their own, of
-cells x large arms x (corruptions + 1) x 2, Bonferroni like the others.
+sees corrupted data. Conditions: ``clean``, each corruption family of medmnistc (digital, noise, blur, color,
+task-specific: mean over its corruptions and their 5 severities) and ``all`` (mean over corruptions and severities).
+Multiplicity: the clean verdicts stay in the study's per-cell family; the shift claims (each corrupted condition's
+comparison, and whether the gain changed under shift) form one family of their own, of cells x large arms x
+(corruption families + 1) x 2, Bonferroni like the others.
 """
 
 from __future__ import annotations
@@ -64,19 +65,20 @@ def evaluate(run_dir: Path, corrupted_record: dict, data_record: dict, weights: 
         log(f"{name}: auc " + " ".join(f"{s['auc']:.3f}" for s in scores[name]))
     return {"run": result.to_dict()["run"], "task": result.task, "clean": {k: clean[k] for k in METRICS},
             "corrupted": scores, "severities": corrupted_record["severities"],
-            "corrupted_set": {k: corrupted_record[k] for k in ("file", "sha256", "seed")}
+            "corrupted_set": {k: corrupted_record[k] for k in ("file", "sha256", "seed", "families")}
             | {"medmnistc": corrupted_record["versions"].get("medmnistc")},
             "best_weights": result.best_weights}
 
 
 def rows(record: dict) -> list[dict]:
-    """One row per corruption and severity of one ``shift.json`` (severity 0, corruption 'none': clean)."""
-    run = record["run"]
+    """One row per corruption and severity of one ``shift.json`` (severity 0, corruption and family 'none': clean)."""
+    run, families = record["run"], record["corrupted_set"]["families"]
     key = {k: run[k] for k in RUN_KEY} | {"group": run["group"], "medmnistc": record["corrupted_set"]["medmnistc"],
                                           "shift_seed": record["corrupted_set"]["seed"]}
-    out = [key | {"corruption": "none", "severity": 0} | record["clean"]]
+    out = [key | {"corruption": "none", "family": "none", "severity": 0} | record["clean"]]
     for name, levels in record["corrupted"].items():
-        out += [key | {"corruption": name, "severity": s} | m for s, m in zip(record["severities"], levels)]
+        out += [key | {"corruption": name, "family": families[name], "severity": s} | m
+                for s, m in zip(record["severities"], levels)]
     return out
 
 
@@ -86,13 +88,13 @@ def table(paths: list) -> pd.DataFrame:
 
 
 def condition_scores(shift: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """Per run: its score under each condition: clean, each corruption (mean over severities), all (mean over
-    corruptions and severities). Columns: RUN_KEY + condition + score."""
+    """Per run: its score under each condition: clean, each corruption family (mean over its corruptions and their
+    severities), all (mean over corruptions and severities). Columns: RUN_KEY + condition + score."""
     clean = shift[shift["severity"] == 0]
     bad = shift[shift["severity"] > 0]
     parts = [clean[RUN_KEY].assign(condition=CLEAN, score=clean[metric].to_numpy()),
-             bad.groupby(RUN_KEY + ["corruption"], as_index=False)[metric].mean()
-             .rename(columns={"corruption": "condition", metric: "score"}),
+             bad.groupby(RUN_KEY + ["family"], as_index=False)[metric].mean()
+             .rename(columns={"family": "condition", metric: "score"}),
              bad.groupby(RUN_KEY, as_index=False)[metric].mean().assign(condition=ALL).rename(columns={metric: "score"})]
     return pd.concat(parts, ignore_index=True)
 

@@ -471,7 +471,8 @@ def shift_methods(res: Results) -> list:
         return []
     v = res.config["verdict"]
     table = shift.verdicts(res.runs, res.shift, v["metric"], v["rope"], v["confidence"])
-    corruptions = [c for c in table["condition"].unique() if c not in (shift.CLEAN, shift.ALL)]
+    bad = res.shift[res.shift["severity"] > 0]
+    corruptions = [f"{fam} ({', '.join(sorted(g['corruption'].unique()))})" for fam, g in bad.groupby("family")]
     return [Heading("Corrupted test sets (MedMNIST-C)", 2),
             Para(text("shift", "intro", corruptions=listed(corruptions), seed=res.shift["shift_seed"].iloc[0],
                       medmnistc=res.shift["medmnistc"].iloc[0], rope=v["rope"], metric=res.metric,
