@@ -15,11 +15,12 @@ help:  ## list the targets
 LOCK   := envs/requirements.lock.txt
 PIP    := $(BIN)/pip --disable-pip-version-check
 
-# The tested set (the lock) first, then scaleaudit itself without resolving anything again.
+# The tested set (the lock) first, then scaleaudit itself without resolving anything again. --no-compile: pip
+# would byte-compile all of torch (a minute per environment); Python compiles what it imports, once.
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "scaleaudit needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -r $(LOCK)
+	$(PIP) install --quiet --no-compile -r $(LOCK)
 	$(PIP) install --quiet --no-deps -e .
 	touch $@
 
@@ -35,7 +36,7 @@ MAGICKWAND_DEB ?= libmagickwand-6.q16-6
 
 $(MC_STAMP): $(MC_LOCK) pyproject.toml
 	$(PYTHON) -m venv $(MC_VENV)
-	$(MC_PIP) install --quiet -r $(MC_LOCK)
+	$(MC_PIP) install --quiet --no-compile -r $(MC_LOCK)
 	$(MC_PIP) install --quiet --no-deps -e .
 	@$(MC_VENV)/bin/python -c 'import wand.image' 2>/dev/null || { \
 	  echo "MagickWand (ImageMagick) is missing: installing $(MAGICKWAND_DEB) with apt-get"; \
