@@ -12,7 +12,7 @@ def test_shipped_configs_are_valid():
     full = config.load(FULL)
     assert len(full["design"]["arms"]) >= 7 and config.seeds(full) == [1, 2, 3, 4, 5]
     demo = config.load(FULL, DEMO)
-    assert demo["study"] == "demo" and len(list(config.runs(demo))) == 15
+    assert demo["study"] == "demo" and len(list(config.runs(demo))) == 12
     assert demo["recipes"]["demo_v2"]["scheduler"] == "multistep"
     assert demo["arms"]["cnn_small"]["input_size"] is None  # schema defaults filled in
 
