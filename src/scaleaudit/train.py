@@ -355,7 +355,8 @@ class Trainer:
         images = _on_device(images if images.ndim == 4 else images[..., None], self.device)
         bs = max(256, 4 * self.spec["recipe"]["batch_size"])
         if self.knn:
-            return self._knn_shares(features.compute(self.model, self.transform, images, bs, self.autocast).cpu().numpy())
+            feats = features.compute(self.model, self.transform, images, bs, self.autocast).cpu().numpy()
+            return self._knn_shares({"q": feats})["q"]
         probs = []
         for start in range(0, len(images), bs):
             with self.autocast:
@@ -418,16 +419,17 @@ class Trainer:
         test, probs = self.evaluate("test")
         return val, test, probs
 
-    def _knn_shares(self, queries: np.ndarray) -> np.ndarray:
-        """The k-nearest-neighbour vote (knn.py) of feature rows against the training split's features."""
+    def _knn_shares(self, queries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The k-nearest-neighbour vote (knn.py) of each set of feature rows against the training split's features
+        (one index for all of them)."""
         k = min(self.spec["arm_spec"].get("knn_k", knn.K), self.n_train)
         support, support_labels = (t.cpu().numpy() for t in self.tensors["train"])
-        return knn.vote_shares(support, support_labels, {"q": queries}, k, self.task,
-                               data.info(self.spec["dataset"])["n_classes"])["q"]
+        return knn.vote_shares(support, support_labels, queries, k, self.task,
+                               data.info(self.spec["dataset"])["n_classes"])
 
     def _knn_test(self) -> tuple[dict, dict, np.ndarray]:
         """Val and test metrics of the k-nearest-neighbour vote; a vote has no loss."""
-        shares = {s: self._knn_shares(self.tensors[s][0].cpu().numpy()) for s in ("val", "test")}
+        shares = self._knn_shares({s: self.tensors[s][0].cpu().numpy() for s in ("val", "test")})
         val, test = ({**metrics.evaluate(self.labels[s], shares[s], self.task), "loss": None} for s in ("val", "test"))
         return val, test, shares["test"]
 
