@@ -16,8 +16,8 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         RUN_TABLE,
         REPORT,
         [SHIFT_TABLE, SHIFT_VERDICT] if SHIFT["enabled"] else [],
-    default_target: True

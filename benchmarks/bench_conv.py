@@ -48,17 +48,26 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = timm.create_model(args.model, num_classes=2, in_chans=args.in_chans,
-                              **({"img_size": args.size} if is_transformer(args.model) else {}))
-    shapes = {name: shape for name, shape in conv_gemm.input_shapes(model, args.in_chans, args.size).items()
-              if type(model.get_submodule(name)) is nn.Conv2d and model.get_submodule(name).groups == 1}
+    model = timm.create_model(
+        args.model,
+        num_classes=2,
+        in_chans=args.in_chans,
+        **({"img_size": args.size} if is_transformer(args.model) else {}),
+    )
+    shapes = {
+        name: shape
+        for name, shape in conv_gemm.input_shapes(model, args.in_chans, args.size).items()
+        if type(model.get_submodule(name)) is nn.Conv2d and model.get_submodule(name).groups == 1
+    }
     first = next(iter(shapes))  # it sees the image, which needs no gradient
     adopted = set(conv_gemm.adopt(copy.deepcopy(model), args.in_chans, args.size))
 
     bf16 = args.precision == "bf16"
     fmt = torch.channels_last if bf16 else torch.contiguous_format  # as Trainer lays out a CNN on a CPU
-    print(f"{args.model} at {args.size} px, batch {args.batch_size}, {args.precision}, {fmt}, "
-          f"{args.threads} thread(s); forward + backward per layer (ms)")
+    print(
+        f"{args.model} at {args.size} px, batch {args.batch_size}, {args.precision}, {fmt}, "
+        f"{args.threads} thread(s); forward + backward per layer (ms)"
+    )
     print(f"  {'layer':24} {'in -> out':>16} {'map':>7} {'oneDNN':>8} {'GEMM':>8} {'ratio':>6}  adopted")
     totals = {"onednn": 0.0, "chosen": 0.0}
     for name, shape in shapes.items():
@@ -71,10 +80,14 @@ def main() -> None:
         out = conv(x[:1]).shape[-1]
         totals["onednn"] += onednn
         totals["chosen"] += as_gemm if name in adopted else onednn
-        print(f"  {name:24} {conv.in_channels:>6} -> {conv.out_channels:<6} {shape[-1]:>3}>{out:<3} {onednn:8.1f} "
-              f"{as_gemm:8.1f} {onednn / as_gemm:6.2f}  {'yes' if name in adopted else ''}")
-    print(f"  all convolutions: oneDNN {totals['onednn']:.0f} ms, with adopt's choice {totals['chosen']:.0f} ms "
-          f"({totals['onednn'] / totals['chosen']:.2f}x)")
+        print(
+            f"  {name:24} {conv.in_channels:>6} -> {conv.out_channels:<6} {shape[-1]:>3}>{out:<3} {onednn:8.1f} "
+            f"{as_gemm:8.1f} {onednn / as_gemm:6.2f}  {'yes' if name in adopted else ''}"
+        )
+    print(
+        f"  all convolutions: oneDNN {totals['onednn']:.0f} ms, with adopt's choice {totals['chosen']:.0f} ms "
+        f"({totals['onednn'] / totals['chosen']:.2f}x)"
+    )
     if not bf16:
         print("  (training converts them only in bf16: in fp32 every convolution stays with oneDNN)")
 

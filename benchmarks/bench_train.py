@@ -65,27 +65,50 @@ def data_file(flag: str, explicit: str | None = None) -> Path:
     return path
 
 
-def study_config(flag: str, model: str, input_size: int | None, epochs: int, batch_size: int, seed: int,
-                 device: str, precision: str, determinism: str = "deterministic") -> dict:
+def study_config(
+    flag: str,
+    model: str,
+    input_size: int | None,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: str,
+    precision: str,
+    determinism: str = "deterministic",
+) -> dict:
     """A one-run study with the MedMNIST v2 recipe (Adam 1e-3, x0.1 at 50% and 75%, no augmentation)."""
     from scaleaudit import config
 
-    return config.validate({
-        "study": "bench",
-        "data": {"datasets": [{"flag": flag}]},
-        "design": {"arms": ["arm"], "seeds": [seed]},
-        "hardware": {"device": device, "precision": precision, "determinism": determinism},
-        "recipes": {"medmnist_v2": {"optimizer": "adam", "lr": 1e-3, "batch_size": batch_size, "epochs": epochs,
-                                    "scheduler": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1,
-                                    "resize": "nearest", "normalize": "half"}},
-        "arms": {"arm": {"model": model, "input_size": input_size, "recipe": "medmnist_v2", "group": "small"}},
-    })
+    return config.validate(
+        {
+            "study": "bench",
+            "data": {"datasets": [{"flag": flag}]},
+            "design": {"arms": ["arm"], "seeds": [seed]},
+            "hardware": {"device": device, "precision": precision, "determinism": determinism},
+            "recipes": {
+                "medmnist_v2": {
+                    "optimizer": "adam",
+                    "lr": 1e-3,
+                    "batch_size": batch_size,
+                    "epochs": epochs,
+                    "scheduler": "multistep",
+                    "milestones": [0.5, 0.75],
+                    "gamma": 0.1,
+                    "resize": "nearest",
+                    "normalize": "half",
+                }
+            },
+            "arms": {"arm": {"model": model, "input_size": input_size, "recipe": "medmnist_v2", "group": "small"}},
+        }
+    )
 
 
 def import_profile() -> dict:
     """Seconds to import ``scaleaudit.train`` in a fresh interpreter, and which report-stack modules it loaded."""
-    code = ("import json, sys, time\nt = time.perf_counter()\nimport scaleaudit.train\n"
-            f"print(json.dumps({{'seconds': time.perf_counter() - t, 'loaded': [m for m in {REPORT_STACK!r} if m in sys.modules]}}))")
+    code = (
+        "import json, sys, time\nt = time.perf_counter()\nimport scaleaudit.train\n"
+        f"print(json.dumps({{'seconds': time.perf_counter() - t, 'loaded': [m for m in {REPORT_STACK!r} if m in sys.modules]}}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -112,12 +135,28 @@ def side_reference(args) -> dict:
     splits = data.load_splits(args.data, args.dataset, 28)
     meta = data.info(args.dataset)
     torch.manual_seed(args.seed)
-    model = timm.create_model(args.model, num_classes=meta["n_classes"], in_chans=meta["n_channels"],
-                              **({"img_size": args.input_size} if args.input_size else {})).to(device)
-    out = reference.train_and_eval(model, splits, meta["task"], args.epochs, args.batch_size, seed=args.seed,
-                                   device=device, input_size=args.input_size)
-    return out | {"n_train": len(splits["train"][1]), "n_eval": sum(len(splits[s][1]) for s in ("train", "val", "test")),
-                  "peak_mem_mb": _peak_mb(device), "precision": "fp32"}
+    model = timm.create_model(
+        args.model,
+        num_classes=meta["n_classes"],
+        in_chans=meta["n_channels"],
+        **({"img_size": args.input_size} if args.input_size else {}),
+    ).to(device)
+    out = reference.train_and_eval(
+        model,
+        splits,
+        meta["task"],
+        args.epochs,
+        args.batch_size,
+        seed=args.seed,
+        device=device,
+        input_size=args.input_size,
+    )
+    return out | {
+        "n_train": len(splits["train"][1]),
+        "n_eval": sum(len(splits[s][1]) for s in ("train", "val", "test")),
+        "peak_mem_mb": _peak_mb(device),
+        "precision": "fp32",
+    }
 
 
 def side_scaleaudit(args) -> dict:
@@ -125,8 +164,17 @@ def side_scaleaudit(args) -> dict:
 
     from scaleaudit import config, train
 
-    cfg = study_config(args.dataset, args.model, args.input_size, args.epochs, args.batch_size, args.seed,
-                       args.device, args.precision, args.determinism)
+    cfg = study_config(
+        args.dataset,
+        args.model,
+        args.input_size,
+        args.epochs,
+        args.batch_size,
+        args.seed,
+        args.device,
+        args.precision,
+        args.determinism,
+    )
     spec = config.run_spec(cfg, args.dataset, 28, "arm", 1.0, args.seed)
     train.configure_torch(args.seed, args.threads, args.determinism)
     device = train.pick_device(args.device)
@@ -147,14 +195,27 @@ def side_scaleaudit(args) -> dict:
 
     def on_epoch(row: dict) -> None:
         marks.append(time.perf_counter())
-        history.append({"epoch": row["epoch"], "train_loss": row["train_loss"], "train_seconds": train_seconds[-1],
-                        "epoch_seconds": marks[-1] - marks[-2], "val_auc": row.get("val_auc")})
+        history.append(
+            {
+                "epoch": row["epoch"],
+                "train_loss": row["train_loss"],
+                "train_seconds": train_seconds[-1],
+                "epoch_seconds": marks[-1] - marks[-2],
+                "val_auc": row.get("val_auc"),
+            }
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer.fit(Path(tmp) / train.CHECKPOINT, on_epoch=on_epoch)
     _, test, _ = trainer.test()
-    return {"history": history, "test": test, "n_train": trainer.n_train, "n_eval": len(trainer.labels["val"]),
-            "peak_mem_mb": _peak_mb(device), "precision": trainer.precision}
+    return {
+        "history": history,
+        "test": test,
+        "n_train": trainer.n_train,
+        "n_eval": len(trainer.labels["val"]),
+        "peak_mem_mb": _peak_mb(device),
+        "precision": trainer.precision,
+    }
 
 
 def side_steps(args) -> dict:
@@ -163,8 +224,17 @@ def side_steps(args) -> dict:
 
     from scaleaudit import config, cost, devices, train
 
-    cfg = study_config(args.dataset, args.model, args.input_size, 1, args.batch_size, args.seed,
-                       args.device, args.precision, args.determinism)
+    cfg = study_config(
+        args.dataset,
+        args.model,
+        args.input_size,
+        1,
+        args.batch_size,
+        args.seed,
+        args.device,
+        args.precision,
+        args.determinism,
+    )
     spec = config.run_spec(cfg, args.dataset, 28, "arm", 1.0, args.seed)
     train.configure_torch(args.seed, args.threads, args.determinism)
     device = train.pick_device(args.device)
@@ -185,9 +255,18 @@ def side_steps(args) -> dict:
     rate = args.steps * args.batch_size / steps(args.steps)
     flops = cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else devices.current("cpu")["name"]
-    return {"model": args.model, "batch_size": args.batch_size, "steps": args.steps, "images_per_s": rate,
-            "flops_per_image": flops, "achieved_flops": 3 * flops * rate, "bf16_peak": devices.bf16_peak(name),
-            "device_name": name, "precision": trainer.precision, "peak_mem_mb": _peak_mb(device)}
+    return {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "images_per_s": rate,
+        "flops_per_image": flops,
+        "achieved_flops": 3 * flops * rate,
+        "bf16_peak": devices.bf16_peak(name),
+        "device_name": name,
+        "precision": trainer.precision,
+        "peak_mem_mb": _peak_mb(device),
+    }
 
 
 SIDES = {"reference": side_reference, "scaleaudit": side_scaleaudit, "steps": side_steps}
@@ -210,13 +289,19 @@ def _side_result(side: str, out: subprocess.CompletedProcess | tuple) -> dict:
 
 
 def run_side(args, side: str, **overrides) -> dict:
-    return _side_result(side, subprocess.run(_side_argv(args, side, overrides), env=_env(), capture_output=True, text=True))
+    return _side_result(
+        side, subprocess.run(_side_argv(args, side, overrides), env=_env(), capture_output=True, text=True)
+    )
 
 
 def run_shared(args, n: int, **overrides) -> float:
     """Aggregate images/s of ``n`` step-timing processes training at once on the same device (runs sharing a GPU)."""
-    procs = [subprocess.Popen(_side_argv(args, "steps", overrides), env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            _side_argv(args, "steps", overrides), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
     results = []
     for proc in procs:
         stdout, stderr = proc.communicate()
@@ -231,13 +316,26 @@ def startup_seconds(flag: str, data_path: Path, tracked: bool) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        record = {"file": str(data_path), "source": str(data_path), "sha256": files.file_digest(data_path),
-                  "verified_against": "none (benchmark)"}
+        record = {
+            "file": str(data_path),
+            "source": str(data_path),
+            "sha256": files.file_digest(data_path),
+            "verified_against": "none (benchmark)",
+        }
         files.write_json(tmp / "data.json", record)
         cfg = study_config(flag, "scaleaudit_resnet18_cifar", None, 1, 128, 0, "auto", "auto")
         files.write_json(tmp / "spec.json", config.run_spec(cfg, flag, 28, "arm", 1.0, 0))
-        argv = ["train", "--spec", f"@{tmp / 'spec.json'}", "--data", str(tmp / "data.json"),
-                "--out", str(tmp / "run"), "--threads", "1"]
+        argv = [
+            "train",
+            "--spec",
+            f"@{tmp / 'spec.json'}",
+            "--data",
+            str(tmp / "data.json"),
+            "--out",
+            str(tmp / "run"),
+            "--threads",
+            "1",
+        ]
         if tracked:
             import mlflow  # noqa: F401 - it configures its loggers on import
 
@@ -249,7 +347,9 @@ def startup_seconds(flag: str, data_path: Path, tracked: bool) -> float:
             files.write_json(tmp / "tracking.json", rec)
             argv += ["--tracking", str(tmp / "tracking.json")]
         t0 = time.time()
-        out = subprocess.run([sys.executable, "-c", FIRST_STEP_CHILD, *argv], env=_env(), capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", FIRST_STEP_CHILD, *argv], env=_env(), capture_output=True, text=True
+        )
         marks = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("FIRST_STEP")]
         if not marks:
             sys.exit(f"bench: the start-up run failed:\n{out.stderr[-3000:]}")
@@ -279,20 +379,31 @@ def compare(args, label: str, rows: dict[str, dict]) -> dict:
             if name == "reference":
                 continue
             rate, epoch = _rates(res, skip_first)
-            print(f"  {name}{' (epochs 2+)' if skip_first else ''}: training step {rate / ref_rate:.2f}x the "
-                  f"reference's images/s; per-epoch wall {ref_epoch / epoch:.2f}x faster")
+            print(
+                f"  {name}{' (epochs 2+)' if skip_first else ''}: training step {rate / ref_rate:.2f}x the "
+                f"reference's images/s; per-epoch wall {ref_epoch / epoch:.2f}x faster"
+            )
     skip = len(ref["history"]) > 1
     (ref_rate, ref_epoch), (rate, epoch) = _rates(ref, skip), _rates(rows["scaleaudit"], skip)
-    return {"step_ratio": rate / ref_rate, "epoch_ratio": ref_epoch / epoch, "images_per_s": rate,
-            "reference_images_per_s": ref_rate, "precision": rows["scaleaudit"]["precision"]}
+    return {
+        "step_ratio": rate / ref_rate,
+        "epoch_ratio": ref_epoch / epoch,
+        "images_per_s": rate,
+        "reference_images_per_s": ref_rate,
+        "precision": rows["scaleaudit"]["precision"],
+    }
 
 
 def print_steps(res: dict) -> None:
     peak = res["bf16_peak"]
-    share = f"{res['achieved_flops'] / peak:6.1%} of its dense bf16 peak" if peak else "peak unknown (not in devices.py)"
-    print(f"  {res['model']:24} batch {res['batch_size']:3} x {res['steps']} steps: {res['images_per_s']:8.1f} img/s, "
-          f"{res['achieved_flops'] / 1e12:6.1f} TFLOP/s (3x forward FLOPs), {share}; {res['precision']}, "
-          f"peak {res['peak_mem_mb']:.0f} MB")
+    share = (
+        f"{res['achieved_flops'] / peak:6.1%} of its dense bf16 peak" if peak else "peak unknown (not in devices.py)"
+    )
+    print(
+        f"  {res['model']:24} batch {res['batch_size']:3} x {res['steps']} steps: {res['images_per_s']:8.1f} img/s, "
+        f"{res['achieved_flops'] / 1e12:6.1f} TFLOP/s (3x forward FLOPs), {share}; {res['precision']}, "
+        f"peak {res['peak_mem_mb']:.0f} MB"
+    )
 
 
 def main() -> None:
@@ -306,14 +417,31 @@ def main() -> None:
     p.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=True, help="also time scaleaudit in fp32")
     p.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True, help="measure start-up")
     p.add_argument("--device", choices=["cuda", "cpu"], help="where both sides train (default: cuda when visible)")
-    p.add_argument("--determinism", choices=["deterministic", "fast"], default="deterministic",
-                   help="scaleaudit's hardware.determinism (default: the study's default)")
-    p.add_argument("--vit", choices=["auto", "on", "off"], default="auto",
-                   help="ViT-S/16 and ViT-B/16 at 224 px, step by step (auto: with CUDA)")
-    p.add_argument("--vit-steps", type=int, default=100,
-                   help="timed training steps (after 10 warm-up steps) of the ViT and shared-run timings")
-    p.add_argument("--shared", type=int, nargs="*", help="aggregate 28 px ResNet-18 images/s with these many runs "
-                   "training at once on the device (default on CUDA: 1 2 4 8; pass none to skip)")
+    p.add_argument(
+        "--determinism",
+        choices=["deterministic", "fast"],
+        default="deterministic",
+        help="scaleaudit's hardware.determinism (default: the study's default)",
+    )
+    p.add_argument(
+        "--vit",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="ViT-S/16 and ViT-B/16 at 224 px, step by step (auto: with CUDA)",
+    )
+    p.add_argument(
+        "--vit-steps",
+        type=int,
+        default=100,
+        help="timed training steps (after 10 warm-up steps) of the ViT and shared-run timings",
+    )
+    p.add_argument(
+        "--shared",
+        type=int,
+        nargs="*",
+        help="aggregate 28 px ResNet-18 images/s with these many runs "
+        "training at once on the device (default on CUDA: 1 2 4 8; pass none to skip)",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     # internal: one side in a subprocess
     p.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
@@ -337,11 +465,15 @@ def main() -> None:
         args.shared = [1, 2, 4, 8] if args.device == "cuda" else []
     summary = {"device": args.device, "resnet18_28": {}, "vit": []}
     cpu = devices.current("cpu")["name"]
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch threads {args.threads}")
-    print(f"model scaleaudit_resnet18_cifar (ResNet-18, CIFAR stem) at 28 px, batch {args.batch_size}, "
-          f"{args.epochs} epochs, seed {args.seed}, same for both sides on {args.device}, each in its own process; "
-          f"scaleaudit {args.determinism}")
+    print(
+        f"machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch threads {args.threads}"
+    )
+    print(
+        f"model scaleaudit_resnet18_cifar (ResNet-18, CIFAR stem) at 28 px, batch {args.batch_size}, "
+        f"{args.epochs} epochs, seed {args.seed}, same for both sides on {args.device}, each in its own process; "
+        f"scaleaudit {args.determinism}"
+    )
     for i, flag in enumerate(args.datasets):
         path = data_file(flag, args.data if i == 0 else None)
         base = {"dataset": flag, "data": str(path)}
@@ -350,41 +482,66 @@ def main() -> None:
         if args.fp32 and rows["scaleaudit"]["precision"] != "fp32":
             rows["scaleaudit fp32"] = run_side(args, "scaleaudit", **base, precision="fp32")
         ref, fast = rows["reference"], rows["scaleaudit"]
-        label = (f"{flag} ({path}): {fast['n_train']} training images per epoch\n"
-                 f"  reference per epoch: train, then evaluate train+val+test ({ref['n_eval']} images); "
-                 f"PIL + ToTensor + Normalize in a DataLoader, fp32\n"
-                 f"  scaleaudit per epoch: train, evaluate val ({fast['n_eval']} images), checkpoint; "
-                 f"on-device tensors, {fast['precision']}")
+        label = (
+            f"{flag} ({path}): {fast['n_train']} training images per epoch\n"
+            f"  reference per epoch: train, then evaluate train+val+test ({ref['n_eval']} images); "
+            f"PIL + ToTensor + Normalize in a DataLoader, fp32\n"
+            f"  scaleaudit per epoch: train, evaluate val ({fast['n_eval']} images), checkpoint; "
+            f"on-device tensors, {fast['precision']}"
+        )
         summary["resnet18_28"][flag] = compare(args, label, rows)
 
     if args.vit == "on" or (args.vit == "auto" and args.device == "cuda"):
         flag = args.datasets[0]
-        print(f"\ntransformers at 224 px on {args.device} ({flag} resized on the fly), {args.vit_steps} steps after 10 warm-up:")
+        print(
+            f"\ntransformers at 224 px on {args.device} ({flag} resized on the fly), {args.vit_steps} steps after 10 warm-up:"
+        )
         for model, batch in VIT_RUNS:
-            res = run_side(args, "steps", dataset=flag, data=str(data_file(flag, args.data)), model=model,
-                           input_size=224, batch_size=batch, steps=args.vit_steps)
+            res = run_side(
+                args,
+                "steps",
+                dataset=flag,
+                data=str(data_file(flag, args.data)),
+                model=model,
+                input_size=224,
+                batch_size=batch,
+                steps=args.vit_steps,
+            )
             print_steps(res)
             summary["vit"].append(res)
 
     if args.shared:
         flag = args.datasets[0]
-        base = dict(dataset=flag, data=str(data_file(flag, args.data)), model="scaleaudit_resnet18_cifar",
-                    batch_size=args.batch_size, steps=args.vit_steps)
-        print(f"\nruns sharing one {args.device}: ResNet-18 at 28 px, batch {args.batch_size}, {args.vit_steps} steps each")
+        base = dict(
+            dataset=flag,
+            data=str(data_file(flag, args.data)),
+            model="scaleaudit_resnet18_cifar",
+            batch_size=args.batch_size,
+            steps=args.vit_steps,
+        )
+        print(
+            f"\nruns sharing one {args.device}: ResNet-18 at 28 px, batch {args.batch_size}, {args.vit_steps} steps each"
+        )
         rates = {n: run_shared(args, n, **base) for n in args.shared}
         for n, rate in rates.items():
-            print(f"  {n} at once: {rate:9.1f} img/s in all, {rate / rates[args.shared[0]]:.2f}x {args.shared[0]} run(s)")
+            print(
+                f"  {n} at once: {rate:9.1f} img/s in all, {rate / rates[args.shared[0]]:.2f}x {args.shared[0]} run(s)"
+            )
         summary["shared"] = {str(n): rate for n, rate in rates.items()}
 
     if args.startup:
         imp = import_profile()
         loaded = ", ".join(imp["loaded"]) or "none"
-        print(f"\nstart-up: import scaleaudit.train {imp['seconds']:.2f} s (report stack / mlflow / pandas loaded: {loaded})")
+        print(
+            f"\nstart-up: import scaleaudit.train {imp['seconds']:.2f} s (report stack / mlflow / pandas loaded: {loaded})"
+        )
         path = data_file(args.datasets[0], args.data)
         for tracked in (False, True):
             what = "with MLflow tracking (as in the workflow)" if tracked else "without tracking"
-            print(f"  process start -> first training step of `scaleaudit train`, {what}: "
-                  f"{startup_seconds(args.datasets[0], path, tracked):.2f} s")
+            print(
+                f"  process start -> first training step of `scaleaudit train`, {what}: "
+                f"{startup_seconds(args.datasets[0], path, tracked):.2f} s"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
 

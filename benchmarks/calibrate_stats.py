@@ -26,11 +26,15 @@ from scaleaudit import calibration
 
 def show_cells(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
-    print(f"{'noise':6} {'seeds':>5} {'coverage':>9} {'better@+rope':>13} {'worse@-rope':>12} {'equiv@+rope':>12} "
-          f"{'P(better)+0.02':>15} {'P(better)+0.05':>15} {'equiv@0':>8}")
+    print(
+        f"{'noise':6} {'seeds':>5} {'coverage':>9} {'better@+rope':>13} {'worse@-rope':>12} {'equiv@+rope':>12} "
+        f"{'P(better)+0.02':>15} {'P(better)+0.05':>15} {'equiv@0':>8}"
+    )
     for r in rows:
-        print(f"{r['noise']:6} {r['seeds']:5d} {r['coverage']:9.3f} {r['false_better']:13.3f} {r['false_worse']:12.3f} "
-              f"{r['false_equivalent']:12.3f} {r['power_0.02']:15.3f} {r['power_0.05']:15.3f} {r['equivalent_at_0']:8.3f}")
+        print(
+            f"{r['noise']:6} {r['seeds']:5d} {r['coverage']:9.3f} {r['false_better']:13.3f} {r['false_worse']:12.3f} "
+            f"{r['false_equivalent']:12.3f} {r['power_0.02']:15.3f} {r['power_0.05']:15.3f} {r['equivalent_at_0']:8.3f}"
+        )
 
 
 def main() -> None:
@@ -41,45 +45,65 @@ def main() -> None:
     start = time.perf_counter()
     t = calibration.table(args.replicates)
     ref = calibration.table(min(args.replicates, 4000), interval=calibration.percentile_bootstrap)
-    print(f"scaleaudit verdict calibration: {args.replicates} replicates per setting, confidence {t['confidence']:.0%}, "
-          f"ROPE ±{t['rope']:g}, sd of a paired difference {t['seed_sd']:g} (nominal: coverage 0.95, each false "
-          f"decision <= 0.025)")
+    print(
+        f"scaleaudit verdict calibration: {args.replicates} replicates per setting, confidence {t['confidence']:.0%}, "
+        f"ROPE ±{t['rope']:g}, sd of a paired difference {t['seed_sd']:g} (nominal: coverage 0.95, each false "
+        f"decision <= 0.025)"
+    )
     show_cells(t["cell"], "Per cell (paired t-interval, family of one):")
     show_cells(ref["cell"], f"Reference, the percentile bootstrap used before ({ref['replicates']} replicates):")
-    print(f"\nAcross tasks ({t['tasks'][0]['tasks']} tasks of unequal noise; mean of task means, Welch t-interval; "
-          "true mean on the ROPE edge +0.01):")
+    print(
+        f"\nAcross tasks ({t['tasks'][0]['tasks']} tasks of unequal noise; mean of task means, Welch t-interval; "
+        "true mean on the ROPE edge +0.01):"
+    )
     print(f"{'noise':6} {'seeds':>5} {'coverage':>9} {'better@+rope':>13}")
     for r in t["tasks"]:
         print(f"{r['noise']:6} {r['seeds']:5d} {r['coverage']:9.3f} {r['false_better']:13.3f}")
-    print(f"\nStudy level: {t['study'][0]['arms']} large arms all on the ROPE edge, Bonferroni over the arms "
-          "(nominal <= 0.05):")
+    print(
+        f"\nStudy level: {t['study'][0]['arms']} large arms all on the ROPE edge, Bonferroni over the arms "
+        "(nominal <= 0.05):"
+    )
     print(f"{'noise':6} {'seeds':>5} {'false Scale pays':>17}")
     for r in t["study"]:
         print(f"{r['noise']:6} {r['seeds']:5d} {r['false_scale_pays']:17.3f}")
-    print(f"\nScale axis: the gain per 10x of a ladder (3 rungs at ViT-Ti/S/B's log10 parameters, a bend of sd "
-          f"{calibration.BEND_SD:g} per rung plus seed noise of sd {calibration.SEED_SD:g} per run; scaling.slope_interval), "
-          "beside a regression on every run (pooled), and across 7 tasks:")
-    print(f"{'noise':6} {'seeds':>5} {'coverage':>9} {'better@+rope':>13} {'5 rungs':>8} {'pooled cov':>11} "
-          f"{'pooled better':>14} {'tasks cov':>10} {'tasks better':>13} {'tasks P(+0.05)':>15}")
+    print(
+        f"\nScale axis: the gain per 10x of a ladder (3 rungs at ViT-Ti/S/B's log10 parameters, a bend of sd "
+        f"{calibration.BEND_SD:g} per rung plus seed noise of sd {calibration.SEED_SD:g} per run; scaling.slope_interval), "
+        "beside a regression on every run (pooled), and across 7 tasks:"
+    )
+    print(
+        f"{'noise':6} {'seeds':>5} {'coverage':>9} {'better@+rope':>13} {'5 rungs':>8} {'pooled cov':>11} "
+        f"{'pooled better':>14} {'tasks cov':>10} {'tasks better':>13} {'tasks P(+0.05)':>15}"
+    )
     for r in calibration.trend_table(args.replicates):
-        print(f"{r['noise']:6} {r['seeds']:5d} {r['coverage']:9.3f} {r['false_better']:13.3f} "
-              f"{r['false_better_5_rungs']:8.3f} {r['pooled_coverage']:11.3f} {r['pooled_false_better']:14.3f} "
-              f"{r['tasks_coverage']:10.3f} {r['tasks_false_better']:13.3f} {r['tasks_power_0.05']:15.3f}")
+        print(
+            f"{r['noise']:6} {r['seeds']:5d} {r['coverage']:9.3f} {r['false_better']:13.3f} "
+            f"{r['false_better_5_rungs']:8.3f} {r['pooled_coverage']:11.3f} {r['pooled_false_better']:14.3f} "
+            f"{r['tasks_coverage']:10.3f} {r['tasks_false_better']:13.3f} {r['tasks_power_0.05']:15.3f}"
+        )
     seq = calibration.sequential_table(args.replicates)
     s = seq["seeds"]
-    print(f"\nAdaptive seeds {s}: looks after each round, each comparison stopped at its first decision; repeated "
-          "confidence intervals (Lan-DeMets spending) against the fixed-n t-interval re-checked each round:")
-    print(f"{'method':16} {'noise':6} {'true':>6} {'coverage':>9} {'better':>7} {'equiv':>7} {'worse':>7} "
-          f"{'undecided':>9} {'E[seeds]':>9}")
+    print(
+        f"\nAdaptive seeds {s}: looks after each round, each comparison stopped at its first decision; repeated "
+        "confidence intervals (Lan-DeMets spending) against the fixed-n t-interval re-checked each round:"
+    )
+    print(
+        f"{'method':16} {'noise':6} {'true':>6} {'coverage':>9} {'better':>7} {'equiv':>7} {'worse':>7} "
+        f"{'undecided':>9} {'E[seeds]':>9}"
+    )
     for r in seq["rows"]:
         if "family" in r:
             continue
-        print(f"{r['method']:16} {r['noise']:6} {r['true_diff']:+6.2f} {r['coverage']:9.3f} {r['better']:7.3f} "
-              f"{r['equivalent']:7.3f} {r['worse']:7.3f} {r['undecided']:9.3f} {r['mean_seeds']:9.2f}")
+        print(
+            f"{r['method']:16} {r['noise']:6} {r['true_diff']:+6.2f} {r['coverage']:9.3f} {r['better']:7.3f} "
+            f"{r['equivalent']:7.3f} {r['worse']:7.3f} {r['undecided']:9.3f} {r['mean_seeds']:9.2f}"
+        )
     print("(true +0.01 is the ROPE edge: there `better` is a false claim, nominal <= 0.025)")
     for r in (r for r in seq["rows"] if "family" in r):
-        print(f"{r['method']:16} {r['noise']:6}: {r['family']} comparisons on the ROPE edge, Bonferroni: any false "
-              f"better {r['any_better']:.3f} (nominal <= 0.05)")
+        print(
+            f"{r['method']:16} {r['noise']:6}: {r['family']} comparisons on the ROPE edge, Bonferroni: any false "
+            f"better {r['any_better']:.3f} (nominal <= 0.05)"
+        )
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.write:
         path = resources.files("scaleaudit").joinpath("calibration.json")

@@ -43,8 +43,15 @@ def driver_rows(device: str) -> list[tuple[str, str, bool]]:
     cap = ".".join(map(str, torch.cuda.get_device_capability(0)))
     mem = torch.cuda.get_device_properties(0).total_memory / 2**30
     try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0"],
-                                capture_output=True, text=True, timeout=30).stdout.strip() or "?"
+        driver = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            or "?"
+        )
     except (OSError, subprocess.TimeoutExpired):
         driver = "? (no nvidia-smi)"
     a, b = torch.randn(512, 512), torch.randn(512, 512)
@@ -52,16 +59,37 @@ def driver_rows(device: str) -> list[tuple[str, str, bool]]:
     err = float((on_gpu - a @ b).abs().max() / (a @ b).abs().max())
     return [
         ("device", f"{name}, compute capability {cap}, {mem:.0f} GiB", True),
-        ("driver / CUDA", f"driver {driver}; torch {torch.__version__} built for CUDA {torch.version.cuda}, "
-                          f"cuDNN {torch.backends.cudnn.version()}", True),
-        ("bf16 matmul vs CPU", f"max relative error {err:.1e} (bf16 supported: {torch.cuda.is_bf16_supported()})",
-         err < 0.05),
+        (
+            "driver / CUDA",
+            f"driver {driver}; torch {torch.__version__} built for CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}",
+            True,
+        ),
+        (
+            "bf16 matmul vs CPU",
+            f"max relative error {err:.1e} (bf16 supported: {torch.cuda.is_bf16_supported()})",
+            err < 0.05,
+        ),
     ]
 
 
 def _train_cmd(job: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "scaleaudit", "train", "--spec", f"@{job / 'spec.json'}", "--data",
-            str(job / "data.json"), "--out", str(out), "--threads", "1", "--checkpoint-every", "0"]
+    return [
+        sys.executable,
+        "-m",
+        "scaleaudit",
+        "train",
+        "--spec",
+        f"@{job / 'spec.json'}",
+        "--data",
+        str(job / "data.json"),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "0",
+    ]
 
 
 def _checkpoint_epoch(out: Path) -> int:
@@ -78,19 +106,35 @@ def _outcome(out: Path) -> dict:
     m = json.loads((out / "metrics.json").read_text())
     with np.load(out / "predictions.npz") as pred:
         probs = pred["probabilities"].tolist()
-    return {"history": [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]],
-            "val": m["val"], "test": m["test"], "best_epoch": m["best_epoch"], "probabilities": probs}
+    return {
+        "history": [{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]],
+        "val": m["val"],
+        "test": m["test"],
+        "best_epoch": m["best_epoch"],
+        "probabilities": probs,
+    }
 
 
-def resume_check(device: str, data_file: Path, workdir: Path, model: str = "scaleaudit_resnet18_cifar",
-                 epochs: int = 4, stop_after: int = 2) -> tuple[str, str, bool]:
+def resume_check(
+    device: str,
+    data_file: Path,
+    workdir: Path,
+    model: str = "scaleaudit_resnet18_cifar",
+    epochs: int = 4,
+    stop_after: int = 2,
+) -> tuple[str, str, bool]:
     """SIGTERM after the checkpoint of epoch ``stop_after``, resume, compare with an uninterrupted run."""
     from scaleaudit import config, files
 
     job = workdir / "resume"
     job.mkdir(parents=True, exist_ok=True)
-    record = {"file": str(data_file), "source": str(data_file), "sha256": files.file_digest(data_file),
-              "verified_against": "none (gpu-check)", "synthetic": True}
+    record = {
+        "file": str(data_file),
+        "source": str(data_file),
+        "sha256": files.file_digest(data_file),
+        "verified_against": "none (gpu-check)",
+        "synthetic": True,
+    }
     files.write_json(job / "data.json", record)
     cfg = bench_train.study_config("breastmnist", model, None, epochs, 128, 0, device, "auto")
     files.write_json(job / "spec.json", config.run_spec(cfg, "breastmnist", 28, "arm", 1.0, 0))
@@ -123,9 +167,24 @@ def resume_check(device: str, data_file: Path, workdir: Path, model: str = "scal
 
 def bench_rows(device: str, data_file: Path, workdir: Path, epochs: int, vit_steps: int) -> list[tuple[str, str, bool]]:
     out = workdir / "bench.json"
-    cmd = [sys.executable, str(Path(bench_train.__file__)), "--device", device, "--epochs", str(epochs), "--no-fp32",
-           "--no-startup", "--vit", "on" if device == "cuda" else "off", "--vit-steps", str(vit_steps),
-           "--data", str(data_file), "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(Path(bench_train.__file__)),
+        "--device",
+        device,
+        "--epochs",
+        str(epochs),
+        "--no-fp32",
+        "--no-startup",
+        "--vit",
+        "on" if device == "cuda" else "off",
+        "--vit-steps",
+        str(vit_steps),
+        "--data",
+        str(data_file),
+        "--json",
+        str(out),
+    ]
     done = subprocess.run(cmd, env=bench_train._env(), text=True)
     if done.returncode:
         return [("benchmark", f"bench_train.py failed (exit {done.returncode})", False)]
@@ -133,13 +192,19 @@ def bench_rows(device: str, data_file: Path, workdir: Path, epochs: int, vit_ste
     rows = []
     for flag, r in summary["resnet18_28"].items():
         met = "meets" if r["step_ratio"] >= TARGET_RESNET_RATIO else "below"
-        rows.append((f"ResNet-18 28 px vs reference ({flag})",
-                     f"{r['images_per_s']:.0f} vs {r['reference_images_per_s']:.0f} img/s: {r['step_ratio']:.1f}x step, "
-                     f"{r['epoch_ratio']:.1f}x per epoch ({met} the {TARGET_RESNET_RATIO:.0f}x target)", True))
+        rows.append(
+            (
+                f"ResNet-18 28 px vs reference ({flag})",
+                f"{r['images_per_s']:.0f} vs {r['reference_images_per_s']:.0f} img/s: {r['step_ratio']:.1f}x step, "
+                f"{r['epoch_ratio']:.1f}x per epoch ({met} the {TARGET_RESNET_RATIO:.0f}x target)",
+                True,
+            )
+        )
     for r in summary["vit"]:
         share = r["achieved_flops"] / r["bf16_peak"] if r["bf16_peak"] else None
         text = f"{r['images_per_s']:.0f} img/s, {r['achieved_flops'] / 1e12:.0f} TFLOP/s, " + (
-            f"{share:.1%} of dense bf16 peak" if share is not None else "peak unknown (add the device to devices.py)")
+            f"{share:.1%} of dense bf16 peak" if share is not None else "peak unknown (add the device to devices.py)"
+        )
         if "vit_base" in r["model"] and share is not None:
             text += f" ({'meets' if share >= TARGET_VIT_B_SHARE else 'below'} the {TARGET_VIT_B_SHARE:.0%} target)"
         rows.append((f"{r['model']} 224 px bf16, batch {r['batch_size']} x {r['steps']} steps", text, True))
@@ -147,10 +212,14 @@ def bench_rows(device: str, data_file: Path, workdir: Path, epochs: int, vit_ste
     if "1" in shared and len(shared) > 1:
         most = max(shared, key=int)
         gain = shared[most] / shared["1"]
-        rows.append(("28 px ResNet-18 runs sharing the GPU",
-                     ", ".join(f"{n} at once: {rate:.0f}" for n, rate in shared.items()) + f" img/s in all; {gain:.1f}x "
-                     f"with {most} ({'meets' if gain >= TARGET_SHARED_GAIN else 'below'} the {TARGET_SHARED_GAIN:.0f}x target)",
-                     True))
+        rows.append(
+            (
+                "28 px ResNet-18 runs sharing the GPU",
+                ", ".join(f"{n} at once: {rate:.0f}" for n, rate in shared.items()) + f" img/s in all; {gain:.1f}x "
+                f"with {most} ({'meets' if gain >= TARGET_SHARED_GAIN else 'below'} the {TARGET_SHARED_GAIN:.0f}x target)",
+                True,
+            )
+        )
     return rows
 
 

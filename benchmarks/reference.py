@@ -62,12 +62,25 @@ def _test(model, loader, criterion, labels: np.ndarray, task: str, device) -> di
         losses.append(criterion(outputs, torch.squeeze(targets, 1).long().to(device)).item())
         scores.append(torch.softmax(outputs, dim=1))
     y_score = torch.cat(scores).cpu().numpy()
-    return {"loss": sum(losses) / len(losses), "auc": metrics.auc(labels, y_score, task), "acc": metrics.acc(labels, y_score, task)}
+    return {
+        "loss": sum(losses) / len(losses),
+        "auc": metrics.auc(labels, y_score, task),
+        "acc": metrics.acc(labels, y_score, task),
+    }
 
 
-def train_and_eval(model: nn.Module, splits: dict, task: str, epochs: int, batch_size: int = 128,
-                   lr: float = 1e-3, gamma: float = 0.1, seed: int = 0, device: torch.device | None = None,
-                   input_size: int | None = None) -> dict:
+def train_and_eval(
+    model: nn.Module,
+    splits: dict,
+    task: str,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    gamma: float = 0.1,
+    seed: int = 0,
+    device: torch.device | None = None,
+    input_size: int | None = None,
+) -> dict:
     """Train ``model`` on ``splits`` ({split: (uint8 N,H,W,C images, labels)}) as the reference does.
 
     Single-label tasks only (the reference's CrossEntropyLoss branch). Returns per-epoch timings
@@ -80,7 +93,9 @@ def train_and_eval(model: nn.Module, splits: dict, task: str, epochs: int, batch
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
     resize = [transforms.Resize((input_size, input_size), interpolation=transforms.InterpolationMode.NEAREST)]
-    transform = transforms.Compose((resize if input_size else []) + [transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
+    transform = transforms.Compose(
+        (resize if input_size else []) + [transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])]
+    )
     data = {s: NpzSplit(x, y, transform) for s, (x, y) in splits.items()}
     train_loader = tud.DataLoader(data["train"], batch_size=batch_size, shuffle=True)
     eval_loaders = {s: tud.DataLoader(d, batch_size=batch_size, shuffle=False) for s, d in data.items()}
@@ -95,7 +110,14 @@ def train_and_eval(model: nn.Module, splits: dict, task: str, epochs: int, batch
         scheduler.step()
         if evals["val"]["auc"] > best_auc:
             best_auc, best_model = evals["val"]["auc"], copy.deepcopy(model)
-        history.append({"epoch": epoch, "train_loss": train_loss, "train_seconds": train_seconds,
-                        "epoch_seconds": time.perf_counter() - t0, "val_auc": evals["val"]["auc"]})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_seconds": train_seconds,
+                "epoch_seconds": time.perf_counter() - t0,
+                "val_auc": evals["val"]["auc"],
+            }
+        )
     test = _test(best_model, eval_loaders["test"], criterion, splits["test"][1], task, device)
     return {"history": history, "test": test, "best_val_auc": best_auc}

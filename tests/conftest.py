@@ -26,8 +26,10 @@ def make_npz(path: Path, n=BREASTMNIST_SPLITS, size=28, channels=1, n_classes=2,
         rng.shuffle(labels)
         images = rng.integers(0, 90, size=(count, size, size) + ((channels,) if channels > 1 else ()), dtype=np.uint8)
         lo, hi = size // 4, 3 * size // 4
-        images[:, lo:hi, lo:hi] += (labels * (120 // max(n_classes - 1, 1))).astype(np.uint8).reshape(
-            (-1, 1, 1) + ((1,) if channels > 1 else ())
+        images[:, lo:hi, lo:hi] += (
+            (labels * (120 // max(n_classes - 1, 1)))
+            .astype(np.uint8)
+            .reshape((-1, 1, 1) + ((1,) if channels > 1 else ()))
         )
         arrays[f"{split}_images"] = images
         arrays[f"{split}_labels"] = labels.reshape(label_shape)

@@ -20,8 +20,9 @@ DatasetManager(str(root), str(work / "theirs"), 0).create_single_dataset("breast
 with corrupt.grey_decoded_as_colour():
     DatasetManager(str(root), str(work / "theirs_fixed"), 0).create_single_dataset("breastmnist")
 out = {"native": {}, "fixed": {}, "twice": None}
-records = [corrupt.build(images_file, "breastmnist", size, 0, work / f"ours{i}.npz", work / f"ours{i}.json")
-           for i in (1, 2)]
+records = [
+    corrupt.build(images_file, "breastmnist", size, 0, work / f"ours{i}.npz", work / f"ours{i}.json") for i in (1, 2)
+]
 with np.load(work / "ours1.npz") as a, np.load(work / "ours2.npz") as b:
     out["twice"] = all(np.array_equal(a[k], b[k]) for k in a.files) and a.files == b.files
     for name in records[0]["corruptions"]:
@@ -29,7 +30,11 @@ with np.load(work / "ours1.npz") as a, np.load(work / "ours2.npz") as b:
         for kind in ("native", "fixed"):
             theirs = np.load(work / ("theirs" if kind == "native" else "theirs_fixed") / "breastmnist" / f"{name}.npz")
             same_labels = np.array_equal(theirs["test_labels"].reshape(-1), np.tile(a["labels"].reshape(-1), 5))
-            out[kind][name] = {"shape": list(theirs["test_images"].shape), "equal": theirs["test_images"].shape == ours.shape
-                               and np.array_equal(theirs["test_images"], ours) and same_labels}
+            out[kind][name] = {
+                "shape": list(theirs["test_images"].shape),
+                "equal": theirs["test_images"].shape == ours.shape
+                and np.array_equal(theirs["test_images"], ours)
+                and same_labels,
+            }
 out["record"] = records[0]
 print(json.dumps(out))

@@ -29,9 +29,20 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> "MlflowServer":
-        cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-               "--artifacts-destination", str(self.folder / "mlartifacts"), "--host", "127.0.0.1",
-               "--port", self.uri.rsplit(":", 1)[1], "--workers", "1"]
+        cmd = [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.folder / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            self.uri.rsplit(":", 1)[1],
+            "--workers",
+            "1",
+        ]
         log = open(self.folder / "mlflow-server.log", "a")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -42,7 +53,9 @@ class MlflowServer:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"mlflow server did not start: {(self.folder / 'mlflow-server.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"mlflow server did not start: {(self.folder / 'mlflow-server.log').read_text()[-2000:]}"
+                    )
                 time.sleep(0.5)
 
     def stop(self) -> None:

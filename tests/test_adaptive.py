@@ -14,8 +14,10 @@ DATASETS = (("breastmnist", 28), ("pneumoniamnist", 28))
 
 def planted(gains: dict, seeds: int = 7, **kw) -> tuple[pd.DataFrame, dict]:
     """Runs of every seed up to ``seeds`` with the large arm's gain per dataset, and the adaptive config."""
-    tables = [make_runs({"vit_b16_pretrained": g}, seeds=seeds, datasets=((d, 28),), seed=i, **kw)
-              for i, (d, g) in enumerate(gains.items())]
+    tables = [
+        make_runs({"vit_b16_pretrained": g}, seeds=seeds, datasets=((d, 28),), seed=i, **kw)
+        for i, (d, g) in enumerate(gains.items())
+    ]
     runs = pd.concat(tables, ignore_index=True)
     cfg = make_config(runs)
     cfg["design"]["seeds"] = dict(SEEDS)
@@ -103,10 +105,13 @@ def test_the_round_is_recorded_but_leaves_the_run_hash_alone():
 def test_max_below_initial_is_rejected():
     from scaleaudit.errors import ScaleauditError
 
-    raw = {"study": "x", "data": {"datasets": [{"flag": "breastmnist"}]},
-           "design": {"arms": ["a"], "seeds": {"initial": 5, "max": 4}},
-           "recipes": {"r": {"optimizer": "adam", "lr": 1e-3, "batch_size": 8, "epochs": 1}},
-           "arms": {"a": {"model": "scaleaudit_cnn_small", "recipe": "r", "group": "small"}}}
+    raw = {
+        "study": "x",
+        "data": {"datasets": [{"flag": "breastmnist"}]},
+        "design": {"arms": ["a"], "seeds": {"initial": 5, "max": 4}},
+        "recipes": {"r": {"optimizer": "adam", "lr": 1e-3, "batch_size": 8, "epochs": 1}},
+        "arms": {"a": {"model": "scaleaudit_cnn_small", "recipe": "r", "group": "small"}},
+    }
     with pytest.raises(ScaleauditError, match="max .4. is below initial .5."):
         study_config.validate(raw)
     raw["design"]["seeds"] = {"initial": 2, "max": 4}

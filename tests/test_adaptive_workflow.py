@@ -47,8 +47,18 @@ def study(tmp_path):
 
 
 def snakemake(work, env, *args) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/local", "--cores", "2",
-            "--configfile", "tiny.yaml", *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "workflow/profiles/local",
+        "--cores",
+        "2",
+        "--configfile",
+        "tiny.yaml",
+        *args,
+    ]
 
 
 def run(work, env, *args) -> str:
@@ -63,8 +73,10 @@ def jobs(log: str, rule: str) -> int:
 
 
 def seeds_run(work) -> set[tuple[str, int]]:
-    return {(p.parts[-4], int(p.parts[-2].removeprefix("seed")))
-            for p in (work / "results" / "tiny" / "runs").glob("*/*/*/seed*/metrics.json")}
+    return {
+        (p.parts[-4], int(p.parts[-2].removeprefix("seed")))
+        for p in (work / "results" / "tiny" / "runs").glob("*/*/*/seed*/metrics.json")
+    }
 
 
 @pytest.mark.slow
@@ -112,8 +124,10 @@ def test_rounds_stop_when_decided_run_to_max_when_not_and_resume_after_a_crash(s
 
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
     tracked = client.search_runs([client.get_experiment_by_name("scaleaudit/tiny").experiment_id])
-    assert sorted((r.data.params["seed"], r.data.params["round"]) for r in tracked) == \
-        [("1", "1")] * 2 + [("2", "1")] * 2 + [("3", "1")] * 2 + [("4", "2")] * 2
+    assert (
+        sorted((r.data.params["seed"], r.data.params["round"]) for r in tracked)
+        == [("1", "1")] * 2 + [("2", "1")] * 2 + [("3", "1")] * 2 + [("4", "2")] * 2
+    )
 
     # a finished study plans nothing more
     assert "Nothing to be done" in run(work, env, "-n")

@@ -24,7 +24,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 
 
 def fetch_cli(capsys, mirror, out) -> tuple[int, str]:
-    return run_cli(capsys, "fetch-data", "--dataset", "breastmnist", "--size", "28", "--out", str(out), "--mirror", str(mirror))
+    return run_cli(
+        capsys, "fetch-data", "--dataset", "breastmnist", "--size", "28", "--out", str(out), "--mirror", str(mirror)
+    )
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -76,8 +78,16 @@ def test_dataset_damaged_after_fetch_fails_before_training(capsys, tiny_mirror, 
     record = tiny_study.fetch(tiny_mirror, tmp_path / "data")
     path = pathlib.Path(record["file"])
     path.write_bytes(path.read_bytes()[:-500])
-    code, err = run_cli(capsys, "train", "--spec", json.dumps(tiny_study.spec()),
-                        "--data", str(path.with_suffix(".json")), "--out", str(tmp_path / "run"))
+    code, err = run_cli(
+        capsys,
+        "train",
+        "--spec",
+        json.dumps(tiny_study.spec()),
+        "--data",
+        str(path.with_suffix(".json")),
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code == 2 and "corrupt or truncated" in err and "fetch it again" in err
     assert not (tmp_path / "run" / train.CHECKPOINT).exists()
 
@@ -97,18 +107,26 @@ def _set(path: str, value):
 
 
 BAD_CONFIGS = {
-    "unknown flag": (_set("data.datasets.0.flag", "breastmnistx"), ["unknown dataset flag 'breastmnistx'", "breastmnist,"]),
+    "unknown flag": (
+        _set("data.datasets.0.flag", "breastmnistx"),
+        ["unknown dataset flag 'breastmnistx'", "breastmnist,"],
+    ),
     "unknown arm": (_set("design.arms", ["cnn_a", "cnn_x"]), ["unknown arm 'cnn_x'", "define it under `arms:`"]),
     "unknown model": (_set("arms.cnn_a.model", "resnet_huge"), ["unknown model 'resnet_huge'", "timm model name"]),
-    "unknown size": (_set("data.datasets.0.sizes", [32]), ["data/datasets/0/sizes/0", "32 is not one of", "28, 64, 128 or 224"]),
+    "unknown size": (
+        _set("data.datasets.0.sizes", [32]),
+        ["data/datasets/0/sizes/0", "32 is not one of", "28, 64, 128 or 224"],
+    ),
     "unknown key": (_set("studyy", "x"), ["'studyy' was unexpected", "lists every allowed key"]),
     "unknown recipe key": (_set("recipes.tiny.epoch", 3), ["recipes/tiny", "'epoch' was unexpected"]),
     "zero seeds": (_set("design.seeds", 0), ["design/seeds", "n >= 1"]),
     "negative seeds": (_set("design.seeds", -3), ["design/seeds", "n >= 1"]),
     "fraction zero": (_set("design.fractions", [0.5, 0]), ["design/fractions/1", "in (0, 1]"]),
     "fraction above one": (_set("design.fractions", [1.5]), ["design/fractions/0", "in (0, 1]"]),
-    "unknown pretrained tag": (_set("arms.cnn_a", {"model": "resnet18.nosuchtag", "pretrained": True, "recipe": "tiny",
-                                                  "group": "large"}), ["no pretrained weights named 'resnet18.nosuchtag'"]),
+    "unknown pretrained tag": (
+        _set("arms.cnn_a", {"model": "resnet18.nosuchtag", "pretrained": True, "recipe": "tiny", "group": "large"}),
+        ["no pretrained weights named 'resnet18.nosuchtag'"],
+    ),
 }
 
 
@@ -137,8 +155,14 @@ def test_bad_config_is_rejected_with_problem_and_fix(capsys, tmp_path, case):
 def test_snakemake_rejects_a_bad_config_at_parse_time(tmp_path, edit, expected):
     work = tiny_study.copy_workflow(tmp_path / "wf")
     (work / "bad.yaml").write_text(yaml.safe_dump(edit))
-    proc = subprocess.run(["snakemake", "-n", "--cores", "1", "--configfile", "bad.yaml"], cwd=work,
-                          env=tiny_study.env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["snakemake", "-n", "--cores", "1", "--configfile", "bad.yaml"],
+        cwd=work,
+        env=tiny_study.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert expected in proc.stdout + proc.stderr and "fix:" in proc.stdout + proc.stderr
     assert not (work / "results").exists()
@@ -159,9 +183,12 @@ RESNET18 = {"model": "resnet18", "pretrained": True, "weights_tag": None, "train
 
 def test_pretrained_weights_missing_offline(tmp_path):
     proc = subprocess.run(
-        tiny_study.scaleaudit_cli() + ["fetch-weights", "--arm", "r18", "--arm-spec", json.dumps(RESNET18),
-                                       "--out", str(tmp_path / "r18.json")],
-        env=tiny_study.env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300,
+        tiny_study.scaleaudit_cli()
+        + ["fetch-weights", "--arm", "r18", "--arm-spec", json.dumps(RESNET18), "--out", str(tmp_path / "r18.json")],
+        env=tiny_study.env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     assert "pretrained weights resnet18.a1_in1k are not available" in proc.stderr

@@ -15,8 +15,15 @@ from scaleaudit import corrupt
 from conftest import REPO
 
 MC_PYTHON = REPO / ".venv-medmnistc" / "bin" / "python"
-BREAST_CORRUPTIONS = ["pixelate", "jpeg_compression", "speckle_noise", "motion_blur", "brightness_up",
-                      "brightness_down", "contrast_down"]
+BREAST_CORRUPTIONS = [
+    "pixelate",
+    "jpeg_compression",
+    "speckle_noise",
+    "motion_blur",
+    "brightness_up",
+    "brightness_down",
+    "contrast_down",
+]
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +38,12 @@ def _compare(python, tmp_path, images: np.ndarray, labels: np.ndarray, size: int
     data = tmp_path / "clean.npz"
     np.savez(data, test_images=images, test_labels=labels)
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([str(python), str(REPO / "tests" / "medmnistc_compare.py"), str(tmp_path), str(data),
-                           str(size)], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [str(python), str(REPO / "tests" / "medmnistc_compare.py"), str(tmp_path), str(data), str(size)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -85,16 +96,34 @@ def test_check_refuses_changed_files_and_wrong_contents(tmp_path):
     assert corrupt.check_arrays(bad, clean, labels, ["blur"]) == ["blur leaves the images unchanged at severity 1"]
     assert "shape" in corrupt.check_arrays(dict(arrays, blur=arrays["blur"][:4]), clean, labels, ["blur"])[0]
     assert corrupt.check_arrays(dict(arrays, labels=1 - labels), clean, labels, ["blur"]) == [
-        "its labels are not the clean test labels"]
+        "its labels are not the clean test labels"
+    ]
     assert corrupt.check_arrays({"labels": labels}, clean, labels, ["blur"]) == ["missing arrays blur"]
 
 
 def test_cli_help_and_wrong_interpreter(tmp_path):
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([sys.executable, "-m", "scaleaudit.corrupt", "--help"], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "scaleaudit.corrupt", "--help"], capture_output=True, text=True, env=env
+    )
     assert done.returncode == 0 and "medmnistc" in done.stdout
     _fake_set(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "scaleaudit.corrupt", "--data", str(tmp_path / "clean.npz"),
-                           "--dataset", "breastmnist", "--size", "8", "--out", str(tmp_path / "o.npz")],
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scaleaudit.corrupt",
+            "--data",
+            str(tmp_path / "clean.npz"),
+            "--dataset",
+            "breastmnist",
+            "--size",
+            "8",
+            "--out",
+            str(tmp_path / "o.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 2 and "make medmnistc-env" in done.stderr and not (tmp_path / "o.npz").exists()

@@ -19,12 +19,26 @@ from scaleaudit.errors import ScaleauditError
 # ATen ops that raise under use_deterministic_algorithms(True) on CUDA (torch's list of ops without a
 # deterministic CUDA kernel; their CPU kernels run silently, so a CPU trace is the only check here).
 NONDETERMINISTIC_ON_CUDA = {
-    "aten.adaptive_avg_pool2d_backward", "aten._adaptive_avg_pool2d_backward", "aten.adaptive_avg_pool3d_backward",
-    "aten.avg_pool3d_backward", "aten.adaptive_max_pool2d_backward", "aten.fractional_max_pool2d_backward",
-    "aten.max_unpool2d", "aten.upsample_bilinear2d_backward", "aten.upsample_bicubic2d_backward",
-    "aten.upsample_linear1d_backward", "aten.reflection_pad2d_backward", "aten.nll_loss2d_forward",
-    "aten.histc", "aten.bincount", "aten.median", "aten.grid_sampler_2d_backward", "aten.put_", "aten.kthvalue",
-    "aten._ctc_loss_backward", "aten.embedding_bag",
+    "aten.adaptive_avg_pool2d_backward",
+    "aten._adaptive_avg_pool2d_backward",
+    "aten.adaptive_avg_pool3d_backward",
+    "aten.avg_pool3d_backward",
+    "aten.adaptive_max_pool2d_backward",
+    "aten.fractional_max_pool2d_backward",
+    "aten.max_unpool2d",
+    "aten.upsample_bilinear2d_backward",
+    "aten.upsample_bicubic2d_backward",
+    "aten.upsample_linear1d_backward",
+    "aten.reflection_pad2d_backward",
+    "aten.nll_loss2d_forward",
+    "aten.histc",
+    "aten.bincount",
+    "aten.median",
+    "aten.grid_sampler_2d_backward",
+    "aten.put_",
+    "aten.kthvalue",
+    "aten._ctc_loss_backward",
+    "aten.embedding_bag",
 }
 
 
@@ -101,6 +115,7 @@ def test_training_steps_warn_nothing(tiny_data, tmp_path, torch_policy):
 @pytest.mark.parametrize("arm", ["cnn_small", "resnet18_scratch", "vit_s16_scratch", "resnet18_pretrained"])
 def test_training_step_of_every_arm_has_deterministic_cuda_kernels(arm):
     """Under the deterministic policy an op without a deterministic CUDA kernel would fail the GPU run."""
+
     class Ops(TorchDispatchMode):
         def __init__(self):
             super().__init__()
@@ -171,8 +186,9 @@ def test_linear_probe_checkpoints_hold_no_frozen_weights_and_resume_exactly(tiny
 def test_checkpoint_interval_grows_with_the_time_a_save_takes(tiny_data, tmp_path, monkeypatch):
     """Epochs of 10 s on a fake clock, saves of 2 s: at most 2 % of the time saving means every 100 s."""
     clock = [0.0]
-    fake_time = type("FakeTime", (), {"monotonic": staticmethod(lambda: clock[0]),
-                                      "perf_counter": staticmethod(lambda: clock[0])})
+    fake_time = type(
+        "FakeTime", (), {"monotonic": staticmethod(lambda: clock[0]), "perf_counter": staticmethod(lambda: clock[0])}
+    )
     monkeypatch.setattr(train, "time", fake_time)
     spec = tiny_study.spec(epochs=25)
     trainer = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)

@@ -30,17 +30,29 @@ def _rewrite(path, **changes):
 
 
 BAD_CONTENTS = {
-    "100 labels for 546 images": ({"train_labels": lambda y: y[:100]}, "train_labels have shape (100, 1) for 546 images"),
-    "32 px images in a 28 px file": ({"val_images": np.zeros((78, 32, 32), np.uint8)}, "val_images have shape (78, 32, 32)"),
+    "100 labels for 546 images": (
+        {"train_labels": lambda y: y[:100]},
+        "train_labels have shape (100, 1) for 546 images",
+    ),
+    "32 px images in a 28 px file": (
+        {"val_images": np.zeros((78, 32, 32), np.uint8)},
+        "val_images have shape (78, 32, 32)",
+    ),
     "float images": ({"test_images": lambda x: x.astype(np.float32) / 255}, "test_images are float32"),
-    "label 5 on a binary task": ({"train_labels": lambda y: np.where(np.arange(len(y))[:, None] == 3, 5, y)},
-                                 "train_labels range from 0 to 5"),
+    "label 5 on a binary task": (
+        {"train_labels": lambda y: np.where(np.arange(len(y))[:, None] == 3, 5, y)},
+        "train_labels range from 0 to 5",
+    ),
     "label -1": ({"val_labels": lambda y: y - 1}, "val_labels range from -1 to 0"),
     "float labels": ({"train_labels": lambda y: y.astype(np.float64)}, "train_labels are float64"),
-    "three channels for a grey dataset": ({"train_images": lambda x: np.repeat(x[..., None], 3, -1)},
-                                          "train_images have shape (546, 28, 28, 3)"),
-    "a split of the wrong length": ({"test_images": lambda x: x[:100], "test_labels": lambda y: y[:100]},
-                                    "test has 100 images, breastmnist has 156"),
+    "three channels for a grey dataset": (
+        {"train_images": lambda x: np.repeat(x[..., None], 3, -1)},
+        "train_images have shape (546, 28, 28, 3)",
+    ),
+    "a split of the wrong length": (
+        {"test_images": lambda x: x[:100], "test_labels": lambda y: y[:100]},
+        "test has 100 images, breastmnist has 156",
+    ),
     "a missing array": ({"val_labels": None}, "missing arrays val_labels"),
 }
 
@@ -63,8 +75,17 @@ def test_file_changed_after_fetch_is_refused_before_training(capsys, tiny_mirror
     """Whatever the checksum source: a fetched file replaced later (or fetched by an older version) is checked again."""
     record = tiny_study.fetch(tiny_mirror, tmp_path / "data")
     _rewrite(record["file"], train_labels=lambda y: y[:100])
-    code = cli.main(["train", "--spec", json.dumps(tiny_study.spec()), "--data", str(tmp_path / "data" / "breastmnist_28.json"),
-                     "--out", str(tmp_path / "run")])
+    code = cli.main(
+        [
+            "train",
+            "--spec",
+            json.dumps(tiny_study.spec()),
+            "--data",
+            str(tmp_path / "data" / "breastmnist_28.json"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "train_labels have shape (100, 1) for 546 images" in err
     assert not (tmp_path / "run" / train.CHECKPOINT).exists()
@@ -85,8 +106,11 @@ def test_multilabel_and_rgb_datasets_are_checked_against_their_own_info(tmp_path
     monkeypatch.setitem(data.catalogue(), "chestmnist", chest | {"n_samples": {"train": 30, "val": 10, "test": 10}})
     path = tmp_path / "chestmnist.npz"
     labels = {s: np.random.default_rng(0).integers(0, 2, (n, 14)) for s, n in zip(data.SPLITS, (30, 10, 10))}
-    np.savez(path, **{f"{s}_images": np.zeros((len(y), 28, 28), np.uint8) for s, y in labels.items()},
-             **{f"{s}_labels": y for s, y in labels.items()})
+    np.savez(
+        path,
+        **{f"{s}_images": np.zeros((len(y), 28, 28), np.uint8) for s, y in labels.items()},
+        **{f"{s}_labels": y for s, y in labels.items()},
+    )
     assert data.check_npz(path, "chestmnist", 28)["train_labels"] == (30, 14)
     _rewrite(path, train_labels=lambda y: y[:, :3])
     with pytest.raises(ScaleauditError, match=r"train_labels have shape \(30, 3\) .*expected \(30, 14\)"):
@@ -96,8 +120,12 @@ def test_multilabel_and_rgb_datasets_are_checked_against_their_own_info(tmp_path
         data.check_npz(path, "chestmnist", 28)
 
     blood = data.info("bloodmnist")
-    rgb = make_npz(tmp_path / "bloodmnist.npz", n=tuple(blood["n_samples"][s] for s in data.SPLITS), channels=3, n_classes=8)
+    rgb = make_npz(
+        tmp_path / "bloodmnist.npz", n=tuple(blood["n_samples"][s] for s in data.SPLITS), channels=3, n_classes=8
+    )
     assert data.check_npz(rgb, "bloodmnist", 28)["val_images"][1:] == (28, 28, 3)
     _rewrite(rgb, val_images=lambda x: x[..., 0])
-    with pytest.raises(ScaleauditError, match=r"val_images have shape \(\d+, 28, 28\), bloodmnist at 28 px has \(\d+, 28, 28, 3\)"):
+    with pytest.raises(
+        ScaleauditError, match=r"val_images have shape \(\d+, 28, 28\), bloodmnist at 28 px has \(\d+, 28, 28, 3\)"
+    ):
         data.check_npz(rgb, "bloodmnist", 28)

@@ -22,8 +22,22 @@ import scaleaudit
 import tiny_study
 from conftest import REPO
 
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".venv-medmnistc", "results", "logs", ".snakemake", "dist", "build", "*.egg-info",
-                                    "__pycache__", ".pytest_cache", "reports", "report.html", "mlruns")
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    ".venv-medmnistc",
+    "results",
+    "logs",
+    ".snakemake",
+    "dist",
+    "build",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    "reports",
+    "report.html",
+    "mlruns",
+)
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -58,7 +72,9 @@ def test_wheel_works_outside_the_checkout(tmp_path, tiny_mirror):
 
     work = tmp_path / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in tiny_study.env().items() if k != "PYTHONPATH"} | {"PATH": f"{fresh / 'bin'}:{os.environ['PATH']}"}
+    env = {k: v for k, v in tiny_study.env().items() if k != "PYTHONPATH"} | {
+        "PATH": f"{fresh / 'bin'}:{os.environ['PATH']}"
+    }
     where = run([str(py), "-c", "import scaleaudit; print(scaleaudit.__file__)"], cwd=work, env=env).stdout.strip()
     assert where.startswith(purelib) and not where.startswith(str(REPO)), where
     assert run(["scaleaudit", "--version"], cwd=work, env=env).stdout.strip() == f"scaleaudit {scaleaudit.__version__}"
@@ -68,11 +84,37 @@ def test_wheel_works_outside_the_checkout(tmp_path, tiny_mirror):
     (work / "study.yaml").write_text(yaml.safe_dump(tiny_study.TINY_CONFIG))
     checked = run(["scaleaudit", "validate-config", "study.yaml"], cwd=work, env=env)
     assert "valid; study 'tiny', 4 training runs" in checked.stdout
-    run(["scaleaudit", "fetch-data", "--dataset", "breastmnist", "--out", "data/breastmnist_28.npz",
-         "--mirror", str(tiny_mirror)], cwd=work, env=env)
+    run(
+        [
+            "scaleaudit",
+            "fetch-data",
+            "--dataset",
+            "breastmnist",
+            "--out",
+            "data/breastmnist_28.npz",
+            "--mirror",
+            str(tiny_mirror),
+        ],
+        cwd=work,
+        env=env,
+    )
     (work / "spec.json").write_text(json.dumps(tiny_study.spec(epochs=1)))
-    run(["scaleaudit", "train", "--spec", "@spec.json", "--data", "data/breastmnist_28.json", "--out", "run",
-         "--threads", "1"], cwd=work, env=env)
+    run(
+        [
+            "scaleaudit",
+            "train",
+            "--spec",
+            "@spec.json",
+            "--data",
+            "data/breastmnist_28.json",
+            "--out",
+            "run",
+            "--threads",
+            "1",
+        ],
+        cwd=work,
+        env=env,
+    )
     metrics = json.loads((work / "run" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["provenance"]["versions"]["scaleaudit"] == scaleaudit.__version__
 
@@ -100,16 +142,24 @@ def shift_steps_ran(work: Path, study: str) -> None:
     clean = shifted[shifted["severity"] == 0].merge(runs, on=KEY)
     assert len(clean) == len(runs) and (clean["auc"] == clean["test_auc"]).all()  # the kept weights are the tested ones
     verdict = pd.read_csv(results / "shift_verdict.csv")
-    assert record["families"] == {"pixelate": "digital", "jpeg_compression": "digital", "speckle_noise": "noise",
-                                  "motion_blur": "blur", "brightness_up": "color", "brightness_down": "color",
-                                  "contrast_down": "color"}  # medmnistc's own grouping of BreastMNIST's corruptions
+    assert record["families"] == {
+        "pixelate": "digital",
+        "jpeg_compression": "digital",
+        "speckle_noise": "noise",
+        "motion_blur": "blur",
+        "brightness_up": "color",
+        "brightness_down": "color",
+        "contrast_down": "color",
+    }  # medmnistc's own grouping of BreastMNIST's corruptions
     assert list(verdict["condition"]) == ["clean", "blur", "color", "digital", "noise", "all"]  # families, then all
     assert verdict["reading"].fillna("").str.len().iloc[1:].gt(0).all()
     assert "Robustness under acquisition shift" in (work / "reports" / f"{study}.md").read_text()
     assert (results / "report" / "shift_severity.png").exists()
     client = mlflow.MlflowClient(f"sqlite:///{work / 'results' / 'mlflow.db'}")
     for run_id in runs["mlflow_run_id"]:
-        names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
+        names = {a.path for a in client.list_artifacts(run_id)} | {
+            a.path for a in client.list_artifacts(run_id, "model")
+        }
         assert {"best.safetensors", "model/MLmodel"} <= names
 
 
@@ -122,8 +172,11 @@ def test_catalog_test_config_runs_with_the_default_profile_and_gives_an_html_rep
     assert "Using workflow specific profile profiles/default" in done.stdout + done.stderr
     test_dir = work / ".test"
     resolved = json.loads((test_dir / "results" / "catalog-test" / "config.resolved.json").read_text())
-    assert resolved["settings"]["data.mirror"] == {"value": str(tiny_mirror), "source": "$SCALEAUDIT_MIRROR",
-                                                   "env": "SCALEAUDIT_MIRROR"}
+    assert resolved["settings"]["data.mirror"] == {
+        "value": str(tiny_mirror),
+        "source": "$SCALEAUDIT_MIRROR",
+        "env": "SCALEAUDIT_MIRROR",
+    }
 
     shift_steps_ran(test_dir, "catalog-test")
 
@@ -132,7 +185,7 @@ def test_catalog_test_config_runs_with_the_default_profile_and_gives_an_html_rep
     for item in ('"name": "runs.csv"', '"name": "catalog-test.pdf"', '"name": "forest.png"', '"name": "scores_1.png"'):
         assert item in html, item
     assert "One row per training run" in html and "The study report: summary verdict" in html  # the captions
-    assert "Figure <tt class=\\\"docutils literal\\\">forest</tt>" in html  # caption filled per figure
+    assert 'Figure <tt class=\\"docutils literal\\">forest</tt>' in html  # caption filled per figure
     assert "docs/study.md" in html
 
 
@@ -149,7 +202,7 @@ configfile: "config/config.yaml"
 
 module scaleaudit:
     snakefile:
-        "{REPO / 'Snakefile'}"
+        "{REPO / "Snakefile"}"
     config:
         config
 

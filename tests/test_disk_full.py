@@ -52,8 +52,19 @@ def job(tiny_mirror, tmp_path):
     write_json(tmp_path / "tracking.json", tracking.init_experiment(uri, "scaleaudit/disk", tmp_path / "artifacts"))
 
     def args(out, tracking_json=tmp_path / "tracking.json"):
-        return ["train", "--spec", json.dumps(tiny_study.spec(epochs=2)), "--data", str(tmp_path / "data" / "breastmnist_28.json"),
-                "--tracking", str(tracking_json), "--out", str(out), "--threads", "1"]
+        return [
+            "train",
+            "--spec",
+            json.dumps(tiny_study.spec(epochs=2)),
+            "--data",
+            str(tmp_path / "data" / "breastmnist_28.json"),
+            "--tracking",
+            str(tracking_json),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ]
 
     return uri, args
 
@@ -90,8 +101,17 @@ def _report_args(tmp_path, out):
     runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=2)
     runs.to_csv(tmp_path / "runs.csv", index=False)
     (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
-    return ["report", "--runs", str(tmp_path / "runs.csv"), "--config", str(tmp_path / "config.json"),
-            "--assets", str(tmp_path / "assets"), "--out", str(out)]
+    return [
+        "report",
+        "--runs",
+        str(tmp_path / "runs.csv"),
+        "--config",
+        str(tmp_path / "config.json"),
+        "--assets",
+        str(tmp_path / "assets"),
+        "--out",
+        str(out),
+    ]
 
 
 def test_report_on_a_full_disk(capsys, small_fs, tmp_path):
@@ -108,8 +128,10 @@ def test_checkpoint_write_failure_from_torch(capsys, job, tmp_path, monkeypatch)
     uri, args = job
 
     def full(obj, f, *a, **k):
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: "
-                           "PytorchStreamWriter failed writing file data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: "
+            "PytorchStreamWriter failed writing file data/0: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", full)
     _says_disk_full(cli.main(args(tmp_path / "run")), capsys.readouterr().err)

@@ -27,7 +27,9 @@ def test_config_readme_describes_every_key():
     keys = set(schema_keys(schema, schema))
     assert "arms.<name>.resources.gpu" in keys and "data.datasets[].flag" in keys
     assert not keys - documented, f"describe these keys in config/README.md: {sorted(keys - documented)}"
-    assert not documented - keys, f"config/README.md describes keys the schema does not have: {sorted(documented - keys)}"
+    assert not documented - keys, (
+        f"config/README.md describes keys the schema does not have: {sorted(documented - keys)}"
+    )
 
 
 def test_readme_env_table_lists_every_override_with_its_key():
@@ -50,4 +52,5 @@ def test_study_tables_are_the_published_numbers_the_report_uses():
     doc = (REPO / "docs" / "study.md").read_text()
     rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| (\d+) \| ([\d.]+|–) \| ([\d.]+) \|", doc, re.M)
     assert {(i, d, int(s), None if auc == "–" else float(auc), float(acc)) for i, d, s, auc, acc in rows} == {
-        (r["id"], r["dataset"], r["size"], r["auc"], r["acc"]) for r in published.rows()}  # –: no AUC published (kNN)
+        (r["id"], r["dataset"], r["size"], r["auc"], r["acc"]) for r in published.rows()
+    }  # –: no AUC published (kNN)

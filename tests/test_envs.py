@@ -40,7 +40,9 @@ def test_lock_pins_every_dependency_within_its_range():
         for text in PROJECT["dependencies"] + PROJECT["optional-dependencies"][extra]:
             req = Requirement(text)
             assert _name(req.name) in lock, f"{req.name} is not in the lock: run `make lock`"
-            assert req.specifier.contains(lock[_name(req.name)], prereleases=True), f"lock {lock[_name(req.name)]} outside {req}"
+            assert req.specifier.contains(lock[_name(req.name)], prereleases=True), (
+                f"lock {lock[_name(req.name)]} outside {req}"
+            )
         assert "==" not in "".join(PROJECT["dependencies"])  # ranges in pyproject, pins only in the lock
 
 
@@ -48,8 +50,10 @@ def test_corruption_env_is_pinned_to_its_lock():
     """envs/medmnistc.yaml (conda) installs what envs/medmnistc.lock.txt (make medmnistc-env) pins."""
     env = yaml.safe_load((REPO / "envs" / "medmnistc.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    lock = {_name(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "envs" / "medmnistc.lock.txt")
-                                                 .read_text(), re.M)}
+    lock = {
+        _name(n): v
+        for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "envs" / "medmnistc.lock.txt").read_text(), re.M)
+    }
     assert pip[0] == f"scaleaudit=={scaleaudit.__version__}"
     assert all(lock[_name(p)] == p.split("==")[1] for p in pip[1:]), pip
     assert {"medmnistc", "numpy", "scikit-image", "wand"} <= {_name(p) for p in pip[1:]}

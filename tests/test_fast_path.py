@@ -42,7 +42,9 @@ def test_fast_path_and_reference_loop_both_learn_breastmnist(real_mirror, tmp_pa
     meta = data.info(flag)
     torch.manual_seed(seed)
     model = models.build(cfg["arms"]["arm"], meta["n_classes"], meta["n_channels"], 28)
-    ref = reference.train_and_eval(model, data.load_splits(path, flag, 28), meta["task"], epochs, 128, seed=seed)["test"]
+    ref = reference.train_and_eval(model, data.load_splits(path, flag, 28), meta["task"], epochs, 128, seed=seed)[
+        "test"
+    ]
 
     # BreastMNIST's test split has 156 images: chance is 0.5, a trained small CNN reaches ~0.8-0.9.
     assert fast["auc"] > 0.7, fast

@@ -63,17 +63,34 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_result_and_one_mlflow_
     reference = train.run(spec, tiny_data, tmp_path / "reference", record, None, threads=1)
 
     out = tmp_path / "killed"
-    args = ["train", "--spec", json.dumps(spec), "--data", str(tmp_path / "data" / "breastmnist_28.json"),
-            "--tracking", str(tmp_path / "tracking.json"), "--out", str(out), "--threads", "1"]
-    killed = subprocess.run([sys.executable, "-c", KILL_MID_EPOCH_2, *args], env=tiny_study.env(),
-                            capture_output=True, text=True, timeout=300)
+    args = [
+        "train",
+        "--spec",
+        json.dumps(spec),
+        "--data",
+        str(tmp_path / "data" / "breastmnist_28.json"),
+        "--tracking",
+        str(tmp_path / "tracking.json"),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_MID_EPOCH_2, *args],
+        env=tiny_study.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "metrics.json").exists()
     assert _checkpoint_epoch(out / train.CHECKPOINT) == 1
     run_id = (out / "mlflow_run_id").read_text().strip()
 
-    rerun = subprocess.run(tiny_study.scaleaudit_cli() + args, env=tiny_study.env(), capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(
+        tiny_study.scaleaudit_cli() + args, env=tiny_study.env(), capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming after epoch 1" in rerun.stderr
     resumed = read_json(out / "metrics.json")
@@ -195,12 +212,25 @@ def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_m
     from mlflow import MlflowClient
 
     work = tiny_study.copy_workflow(tmp_path / "wf")
-    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_study.TINY_CONFIG | {"design": {"arms": ["cnn_a", "cnn_b"], "fractions": [1.0], "seeds": 1}}))
+    (work / "tiny.yaml").write_text(
+        yaml.safe_dump(
+            tiny_study.TINY_CONFIG | {"design": {"arms": ["cnn_a", "cnn_b"], "fractions": [1.0], "seeds": 1}}
+        )
+    )
     env = tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror))
-    cmd = ["snakemake", "--profile", "workflow/profiles/local", "--configfile", "tiny.yaml", "--cores", "1",
-           "results/tiny/runs.csv"]
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        "snakemake",
+        "--profile",
+        "workflow/profiles/local",
+        "--configfile",
+        "tiny.yaml",
+        "--cores",
+        "1",
+        "results/tiny/runs.csv",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         first = []
         for line in proc.stdout:  # interrupt once Snakemake has recorded the first finished training job

@@ -47,7 +47,8 @@ def test_cached_probe_equals_the_end_to_end_frozen_path(tiny_data, tmp_path, mon
     assert test == pytest.approx(test2, abs=1e-6) and val == pytest.approx(val2, abs=1e-6)
     assert torch.allclose(torch.from_numpy(probs), torch.from_numpy(probs2), atol=1e-5)
     assert [r["train_loss"] for r in cached.state["history"]] == pytest.approx(
-        [r["train_loss"] for r in end_to_end.state["history"]], rel=1e-5)
+        [r["train_loss"] for r in end_to_end.state["history"]], rel=1e-5
+    )
 
 
 def test_features_are_computed_once_and_shared_by_seeds_and_fractions(tiny_data, tmp_path, monkeypatch):
@@ -68,8 +69,11 @@ def test_pretrained_backbone_features_do_not_depend_on_the_seed(tiny_data):
     spec = probe_spec()
     spec["arm_spec"] = dict(spec["arm_spec"], pretrained=True)
     weights = {"sha256": "ab" * 32}
-    keys = {features.key(dict(spec, seed=s, fraction=f), tiny_data["file"], weights, 32, "fp32")
-            for s in (1, 2) for f in (0.1, 1.0)}
+    keys = {
+        features.key(dict(spec, seed=s, fraction=f), tiny_data["file"], weights, 32, "fp32")
+        for s in (1, 2)
+        for f in (0.1, 1.0)
+    }
     assert len(keys) == 1
     assert features.key(spec, tiny_data["file"], {"sha256": "cd" * 32}, 32, "fp32") not in keys
 

@@ -31,17 +31,19 @@ def their_transform(arch: str, img_size: int):
     """MedMNIST+ train.py's data_transform, verbatim but for the model's pretrained config being read without
     downloading the weights (``pretrained=False`` keeps the same ``default_cfg``)."""
     m = timm.create_model(arch, pretrained=False)
-    mean, std = m.default_cfg['mean'], m.default_cfg['std']
+    mean, std = m.default_cfg["mean"], m.default_cfg["std"]
 
     total_padding = max(0, 224 - img_size)
     padding_left, padding_top = total_padding // 2, total_padding // 2
     padding_right, padding_bottom = total_padding - padding_left, total_padding - padding_top
 
-    return transforms.Compose([
-        transforms.ToTensor(),
-        transforms.Normalize(mean=mean, std=std),
-        transforms.Pad((padding_left, padding_top, padding_right, padding_bottom), fill=0, padding_mode='constant')
-    ])
+    return transforms.Compose(
+        [
+            transforms.ToTensor(),
+            transforms.Normalize(mean=mean, std=std),
+            transforms.Pad((padding_left, padding_top, padding_right, padding_bottom), fill=0, padding_mode="constant"),
+        ]
+    )
 
 
 def their_image(npz_image: np.ndarray) -> Image.Image:
@@ -61,8 +63,13 @@ def test_medmnist_plus_transform_equals_theirs_on_a_real_image(real_mirror, arm_
     splits = data.load_splits(real_mirror / "breastmnist.npz", "breastmnist", 28)
     images = splits["train"][0][:4]  # uint8 (N, 28, 28, 1)
 
-    ours = train.BatchTransform(recipe, in_chans=1, input_size=arm["input_size"], device=torch.device("cpu"),
-                                mean_std=train.mean_std(recipe, arm))
+    ours = train.BatchTransform(
+        recipe,
+        in_chans=1,
+        input_size=arm["input_size"],
+        device=torch.device("cpu"),
+        mean_std=train.mean_std(recipe, arm),
+    )
     got = ours(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
 
     ref = their_transform(train.models.pretrained_name(arm), 28)
@@ -71,10 +78,11 @@ def test_medmnist_plus_transform_equals_theirs_on_a_real_image(real_mirror, arm_
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     # the statistics are the model's own (both arms would pass with one table for all otherwise), the padding is 0
     mean, std = timm.models.get_pretrained_cfg(train.models.pretrained_name(arm)).mean, ref.transforms[1].std
-    assert got[:, :, :98].abs().max() == 0 and got[:, :, :, 98 + 28:].abs().max() == 0
+    assert got[:, :, :98].abs().max() == 0 and got[:, :, :, 98 + 28 :].abs().max() == 0
     centre = float(images[0, 14, 14, 0]) / 255
-    torch.testing.assert_close(got[0, :, 98 + 14, 98 + 14],
-                               torch.tensor([(centre - m) / s for m, s in zip(mean, std)], dtype=torch.float32))
+    torch.testing.assert_close(
+        got[0, :, 98 + 14, 98 + 14], torch.tensor([(centre - m) / s for m, s in zip(mean, std)], dtype=torch.float32)
+    )
 
 
 def test_medmnist_plus_optimizer_is_their_timm_adamw_with_its_default_weight_decay():
@@ -120,10 +128,14 @@ def test_medmnist_plus_schedule_is_their_timm_cosine_stepped_per_epoch():
 def test_medmnist_plus_models_see_three_channels(tiny_mirror, tmp_path):
     """Grey images reach the model as RGB (their as_rgb=True): the stem takes 3 channels, not timm's 1-channel
     adaptation of the pretrained stem."""
-    cfg = config.load(REPO / "config" / "config.yaml", overrides={
-        "hardware": {"device": "cpu"},
-        "arms": {"probe": {"model": "resnet18", "recipe": "medmnist_plus", "group": "large", "input_size": 32}},
-        "design": {"arms": ["probe"]}})
+    cfg = config.load(
+        REPO / "config" / "config.yaml",
+        overrides={
+            "hardware": {"device": "cpu"},
+            "arms": {"probe": {"model": "resnet18", "recipe": "medmnist_plus", "group": "large", "input_size": 32}},
+            "design": {"arms": ["probe"]},
+        },
+    )
     spec = config.run_spec(cfg, "breastmnist", 28, "probe", 1.0, 1)
     record = data.fetch("breastmnist", 28, tmp_path / "breastmnist.npz", tiny_mirror)
     trainer = train.Trainer(spec, record["file"], None, torch.device("cpu"), log=lambda m: None)
@@ -142,20 +154,17 @@ class TheirBasicBlock(nn.Module):
 
     def __init__(self, in_planes, planes, stride=1):
         super(TheirBasicBlock, self).__init__()
-        self.conv1 = nn.Conv2d(
-            in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
 
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3,
-                               stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
 
         self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != self.expansion*planes:
+        if stride != 1 or in_planes != self.expansion * planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, self.expansion*planes,
-                          kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(self.expansion*planes)
+                nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(self.expansion * planes),
             )
 
     def forward(self, x):
@@ -171,8 +180,7 @@ class TheirResNet(nn.Module):
         super(TheirResNet, self).__init__()
         self.in_planes = 64
 
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3,
-                               stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
@@ -182,7 +190,7 @@ class TheirResNet(nn.Module):
         self.linear = nn.Linear(512 * block.expansion, num_classes)
 
     def _make_layer(self, block, planes, num_blocks, stride):
-        strides = [stride] + [1]*(num_blocks-1)
+        strides = [stride] + [1] * (num_blocks - 1)
         layers = []
         for stride in strides:
             layers.append(block(self.in_planes, planes, stride))
@@ -217,7 +225,9 @@ def test_resnet18_cifar_is_their_model_with_their_initialisation(in_chans, num_c
     ours.eval(), theirs.eval()
     torch.testing.assert_close(ours(x), theirs(x))
     # what timm's resnet18 initialisation would break: no BN starts at zero, convolutions are kaiming_uniform(a=sqrt(5))
-    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in ours.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(
+        torch.equal(m.weight, torch.ones_like(m.weight)) for m in ours.modules() if isinstance(m, nn.BatchNorm2d)
+    )
     for m in ours.modules():
         if isinstance(m, nn.Conv2d):
             fan_in = m.weight[0].numel()
@@ -236,7 +246,9 @@ def test_runs_record_the_model_definition():
     params = train._params(spec, {"sha256": "x"}, None, 10)
     assert params["model_definition"] == spec["arm_spec"]["definition"]
     vit = config.run_spec(cfg, "breastmnist", 28, "vit_b16_pretrained", 1.0, 1)
-    assert "definition" not in vit["arm_spec"] and train._params(vit, {"sha256": "x"}, None, 10)["model_definition"].startswith("timm ")
+    assert "definition" not in vit["arm_spec"] and train._params(vit, {"sha256": "x"}, None, 10)[
+        "model_definition"
+    ].startswith("timm ")
 
 
 def test_fidelity_table_lists_what_a_recipe_changes_from_its_protocol():
@@ -246,10 +258,19 @@ def test_fidelity_table_lists_what_a_recipe_changes_from_its_protocol():
     demo = config.load(REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml")
     diff = fidelity.differences(demo)
     assert set(zip(diff["recipe"], diff["setting"])) == {
-        ("demo_v2", "epochs"), ("demo_finetune", "epochs"), ("demo_finetune", "early_stop_patience")}
+        ("demo_v2", "epochs"),
+        ("demo_finetune", "epochs"),
+        ("demo_finetune", "early_stop_patience"),
+    }
     # what issue 13 found wrong before: ImageNet statistics for every arm, no weight decay, torch's cosine
-    old = config.load(REPO / "config" / "config.yaml", overrides={"recipes": {"medmnist_plus": {
-        "normalize": "imagenet", "weight_decay": 0, "scheduler": "cosine", "rgb": False}}})
+    old = config.load(
+        REPO / "config" / "config.yaml",
+        overrides={
+            "recipes": {
+                "medmnist_plus": {"normalize": "imagenet", "weight_decay": 0, "scheduler": "cosine", "rgb": False}
+            }
+        },
+    )
     assert set(fidelity.differences(old)["setting"]) == {"normalize", "weight_decay", "scheduler", "rgb"}
     # naming the protocol documents the recipe: it changes no run's configuration hash
     cfg = full_config()
@@ -266,8 +287,13 @@ def test_report_methods_carry_the_fidelity_table():
     runs = make_runs(seeds=3)
     cfg = make_config(runs)
     cfg["recipes"]["medmnist_plus"] = cfg["recipes"]["medmnist_plus"] | {"protocol": "medmnist_plus"}
-    md = report.to_markdown(report.document(report.Results.of(runs, cfg), {
-        name: [REPO / f"{name}.png"] for name in ("scores", "calibration", "pareto", "forest")}), REPO)
+    md = report.to_markdown(
+        report.document(
+            report.Results.of(runs, cfg),
+            {name: [REPO / f"{name}.png"] for name in ("scores", "calibration", "pareto", "forest")},
+        ),
+        REPO,
+    )
     assert "Fidelity to the published protocols" in md and "zero-padded" in md
     assert md.index("Fidelity to the published protocols") < md.index("Reproduction check")
     # the runtable's medmnist_plus recipe is a MedMNIST v2-like stand-in: each departing setting is a row
@@ -287,8 +313,11 @@ def test_every_pretrained_arm_with_the_papers_weights_reproduces_its_row():
         if not arm["pretrained"] or cfg["recipes"][arm["recipe"]].get("protocol") != "medmnist_plus":
             continue
         weights = train.models.pretrained_name(arm)
-        expected = {r["id"] for r in published.rows() if r.get("weights") == weights
-                    and r["id"].endswith("_" + scheme[arm["train"]])}
+        expected = {
+            r["id"]
+            for r in published.rows()
+            if r.get("weights") == weights and r["id"].endswith("_" + scheme[arm["train"]])
+        }
         assert arm.get("reproduces") in (expected or {None}), name
         claimed += bool(expected)
     assert claimed >= 2  # resnet18_pretrained and resnet18_knn at least

@@ -18,8 +18,14 @@ from scaleaudit import cost
 def test_runs_sharing_a_gpu_are_charged_their_share_of_its_energy():
     meter = cost.EnergyMeter("USA")
     meter.seconds = 10.0
-    data = SimpleNamespace(duration=10.0, energy_consumed=1.0, gpu_energy=0.8, emissions=0.4,
-                           codecarbon_version="x", country_iso_code="USA")
+    data = SimpleNamespace(
+        duration=10.0,
+        energy_consumed=1.0,
+        gpu_energy=0.8,
+        emissions=0.4,
+        codecarbon_version="x",
+        country_iso_code="USA",
+    )
     meter.tracker = SimpleNamespace(final_emissions_data=data, _hardware=["GPU"])
     alone, shared = meter.result(), meter.result(gpu_share=1 / 8)
     assert alone["energy_kwh"] == pytest.approx(1.0) and alone["co2e_kg"] == pytest.approx(0.4)
@@ -39,17 +45,41 @@ def _train_jobs(dry_run: str) -> dict[str, dict]:
 @pytest.mark.slow
 def test_full_study_books_one_gpu_per_run_or_a_slot_of_a_shared_one(tmp_path):
     work = tiny_study.copy_workflow(tmp_path / "wf")
-    targets = [f"results/full/runs/pathmnist_28/{arm}/frac1.0/seed1/metrics.json"
-               for arm in ("resnet18_scratch", "vit_b16_pretrained", "cnn_small")]
-    done = subprocess.run([shutil.which("snakemake") or "snakemake", "-n", "-p", "--profile", "workflow/profiles/local",
-                           "--cores", "4", *targets], cwd=work, env=tiny_study.env(), capture_output=True, text=True,
-                          timeout=300)
+    targets = [
+        f"results/full/runs/pathmnist_28/{arm}/frac1.0/seed1/metrics.json"
+        for arm in ("resnet18_scratch", "vit_b16_pretrained", "cnn_small")
+    ]
+    done = subprocess.run(
+        [
+            shutil.which("snakemake") or "snakemake",
+            "-n",
+            "-p",
+            "--profile",
+            "workflow/profiles/local",
+            "--cores",
+            "4",
+            *targets,
+        ],
+        cwd=work,
+        env=tiny_study.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     jobs = _train_jobs(done.stdout + done.stderr)
     # resnet18_scratch: 8 runs share a GPU: no whole GPU (--gpus) but one GPU per group (--gres=gpu:1), 1 of 8 slots
-    assert (jobs["resnet18_scratch"]["gpu"], jobs["resnet18_scratch"]["gres"], jobs["resnet18_scratch"]["gpu_slots"]) == ("0", "gpu:1", "1")
+    assert (
+        jobs["resnet18_scratch"]["gpu"],
+        jobs["resnet18_scratch"]["gres"],
+        jobs["resnet18_scratch"]["gpu_slots"],
+    ) == ("0", "gpu:1", "1")
     assert "--runs-per-gpu 8" in jobs["resnet18_scratch"]["shell"]
-    assert (jobs["vit_b16_pretrained"]["gpu"], jobs["vit_b16_pretrained"]["gres"], jobs["vit_b16_pretrained"]["gpu_slots"]) == ("1", "", "8")
+    assert (
+        jobs["vit_b16_pretrained"]["gpu"],
+        jobs["vit_b16_pretrained"]["gres"],
+        jobs["vit_b16_pretrained"]["gpu_slots"],
+    ) == ("1", "", "8")
     assert "--runs-per-gpu 1" in jobs["vit_b16_pretrained"]["shell"]
     assert (jobs["cnn_small"]["gpu"], jobs["cnn_small"]["gpu_slots"]) == ("0", "0")
 
@@ -61,4 +91,6 @@ def test_slurm_profile_groups_as_many_runs_as_share_a_gpu():
 
     allowed = config.schema()["$defs"]["arm"]["properties"]["resources"]["properties"]["runs_per_gpu"]["enum"]
     profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
-    assert {n: profile["group-components"].get(f"gpu_share{n}") for n in allowed if n > 1} == {n: n for n in allowed if n > 1}
+    assert {n: profile["group-components"].get(f"gpu_share{n}") for n in allowed if n > 1} == {
+        n: n for n in allowed if n > 1
+    }

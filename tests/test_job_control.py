@@ -27,9 +27,21 @@ def job(tiny_mirror, tmp_path):
     tiny_study.fetch(tiny_mirror, tmp_path / "data")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_json(tmp_path / "tracking.json", tracking.init_experiment(uri, "scaleaudit/jobs", tmp_path / "artifacts"))
-    args = ["train", "--spec", json.dumps(tiny_study.spec(epochs=500)), "--data", str(tmp_path / "data" / "breastmnist_28.json"),
-            "--tracking", str(tmp_path / "tracking.json"), "--out", str(tmp_path / "run"), "--threads", "1",
-            "--checkpoint-every", "0"]
+    args = [
+        "train",
+        "--spec",
+        json.dumps(tiny_study.spec(epochs=500)),
+        "--data",
+        str(tmp_path / "data" / "breastmnist_28.json"),
+        "--tracking",
+        str(tmp_path / "tracking.json"),
+        "--out",
+        str(tmp_path / "run"),
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "0",
+    ]
     return uri, args
 
 
@@ -82,7 +94,9 @@ def test_second_trainer_in_the_same_run_folder_refuses_to_start(capsys, job, tmp
     uri, args = job
     log = tmp_path / "first.log"
     with open(log, "w") as fh:
-        first = subprocess.Popen(tiny_study.scaleaudit_cli() + args, env=tiny_study.env(), stderr=fh, start_new_session=True)
+        first = subprocess.Popen(
+            tiny_study.scaleaudit_cli() + args, env=tiny_study.env(), stderr=fh, start_new_session=True
+        )
     try:
         _wait_for(log, "epoch 1/", first)
         code = cli.main(args)
@@ -109,8 +123,9 @@ def test_training_job_dies_with_the_workflow_that_started_it(job, tmp_path):
     uri, args = job
     log = tmp_path / "job.log"
     command = " ".join(map(repr, tiny_study.scaleaudit_cli() + args))
-    workflow = subprocess.Popen([sys.executable, "-c", WORKFLOW, command, str(log)], env=tiny_study.env(),
-                                start_new_session=True)
+    workflow = subprocess.Popen(
+        [sys.executable, "-c", WORKFLOW, command, str(log)], env=tiny_study.env(), start_new_session=True
+    )
     _kill_once_training(workflow, log)
     assert "that started this job has ended" in log.read_text()
     client = MlflowClient(tracking_uri=uri)
@@ -146,10 +161,26 @@ def test_sigkilled_snakemake_leaves_no_training_job_behind(tiny_mirror, tmp_path
     study = tiny_study.TINY_CONFIG | {"design": {"arms": ["cnn_a"], "fractions": [1.0], "seeds": 1}}
     study["recipes"] = {"tiny": tiny_study.TINY_CONFIG["recipes"]["tiny"] | {"epochs": 500}}
     (work / "tiny.yaml").write_text(yaml.safe_dump(study))
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/local", "--configfile", "tiny.yaml",
-           "--cores", "1", "results/tiny/runs.csv"]
-    snakemake = subprocess.Popen(cmd, cwd=work, env=tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror)),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "workflow/profiles/local",
+        "--configfile",
+        "tiny.yaml",
+        "--cores",
+        "1",
+        "results/tiny/runs.csv",
+    ]
+    snakemake = subprocess.Popen(
+        cmd,
+        cwd=work,
+        env=tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log = work / "logs" / "tiny" / "train" / "breastmnist_28" / "cnn_a" / "frac1.0_seed1.log"
     _kill_once_training(snakemake, log)
     assert "that started this job has ended" in log.read_text()

@@ -38,9 +38,13 @@ def test_vote_shares_give_their_majority_vote(task, n_classes):
 
     rng = np.random.default_rng(0)
     support, queries = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(120, 8)).astype(np.float32)
-    labels = rng.integers(0, 2, size=(300, n_classes)) if task == "multi-label" else rng.integers(0, n_classes, (300, 1))
-    nbrs = NearestNeighbors(n_neighbors=11, algorithm='ball_tree').fit(support)  # their evaluate.py
-    theirs = their_knn_majority_vote(nbrs, queries, labels, "multi-label, binary-class" if task == "multi-label" else task)
+    labels = (
+        rng.integers(0, 2, size=(300, n_classes)) if task == "multi-label" else rng.integers(0, n_classes, (300, 1))
+    )
+    nbrs = NearestNeighbors(n_neighbors=11, algorithm="ball_tree").fit(support)  # their evaluate.py
+    theirs = their_knn_majority_vote(
+        nbrs, queries, labels, "multi-label, binary-class" if task == "multi-label" else task
+    )
 
     ours_labels = labels if task == "multi-label" else labels.reshape(-1)  # scaleaudit's label layout
     shares = knn.vote_shares(support, ours_labels, {"test": queries}, knn.K, task, n_classes)["test"]
@@ -53,8 +57,13 @@ def test_vote_shares_give_their_majority_vote(task, n_classes):
 
 def knn_spec(seed=1, fraction=1.0):
     raw = copy.deepcopy(tiny_study.TINY_CONFIG)
-    raw["arms"]["knn"] = {"model": "vit_tiny_patch16_224", "input_size": 32, "recipe": "tiny", "group": "large",
-                          "train": "knn_probe"}
+    raw["arms"]["knn"] = {
+        "model": "vit_tiny_patch16_224",
+        "input_size": 32,
+        "recipe": "tiny",
+        "group": "large",
+        "train": "knn_probe",
+    }
     raw["design"]["arms"] = ["knn"]
     raw["hardware"]["precision"] = "fp32"
     return config.run_spec(config.validate(raw), "breastmnist", 28, "knn", fraction, seed)

@@ -29,8 +29,16 @@ def test_cost_of_a_comparison_without_partner_is_unknown_not_an_error():
 
 
 def test_pareto_front():
-    s = pd.DataFrame({"dataset": "d", "size": 28, "fraction": 1.0, "arm": list("abcd"),
-                      "energy_kwh": [1.0, 2.0, 3.0, 2.5], "score_mean": [0.80, 0.90, 0.85, 0.95]})
+    s = pd.DataFrame(
+        {
+            "dataset": "d",
+            "size": 28,
+            "fraction": 1.0,
+            "arm": list("abcd"),
+            "energy_kwh": [1.0, 2.0, 3.0, 2.5],
+            "score_mean": [0.80, 0.90, 0.85, 0.95],
+        }
+    )
     assert ledger.pareto_front(s).tolist() == [True, True, False, True]
 
 

@@ -68,7 +68,7 @@ def _planted(task: str, n: int, sharpen: float, rng) -> tuple[np.ndarray, np.nda
         return y, np.column_stack([1 - s1, s1])
     probs = rng.dirichlet(np.ones(4), n)
     y = (rng.uniform(size=(n, 1)) > probs.cumsum(1)).sum(1)
-    sharp = probs ** sharpen
+    sharp = probs**sharpen
     return y, sharp / sharp.sum(1, keepdims=True)
 
 

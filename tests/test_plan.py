@@ -34,7 +34,9 @@ def test_plan_of_the_full_study_counts_every_run_and_its_flops():
     fpi = plan.count_step(spec)["flops_per_image"]
     assert 34e9 < fpi < 36e9  # ViT-B/16 at 224 px: 17.6 GMACs, attention included
     n = data.info("pathmnist")["n_samples"]
-    expected = sum(5 * fpi * (3 * 100 * plan.n_train_of("pathmnist", f) + n["val"] * 101 + n["test"]) for f in (0.1, 0.3, 1.0))
+    expected = sum(
+        5 * fpi * (3 * 100 * plan.n_train_of("pathmnist", f) + n["val"] * 101 + n["test"]) for f in (0.1, 0.3, 1.0)
+    )
     assert row["flops"] == pytest.approx(expected)
     arithmetic = sum(5 * 3 * fpi * 100 * plan.n_train_of("pathmnist", f) for f in (0.1, 0.3, 1.0)) / (0.5 * 989e12)
     assert row["device_hours"] * 3600 > arithmetic and row["energy_kwh"] == pytest.approx(row["device_hours"] * 0.7)
@@ -43,9 +45,13 @@ def test_plan_of_the_full_study_counts_every_run_and_its_flops():
     shared = next(r for r in est["rows"] if r["arm"] == "resnet18_scratch" and r["dataset"] == "pathmnist")
     assert shared["runs_per_gpu"] == 8
     cfg["arms"]["resnet18_scratch"]["resources"]["runs_per_gpu"] = 1
-    alone = next(r for r in plan.make(cfg, calibrate_steps=0, gpu_name="NVIDIA H100 80GB HBM3", utilization=0.5,
-                                      log=lambda m: None)["rows"]
-                 if r["arm"] == "resnet18_scratch" and r["dataset"] == "pathmnist")
+    alone = next(
+        r
+        for r in plan.make(
+            cfg, calibrate_steps=0, gpu_name="NVIDIA H100 80GB HBM3", utilization=0.5, log=lambda m: None
+        )["rows"]
+        if r["arm"] == "resnet18_scratch" and r["dataset"] == "pathmnist"
+    )
     assert "launch-bound" in alone["method"]  # 28 px on an H100: kernel launches, not FLOPs, set the pace
     assert shared["device_hours"] < alone["device_hours"] / 2 and shared["flops"] == alone["flops"]
     with pytest.raises(Exception, match="no dense bf16 peak"):
@@ -55,8 +61,13 @@ def test_plan_of_the_full_study_counts_every_run_and_its_flops():
 def test_cli_plan_calibrates_on_this_machine_and_writes_the_plan(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_study.TINY_CONFIG))
     out = tmp_path / "plan.json"
-    done = subprocess.run([*tiny_study.scaleaudit_cli(), "plan", str(tmp_path / "tiny.yaml"), "--out", str(out), "--brief"],
-                          env=tiny_study.env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*tiny_study.scaleaudit_cli(), "plan", str(tmp_path / "tiny.yaml"), "--out", str(out), "--brief"],
+        env=tiny_study.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "plan for study 'tiny': 4 runs" in done.stdout and "calibrating cnn_a at 28 px on cpu" in done.stderr
     est = json.loads(out.read_text())
@@ -65,13 +76,23 @@ def test_cli_plan_calibrates_on_this_machine_and_writes_the_plan(tmp_path):
 
 
 def test_report_sets_the_estimate_against_the_measured_cost():
-    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=(("breastmnist", 28),), fractions=(1.0,),
-                     published=False)
+    runs = make_runs(
+        {"vit_b16_pretrained": 0.05}, seeds=3, datasets=(("breastmnist", 28),), fractions=(1.0,), published=False
+    )
     res = report.Results.of(runs, make_config(runs))
     measured = ledger.study_total(runs)
-    estimate = {"study": "synthetic", "startup_s": 20.0, "total": {"runs": len(runs), "device_hours": 2 * measured["device_hours"],
-                                               "energy_kwh": measured["energy_kwh"] / 2, "flops": 1e15}}
-    text = report.to_markdown(report.document(res, {k: [] for k in ("scores", "calibration", "pareto", "forest")},
-                                              estimate), REPO)
+    estimate = {
+        "study": "synthetic",
+        "startup_s": 20.0,
+        "total": {
+            "runs": len(runs),
+            "device_hours": 2 * measured["device_hours"],
+            "energy_kwh": measured["energy_kwh"] / 2,
+            "flops": 1e15,
+        },
+    }
+    text = report.to_markdown(
+        report.document(res, {k: [] for k in ("scores", "calibration", "pareto", "forest")}, estimate), REPO
+    )
     assert "scaleaudit plan estimated" in text
     assert "estimate / measured: 2.00x in time, 0.50x in energy" in text

@@ -39,13 +39,25 @@ def job(tmp_path):
     npz = tmp_path / "data" / "breastmnist_28.npz"
     record = data.fetch("breastmnist", 28, npz, mirror)
     write_json(tmp_path / "data" / "breastmnist_28.json", record)
-    recipe = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": EPOCHS, "scheduler": "multistep",
-              "augment": "flip", "select": "val_loss"}
-    cfg = study_config.load(REPO / "config" / "config.yaml", overrides={
-        "study": "preempt", "design": {"arms": ["cnn_small"], "seeds": 1},
-        "data": {"datasets": [{"flag": "breastmnist", "sizes": [28]}]},
-        "recipes": {"preempt": recipe}, "arms": {"cnn_small": {"recipe": "preempt"}},
-    })
+    recipe = {
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "batch_size": 32,
+        "epochs": EPOCHS,
+        "scheduler": "multistep",
+        "augment": "flip",
+        "select": "val_loss",
+    }
+    cfg = study_config.load(
+        REPO / "config" / "config.yaml",
+        overrides={
+            "study": "preempt",
+            "design": {"arms": ["cnn_small"], "seeds": 1},
+            "data": {"datasets": [{"flag": "breastmnist", "sizes": [28]}]},
+            "recipes": {"preempt": recipe},
+            "arms": {"cnn_small": {"recipe": "preempt"}},
+        },
+    )
     spec = study_config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
     write_json(tmp_path / "spec.json", spec)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -54,9 +66,24 @@ def job(tmp_path):
 
 
 def start(job: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "scaleaudit", "train", "--spec", f"@{job / 'spec.json'}",
-           "--data", str(job / "data" / "breastmnist_28.json"), "--tracking", str(job / "tracking.json"),
-           "--out", str(out), "--threads", "1", "--checkpoint-every", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scaleaudit",
+        "train",
+        "--spec",
+        f"@{job / 'spec.json'}",
+        "--data",
+        str(job / "data" / "breastmnist_28.json"),
+        "--tracking",
+        str(job / "tracking.json"),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "0",
+    ]
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -92,7 +119,13 @@ def comparable(out: Path) -> dict:
     """What must not depend on interruptions: selection, test metrics, and the per-epoch history."""
     m = json.loads((out / "metrics.json").read_text())
     history = [{k: v for k, v in row.items() if k != "seconds"} for row in m["history"]]
-    return {"best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "val": m["val"], "test": m["test"], "history": history}
+    return {
+        "best_epoch": m["best_epoch"],
+        "epochs_run": m["epochs_run"],
+        "val": m["val"],
+        "test": m["test"],
+        "history": history,
+    }
 
 
 def test_sigterm_and_sigkill_then_requeue_equals_uninterrupted(job):

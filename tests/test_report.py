@@ -37,8 +37,18 @@ def test_pdf_and_markdown_carry_summary_table_and_appendix(tmp_path):
     assert "breastmnist @ 28 px" in text and "pneumoniamnist @ 28 px" in text
     assert "better" in text and "Overall: Scale pays" in text
     # the sections the issue asks for
-    for section in ("Methods", "Results", "Paired differences", "Across datasets", "Performance against cost",
-                    "Data efficiency", "Calibration", "Reproduction check", "Costs", "Appendix: provenance"):
+    for section in (
+        "Methods",
+        "Results",
+        "Paired differences",
+        "Across datasets",
+        "Performance against cost",
+        "Data efficiency",
+        "Calibration",
+        "Reproduction check",
+        "Costs",
+        "Appendix: provenance",
+    ):
         assert section in text, section
     # the appendix: every run's MLflow id and config hash, the data checksums, versions and commit
     for r in runs.itertuples():
@@ -87,8 +97,9 @@ def test_reproduces_is_checked_and_leaves_training_alone():
     assert cfg["arms"]["resnet18_scratch"]["reproduces"] == "medmnist_v2/resnet18_28"
     # a report-only key: the run's spec and hash (and so Snakemake's re-run decision) do not see it
     other = config.load(full, demo, overrides={"arms": {"resnet18_scratch": {"reproduces": None}}})
-    assert (config.run_spec(cfg, "breastmnist", 28, "resnet18_scratch", 1.0, 1)
-            == config.run_spec(other, "breastmnist", 28, "resnet18_scratch", 1.0, 1))
+    assert config.run_spec(cfg, "breastmnist", 28, "resnet18_scratch", 1.0, 1) == config.run_spec(
+        other, "breastmnist", 28, "resnet18_scratch", 1.0, 1
+    )
     with pytest.raises(ScaleauditError, match="unknown published result 'medmnist_v2/resnet19_28'"):
         config.load(full, demo, overrides={"arms": {"resnet18_scratch": {"reproduces": "medmnist_v2/resnet19_28"}}})
 
@@ -98,7 +109,9 @@ def test_report_needs_no_training_stack():
     import sys
 
     code = "import sys, scaleaudit.report; print(sorted({'torch', 'timm', 'mlflow', 'codecarbon'} & set(sys.modules)))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_coverage():
@@ -114,17 +127,31 @@ def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_c
 
 
 def test_verdict_sentence_is_a_claim_for_the_study_per_fraction():
-    runs = make_runs({"vit_b16_pretrained": lambda f: 0.05 if f == 1.0 else 0.0}, seeds=10, noise=0.002,
-                     fractions=(0.3, 1.0))
+    runs = make_runs(
+        {"vit_b16_pretrained": lambda f: 0.05 if f == 1.0 else 0.0}, seeds=10, noise=0.002, fractions=(0.3, 1.0)
+    )
     md = markdown(runs)
-    assert ("Overall: Scale pays: Vit B16 Pretrained at training fraction 1 (+0.050 AUC mean over 1 dataset(s)" in md)
+    assert "Overall: Scale pays: Vit B16 Pretrained at training fraction 1 (+0.050 AUC mean over 1 dataset(s)" in md
     assert "1 other summary(ies) do not; a claim at 95% confidence for the study as a whole (Bonferroni over 2" in md
 
 
 def test_an_undecided_arm_whose_interval_ends_below_the_rope_cannot_still_pay():
     """The demo's case: gain -0.14, simultaneous CI [-0.28, -0.005]; undecided between worse and equivalent, never better."""
-    row = {"arm": "vit", "fraction": 1.0, "tasks": 1, "pairs": 3, "thin": "", "dropped": 0, "mean_diff": -0.144,
-           "iqm_diff": -0.144, "lo": -0.25, "hi": -0.03, "family": 1, "p_improve": 0.0, "decision": "undecided"}
+    row = {
+        "arm": "vit",
+        "fraction": 1.0,
+        "tasks": 1,
+        "pairs": 3,
+        "thin": "",
+        "dropped": 0,
+        "mean_diff": -0.144,
+        "iqm_diff": -0.144,
+        "lo": -0.25,
+        "hi": -0.03,
+        "family": 1,
+        "p_improve": 0.0,
+        "decision": "undecided",
+    }
     below = pd.DataFrame([row | {"adj_lo": -0.283, "adj_hi": -0.005}])
     across = pd.DataFrame([row | {"adj_lo": -0.283, "adj_hi": 0.02}])
     assert report.verdict_sentence(below, 0.01, "auc", 0.95).startswith("Scale does not pay: no large arm beats")
@@ -143,16 +170,24 @@ def test_more_comparisons_in_the_design_widen_the_intervals_that_decide():
 
 def test_dropped_scores_missing_seeds_and_thin_cells_are_flagged():
     runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS)
-    runs.loc[(runs["arm"] == "cnn_small") & (runs["seed"] == 1) & (runs["dataset"] == "breastmnist"), "test_auc"] = float("nan")
+    runs.loc[(runs["arm"] == "cnn_small") & (runs["seed"] == 1) & (runs["dataset"] == "breastmnist"), "test_auc"] = (
+        float("nan")
+    )
     runs = runs[~((runs["arm"] == "vit_b16_pretrained") & (runs["dataset"] == "pneumoniamnist") & (runs["seed"] == 3))]
     md = markdown(runs)
-    assert ("Left out: 1 run(s) with a non-finite score: Cnn Small on breastmnist @ 28 px, fraction 1, seed 1 "
-            "(non-finite test\\_auc).") in md
+    assert (
+        "Left out: 1 run(s) with a non-finite score: Cnn Small on breastmnist @ 28 px, fraction 1, seed 1 "
+        "(non-finite test\\_auc)."
+    ) in md
     assert "Fewer seeds than designed: Vit B16 Pretrained on pneumoniamnist @ 28 px, fraction 1: 2 of 3." in md
-    assert ("No decision (fewer than 3 pairs): Vit B16 Pretrained on pneumoniamnist @ 28 px, fraction 1: "
-            "2 pair(s): at least 3 needed for a decision.") in md
-    assert "Thin datasets left out of the summary (fewer than 3 pairs): Vit B16 Pretrained, fraction 1: " \
-           "pneumoniamnist @ 28 px (2 pair(s))." in md
+    assert (
+        "No decision (fewer than 3 pairs): Vit B16 Pretrained on pneumoniamnist @ 28 px, fraction 1: "
+        "2 pair(s): at least 3 needed for a decision."
+    ) in md
+    assert (
+        "Thin datasets left out of the summary (fewer than 3 pairs): Vit B16 Pretrained, fraction 1: "
+        "pneumoniamnist @ 28 px (2 pair(s))." in md
+    )
     assert "Overall: Scale pays" in md  # the thin cell does not void the arm
 
 
@@ -167,8 +202,17 @@ def test_duplicated_run_stops_the_report(tmp_path):
     runs = make_runs()
     pd.concat([runs, runs.iloc[[0]]]).to_csv(tmp_path / "runs.csv", index=False)
     (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
-    rc = cli.main(["report", "--runs", str(tmp_path / "runs.csv"), "--config", str(tmp_path / "config.json"),
-                   "--out", str(tmp_path / "r.pdf")])
+    rc = cli.main(
+        [
+            "report",
+            "--runs",
+            str(tmp_path / "runs.csv"),
+            "--config",
+            str(tmp_path / "config.json"),
+            "--out",
+            str(tmp_path / "r.pdf"),
+        ]
+    )
     assert rc == 2 and not (tmp_path / "r.pdf").exists()
 
 
@@ -179,23 +223,43 @@ def test_every_paragraph_the_sections_name_is_a_template_macro():
 
     from scaleaudit.report import prose, sections
 
-    calls = {(c.args[0].value, c.args[1].value) for c in ast.walk(ast.parse(inspect.getsource(sections)))
-             if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "text"}
+    calls = {
+        (c.args[0].value, c.args[1].value)
+        for c in ast.walk(ast.parse(inspect.getsource(sections)))
+        if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "text"
+    }
     assert len(calls) > 40
     for template, paragraph in calls:
-        assert callable(getattr(prose._environment().get_template(f"{template}.j2").module, paragraph, None)), \
+        assert callable(getattr(prose._environment().get_template(f"{template}.j2").module, paragraph, None)), (
             f"{template}.j2 has no macro {paragraph}"
+        )
 
 
 def test_every_large_arm_worse_is_said_so():
-    row = {"arm": "vit", "fraction": 1.0, "tasks": 1, "pairs": 3, "thin": "", "dropped": 0, "mean_diff": -0.2,
-           "iqm_diff": -0.2, "lo": -0.25, "hi": -0.15, "adj_lo": -0.3, "adj_hi": -0.1, "family": 1, "p_improve": 0.0,
-           "decision": "worse"}
+    row = {
+        "arm": "vit",
+        "fraction": 1.0,
+        "tasks": 1,
+        "pairs": 3,
+        "thin": "",
+        "dropped": 0,
+        "mean_diff": -0.2,
+        "iqm_diff": -0.2,
+        "lo": -0.25,
+        "hi": -0.15,
+        "adj_lo": -0.3,
+        "adj_hi": -0.1,
+        "family": 1,
+        "p_improve": 0.0,
+        "decision": "worse",
+    }
     text = report.verdict_sentence(pd.DataFrame([row]), 0.01, "auc", 0.95, {"vit": "ViT"})
-    assert text == ("Scale does not pay: every large arm is worse than the best small model by more than the practical "
-                    "threshold of ±0.01 AUC; the closest is ViT (-0.200 AUC mean over 1 dataset(s), simultaneous CI "
-                    "[-0.300, -0.100]); a claim at 95% confidence for the study as a whole (Bonferroni over 1 large arm "
-                    "× fraction summaries).")
+    assert text == (
+        "Scale does not pay: every large arm is worse than the best small model by more than the practical "
+        "threshold of ±0.01 AUC; the closest is ViT (-0.200 AUC mean over 1 dataset(s), simultaneous CI "
+        "[-0.300, -0.100]); a claim at 95% confidence for the study as a whole (Bonferroni over 1 large arm "
+        "× fraction summaries)."
+    )
 
 
 def test_learning_curves_and_reliability_diagrams_come_from_the_run_folders(tmp_path):
@@ -205,7 +269,10 @@ def test_learning_curves_and_reliability_diagrams_come_from_the_run_folders(tmp_
     paths = write_run_folders(runs, tmp_path / "runs")
     table = aggregate.collect(paths)  # the folders are the runs of the table
     assert table[["arm", "seed", "test_auc", "config_hash"]].equals(
-        runs.sort_values(["dataset", "size", "arm", "fraction", "seed"], ignore_index=True)[["arm", "seed", "test_auc", "config_hash"]])
+        runs.sort_values(["dataset", "size", "arm", "fraction", "seed"], ignore_index=True)[
+            ["arm", "seed", "test_auc", "config_hash"]
+        ]
+    )
     runs.to_csv(tmp_path / "runs.csv", index=False)
     (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
     pdf = tmp_path / "r.pdf"
@@ -217,8 +284,10 @@ def test_learning_curves_and_reliability_diagrams_come_from_the_run_folders(tmp_
     assert "## Learning curves and reliability" in md
     for name in ("learning_loss_1", "learning_val_1", "reliability_1"):
         assert (tmp_path / "assets" / f"{name}.png").stat().st_size > 0 and f"]({'assets'}/{name}.png)" in md
-    assert "Not drawn, no run files given: 1 run(s) of the run table (Cnn Small on pneumoniamnist @ 28 px, " \
-           "fraction 1, seed 3)." in md
+    assert (
+        "Not drawn, no run files given: 1 run(s) of the run table (Cnn Small on pneumoniamnist @ 28 px, "
+        "fraction 1, seed 3)." in md
+    )
     text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(pdf).pages).split())
     assert "Reliability diagram of the test split" in text and "Validation AUC per epoch" in text
 

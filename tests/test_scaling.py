@@ -70,8 +70,14 @@ def test_across_task_trend_holds_its_coverage_and_decides_a_real_gain(kind):
 PARAMS = {"vit_ti": 5.7e6, "vit_s": 2.2e7, "vit_b": 8.6e7}
 CONFIG = {
     "verdict": {"metric": "auc", "rope": ROPE, "confidence": 0.95},
-    "arms": {"cnn": {"ladder": None}, "vit_ti": {"ladder": "vit"}, "vit_s": {"ladder": "vit"}, "vit_b": {"ladder": "vit"},
-             "two_a": {"ladder": "short"}, "two_b": {"ladder": "short"}},
+    "arms": {
+        "cnn": {"ladder": None},
+        "vit_ti": {"ladder": "vit"},
+        "vit_s": {"ladder": "vit"},
+        "vit_b": {"ladder": "vit"},
+        "two_a": {"ladder": "short"},
+        "two_b": {"ladder": "short"},
+    },
 }
 
 
@@ -82,15 +88,51 @@ def run_table(gain_per_10x: dict, seeds=(1, 2, 3), noise: float = 0.0) -> pd.Dat
         for arm, params in PARAMS.items():
             for fraction in (0.1, 1.0):
                 for seed in seeds:
-                    rows.append({"dataset": dataset, "size": 28, "fraction": fraction, "arm": arm, "seed": seed,
-                                 "group": "large", "params": params, "train_flops": 3 * 546 * 8 * params * fraction,
-                                 "n_train": int(546 * fraction),
-                                 "test_auc": 0.8 + gain * math.log10(params / 5.7e6) + noise * (seed - 2)})
-        rows += [{"dataset": dataset, "size": 28, "fraction": 1.0, "arm": a, "seed": s, "group": "large",
-                  "params": p, "train_flops": p, "n_train": 546, "test_auc": 0.8} for a, p in (("two_a", 1e6), ("two_b", 1e7))
-                 for s in seeds]
-        rows += [{"dataset": dataset, "size": 28, "fraction": 1.0, "arm": "cnn", "seed": s, "group": "small",
-                  "params": 4e5, "train_flops": 1e12, "n_train": 546, "test_auc": 0.9} for s in seeds]
+                    rows.append(
+                        {
+                            "dataset": dataset,
+                            "size": 28,
+                            "fraction": fraction,
+                            "arm": arm,
+                            "seed": seed,
+                            "group": "large",
+                            "params": params,
+                            "train_flops": 3 * 546 * 8 * params * fraction,
+                            "n_train": int(546 * fraction),
+                            "test_auc": 0.8 + gain * math.log10(params / 5.7e6) + noise * (seed - 2),
+                        }
+                    )
+        rows += [
+            {
+                "dataset": dataset,
+                "size": 28,
+                "fraction": 1.0,
+                "arm": a,
+                "seed": s,
+                "group": "large",
+                "params": p,
+                "train_flops": p,
+                "n_train": 546,
+                "test_auc": 0.8,
+            }
+            for a, p in (("two_a", 1e6), ("two_b", 1e7))
+            for s in seeds
+        ]
+        rows += [
+            {
+                "dataset": dataset,
+                "size": 28,
+                "fraction": 1.0,
+                "arm": "cnn",
+                "seed": s,
+                "group": "small",
+                "params": 4e5,
+                "train_flops": 1e12,
+                "n_train": 546,
+                "test_auc": 0.9,
+            }
+            for s in seeds
+        ]
     return pd.DataFrame(rows)
 
 
@@ -99,7 +141,9 @@ def test_model_scale_fits_each_ladder_per_cell_and_across_tasks():
     points, per_task, overall = scaling.model_scale(runs, CONFIG, "params")
     assert set(points["ladder"]) == {"vit", "short"}  # the CNN is no rung of a ladder
     vit = per_task[(per_task["ladder"] == "vit") & (per_task["fraction"] == 1.0)].set_index("dataset")
-    assert vit.loc["breastmnist", "slope"] == pytest.approx(0.05) and vit.loc["pathmnist", "slope"] == pytest.approx(0.03)
+    assert vit.loc["breastmnist", "slope"] == pytest.approx(0.05) and vit.loc["pathmnist", "slope"] == pytest.approx(
+        0.03
+    )
     assert (vit["decision"] == "better").all() and (vit["df"] == 1).all() and "wide" in vit["note"].iloc[0]
     short = per_task[per_task["ladder"] == "short"].iloc[0]
     assert short["decision"] == "undecided" and math.isnan(short["lo"]) and "at least 3" in short["note"]
@@ -156,11 +200,16 @@ def test_shipped_ladders_have_three_rungs_that_differ_in_size_only():
             if cfg["arms"][arm]["ladder"]:
                 rungs_of.setdefault(cfg["arms"][arm]["ladder"], []).append(cfg["arms"][arm]["model"])
         assert set(rungs_of) == ladders
-        assert all(sorted(m) == ["vit_base_patch16_224", "vit_small_patch16_224", "vit_tiny_patch16_224"]
-                   for m in rungs_of.values())
+        assert all(
+            sorted(m) == ["vit_base_patch16_224", "vit_small_patch16_224", "vit_tiny_patch16_224"]
+            for m in rungs_of.values()
+        )
     assert {demo["arms"][a]["input_size"] for a in demo["design"]["arms"] if demo["arms"][a]["ladder"]} == {32}
-    assert all(full["arms"][a]["weights_tag"] == "augreg_in21k_ft_in1k" for a in full["design"]["arms"]
-               if full["arms"][a]["ladder"] == "vit_augreg")
+    assert all(
+        full["arms"][a]["weights_tag"] == "augreg_in21k_ft_in1k"
+        for a in full["design"]["arms"]
+        if full["arms"][a]["ladder"] == "vit_augreg"
+    )
 
 
 def test_a_rung_that_differs_in_more_than_size_is_a_clear_error():

@@ -37,8 +37,9 @@ def test_each_look_is_wider_than_the_fixed_interval_and_a_short_look_counts_earl
     assert sequential.nominal_confidence(looks, 3, 0.95) == pytest.approx(1 - 2 * sps.norm.sf(c[0]))
     assert sequential.nominal_confidence(looks, 6, 0.95) == pytest.approx(1 - 2 * sps.norm.sf(c[2]))
     # Bonferroni: a family of m spends alpha / m over the looks
-    assert sequential.nominal_confidence(looks, 5, stats.family_confidence(0.95, 4)) > \
-        sequential.nominal_confidence(looks, 5, 0.95)
+    assert sequential.nominal_confidence(looks, 5, stats.family_confidence(0.95, 4)) > sequential.nominal_confidence(
+        looks, 5, 0.95
+    )
 
 
 @pytest.mark.parametrize("kind", calibration.NOISE)
@@ -58,22 +59,29 @@ def test_the_fixed_interval_rechecked_each_round_is_inflated(kind):
     rng = np.random.default_rng(12)
     edge = calibration.simulate_sequential(ROPE, kind, REPLICATES, rng, rechecked_fixed=True)
     assert edge["better"] > 0.06 and edge["coverage"] < 0.9
-    assert calibration.simulate_sequential(ROPE, kind, REPLICATES // 5, rng, family=5,
-                                           rechecked_fixed=True)["any_better"] > 0.06
+    assert (
+        calibration.simulate_sequential(ROPE, kind, REPLICATES // 5, rng, family=5, rechecked_fixed=True)["any_better"]
+        > 0.06
+    )
 
 
 def test_expected_seeds_per_cell_fall_with_the_true_gain():
     rng = np.random.default_rng(13)
-    seeds = {g: calibration.simulate_sequential(g, "normal", 2000, rng)["mean_seeds"]
-             for g in calibration.ADAPTIVE_GAINS}
-    print("expected seeds per cell (3, 5, ..., 15 seeds; sd 0.02; ROPE ±0.01):",
-          ", ".join(f"gain {g:+.2f}: {n:.1f}" for g, n in seeds.items()))
+    seeds = {
+        g: calibration.simulate_sequential(g, "normal", 2000, rng)["mean_seeds"] for g in calibration.ADAPTIVE_GAINS
+    }
+    print(
+        "expected seeds per cell (3, 5, ..., 15 seeds; sd 0.02; ROPE ±0.01):",
+        ", ".join(f"gain {g:+.2f}: {n:.1f}" for g, n in seeds.items()),
+    )
     assert seeds[0.05] < 7 < seeds[0.02] < seeds[0.01] <= 15 and seeds[0.0] > 14
 
 
 def test_stored_sequential_figures_are_those_of_the_current_code():
-    stored = {(r["method"], r["noise"], r["true_diff"], r.get("family")): r
-              for r in calibration.measured()["sequential"]["rows"]}
+    stored = {
+        (r["method"], r["noise"], r["true_diff"], r.get("family")): r
+        for r in calibration.measured()["sequential"]["rows"]
+    }
     fresh = calibration.sequential_table(3000, seed=1)
     for r in fresh["rows"]:
         old = stored[r["method"], r["noise"], r["true_diff"], r.get("family")]

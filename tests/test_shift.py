@@ -33,11 +33,20 @@ def _corrupted(tmp_path, data_file, levels=5) -> dict:
     """A corrupted set of the layout corrupt.build writes (numpy-made: darker at each severity, black at 5)."""
     with np.load(data_file) as npz:
         clean, labels = npz["test_images"], npz["test_labels"]
-    arrays = {"darken": np.stack([(clean * (1 - 0.2 * s)).astype(np.uint8) for s in range(1, levels + 1)]),
-              "labels": labels}
+    arrays = {
+        "darken": np.stack([(clean * (1 - 0.2 * s)).astype(np.uint8) for s in range(1, levels + 1)]),
+        "labels": labels,
+    }
     np.savez(tmp_path / "c.npz", **arrays)
-    return {"file": str(tmp_path / "c.npz"), "sha256": corrupt._sha256(tmp_path / "c.npz"), "corruptions": ["darken"],
-            "severities": [1, 2, 3, 4, 5], "seed": 0, "families": {"darken": "color"}, "versions": {"medmnistc": "0.1.0"}}
+    return {
+        "file": str(tmp_path / "c.npz"),
+        "sha256": corrupt._sha256(tmp_path / "c.npz"),
+        "corruptions": ["darken"],
+        "severities": [1, 2, 3, 4, 5],
+        "seed": 0,
+        "families": {"darken": "color"},
+        "versions": {"medmnistc": "0.1.0"},
+    }
 
 
 def test_training_keeps_the_selected_weights_and_records_them(finished_run):
@@ -111,8 +120,9 @@ def _tables(gains: dict[str, float], clean_gain: float, seeds=6, noise=0.002, se
             for name, gain in gains.items():
                 for sev in range(1, 6):
                     score = base - 0.02 * sev + (gain if arm == "L" else 0) + rng.normal(0, noise)
-                    shifted.append(key | {"group": group, "corruption": name, "family": name, "severity": sev,
-                                          "auc": score})
+                    shifted.append(
+                        key | {"group": group, "corruption": name, "family": name, "severity": sev, "auc": score}
+                    )
     return pd.DataFrame(runs), pd.DataFrame(shifted)
 
 
@@ -133,8 +143,9 @@ def test_verdicts_tell_survives_shrinks_and_only_under_shift():
 
 def test_conditions_are_corruption_families_averaged_over_their_corruptions():
     runs, sh = _tables({"brightness_up": 0.04, "contrast_down": 0.0, "pixelate": 0.02}, clean_gain=0.02)
-    sh["family"] = sh["corruption"].map({"none": "none", "brightness_up": "color", "contrast_down": "color",
-                                         "pixelate": "digital"})
+    sh["family"] = sh["corruption"].map(
+        {"none": "none", "brightness_up": "color", "contrast_down": "color", "pixelate": "digital"}
+    )
     scores = shift.condition_scores(sh).set_index(["arm", "seed", "condition"])["score"]
     bad = sh[(sh["arm"] == "L") & (sh["seed"] == 0) & sh["corruption"].isin(["brightness_up", "contrast_down"])]
     assert scores["L", 0, "color"] == pytest.approx(bad["auc"].mean())
@@ -178,11 +189,20 @@ def _shift_table(runs: pd.DataFrame, lost: dict[str, float]) -> pd.DataFrame:
     rows = []
     for r in runs.itertuples():
         key = {k: getattr(r, k) for k in ("dataset", "size", "fraction", "arm", "seed", "group")} | {
-            "medmnistc": "0.1.0", "shift_seed": 0}
+            "medmnistc": "0.1.0",
+            "shift_seed": 0,
+        }
         rows.append(key | {"corruption": "none", "family": "none", "severity": 0, "auc": r.test_auc})
         for sev in range(1, 6):
-            rows.append(key | {"corruption": "motion_blur", "family": "blur", "severity": sev,
-                               "auc": r.test_auc - 0.02 * sev - lost.get(r.arm, 0)})
+            rows.append(
+                key
+                | {
+                    "corruption": "motion_blur",
+                    "family": "blur",
+                    "severity": sev,
+                    "auc": r.test_auc - 0.02 * sev - lost.get(r.arm, 0),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -199,8 +219,13 @@ def test_report_has_the_robustness_section_with_figure_and_table(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
     _shift_table(runs, {"vit_b16_pretrained": 0.05}).to_csv(tmp_path / "runs_shift.csv", index=False)
     pdf = tmp_path / "r.pdf"
-    report.build(tmp_path / "runs.csv", tmp_path / "config.json", pdf, assets=tmp_path / "assets",
-                 shift_csv=tmp_path / "runs_shift.csv")
+    report.build(
+        tmp_path / "runs.csv",
+        tmp_path / "config.json",
+        pdf,
+        assets=tmp_path / "assets",
+        shift_csv=tmp_path / "runs_shift.csv",
+    )
     text = " ".join(" ".join(p.extract_text() for p in pypdf.PdfReader(pdf).pages).split())
     assert "Robustness under acquisition shift" in text and "gain shrinks under shift" in text
     assert "medmnistc package (version 0.1.0, seed 0)" in text

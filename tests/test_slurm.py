@@ -66,8 +66,15 @@ def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
         "MLFLOW_TRACKING_URI": mlflow_server,
         "HF_HUB_OFFLINE": "1",
     }
-    cmd = [str(BIN / "snakemake"), "--profile", "workflow/profiles/slurm", "--profile", str(TEST_PROFILE),
-           "--configfile", "config/test.yaml"]
+    cmd = [
+        str(BIN / "snakemake"),
+        "--profile",
+        "workflow/profiles/slurm",
+        "--profile",
+        str(TEST_PROFILE),
+        "--configfile",
+        "config/test.yaml",
+    ]
     t0 = time.monotonic()
     done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     print(f"tiny study through Slurm: {time.monotonic() - t0:.1f} s")
@@ -76,12 +83,17 @@ def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
 
     # Every training job went through sbatch: Snakemake logged a Slurm job id for it, and that job's
     # Slurm log shows it running the job; short CPU-only jobs shared bookings (group short_train).
-    submitted = {m.group(1): m.group(2) for m in re.finditer(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", log)}
+    submitted = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", log)
+    }
     slurm_logs = {p.stem: p.read_text() for p in (work / ".snakemake" / "slurm_logs").rglob("*.log")}
     assert set(submitted.values()) == set(slurm_logs)
     with open(work / "results" / "test" / "runs.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert sorted((r["arm"], r["seed"]) for r in rows) == [(a, s) for a in ("cnn_small", "resnet18_scratch") for s in ("1", "2")]
+    assert sorted((r["arm"], r["seed"]) for r in rows) == [
+        (a, s) for a in ("cnn_small", "resnet18_scratch") for s in ("1", "2")
+    ]
     for r in rows:
         out = f"results/test/runs/breastmnist_28/{r['arm']}/frac1.0/seed{r['seed']}/metrics.json"
         ran_in = [job for job, text in slurm_logs.items() if out in text]
@@ -90,7 +102,9 @@ def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
     gpu_jobs = [job for job, text in slurm_logs.items() if "resnet18_scratch" in text]
     assert len(gpu_jobs) == 2
     for job in gpu_jobs:  # MinJobAge keeps finished jobs known to slurmctld for 300 s
-        shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, check=True).stdout
+        shown = subprocess.run(
+            ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, check=True
+        ).stdout
         assert re.search(r"TresPer(Job|Node)=\S*gpu:1", shown), shown
 
     assert (work / "reports" / "test.pdf").stat().st_size > 0

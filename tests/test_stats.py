@@ -60,10 +60,17 @@ def test_the_rope_from_the_config_moves_the_decision():
     assert stats.overall(make_runs({VIT: 0.05}), rope=0.1).loc[0, "decision"] == "equivalent"
 
 
-@pytest.mark.parametrize(("lo", "hi", "expected"), [
-    (0.02, 0.05, "better"), (-0.05, -0.02, "worse"), (-0.005, 0.009, "equivalent"), (0.0, 0.03, "undecided"),
-    (-0.03, 0.03, "undecided"), (math.nan, math.nan, "undecided"),
-])
+@pytest.mark.parametrize(
+    ("lo", "hi", "expected"),
+    [
+        (0.02, 0.05, "better"),
+        (-0.05, -0.02, "worse"),
+        (-0.005, 0.009, "equivalent"),
+        (0.0, 0.03, "undecided"),
+        (-0.03, 0.03, "undecided"),
+        (math.nan, math.nan, "undecided"),
+    ],
+)
 def test_decide_against_rope(lo, hi, expected):
     assert stats.decide(lo, hi, 0.01) == expected
     assert stats.decide(np.array([lo, 0.5]), np.array([hi, 0.6]), 0.01).tolist() == [expected, "better"]
@@ -137,9 +144,18 @@ def _selection_table(cells: int, rng: np.random.Generator) -> pd.DataFrame:
     test = rng.normal(0, 0.02, shape)
     val = 0.9 * test + math.sqrt(1 - 0.81) * rng.normal(0, 0.02, shape)
     c, a, s = (x.ravel() for x in np.indices(shape))
-    return pd.DataFrame({"dataset": [f"d{i}" for i in c], "size": 28, "fraction": 1.0, "seed": s + 1,
-                         "arm": [arms[i][0] for i in a], "group": [arms[i][1] for i in a],
-                         "test_auc": 0.85 + test.ravel(), "val_auc": 0.85 + val.ravel()})
+    return pd.DataFrame(
+        {
+            "dataset": [f"d{i}" for i in c],
+            "size": 28,
+            "fraction": 1.0,
+            "seed": s + 1,
+            "arm": [arms[i][0] for i in a],
+            "group": [arms[i][1] for i in a],
+            "test_auc": 0.85 + test.ravel(),
+            "val_auc": 0.85 + val.ravel(),
+        }
+    )
 
 
 def test_choosing_the_small_arm_does_not_bias_the_difference():
@@ -198,7 +214,9 @@ def test_no_decision_from_fewer_than_three_pairs():
 def test_a_cell_without_shared_seeds_is_kept_and_said():
     runs = make_runs(datasets=DATASETS[:2])
     runs = runs[~((runs["dataset"] == "pneumoniamnist") & (runs["group"] == "small") & (runs["seed"] <= 5))]
-    runs = pd.concat([runs, make_runs(datasets=DATASETS[1:2]).query("group == 'small'").assign(seed=lambda r: r.seed + 10)])
+    runs = pd.concat(
+        [runs, make_runs(datasets=DATASETS[1:2]).query("group == 'small'").assign(seed=lambda r: r.seed + 10)]
+    )
     c = stats.compare(runs).set_index("dataset")
     assert c.loc["pneumoniamnist", "n"] == 0 and c.loc["pneumoniamnist", "note"] == "no seed shared with a small arm"
     alone = make_runs().query("group == 'large'")

@@ -80,8 +80,23 @@ def test_resumed_run_logs_each_step_once(tiny_data, store, tmp_path, monkeypatch
 
 def _init_in_subprocess(uri, name, folder):
     out = folder / f"{name.replace('/', '_')}.json"
-    subprocess.run(tiny_study.scaleaudit_cli() + ["init-tracking", "--uri", uri, "--experiment", name, "--artifact-root",
-                   str(folder / "artifacts"), "--out", str(out)], env=tiny_study.env(), check=True, timeout=300)
+    subprocess.run(
+        tiny_study.scaleaudit_cli()
+        + [
+            "init-tracking",
+            "--uri",
+            uri,
+            "--experiment",
+            name,
+            "--artifact-root",
+            str(folder / "artifacts"),
+            "--out",
+            str(out),
+        ],
+        env=tiny_study.env(),
+        check=True,
+        timeout=300,
+    )
     return read_json(out)
 
 
@@ -115,15 +130,37 @@ def test_copied_or_moved_study_logs_into_its_own_store(capsys, tiny_data, tmp_pa
     original = tmp_path / "original"
     original.mkdir()
     _init_tracking(capsys, original, monkeypatch)
-    cli.main(["train", "--spec", json.dumps(tiny_study.spec(epochs=1)), "--data", str(tmp_path / "data" / "breastmnist_28.json"),
-              "--tracking", "results/tiny/tracking.json", "--out", "results/tiny/runs/s1"])
+    cli.main(
+        [
+            "train",
+            "--spec",
+            json.dumps(tiny_study.spec(epochs=1)),
+            "--data",
+            str(tmp_path / "data" / "breastmnist_28.json"),
+            "--tracking",
+            "results/tiny/tracking.json",
+            "--out",
+            "results/tiny/runs/s1",
+        ]
+    )
     copy = tmp_path / "copy"
     (shutil.copytree if how == "copied" else shutil.move)(original, copy)
     monkeypatch.chdir(copy)
 
     spec = tiny_study.spec(seed=2, epochs=1)  # a seed added to the study in its new folder
-    code = cli.main(["train", "--spec", json.dumps(spec), "--data", str(tmp_path / "data" / "breastmnist_28.json"),
-                     "--tracking", "results/tiny/tracking.json", "--out", "results/tiny/runs/s2"])
+    code = cli.main(
+        [
+            "train",
+            "--spec",
+            json.dumps(spec),
+            "--data",
+            str(tmp_path / "data" / "breastmnist_28.json"),
+            "--tracking",
+            "results/tiny/tracking.json",
+            "--out",
+            "results/tiny/runs/s2",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = read_json(copy / "results" / "tiny" / "runs" / "s2" / "metrics.json")
     assert result["tracking"]["tracking_uri"] == f"sqlite:///{copy / 'results' / 'mlflow.db'}"
@@ -159,18 +196,37 @@ def test_weights_file_overwritten_after_it_was_recorded_is_refused(capsys, tiny_
     weights_file = tmp_path / "resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in create_model("resnet18").state_dict().items()}, str(weights_file))
     raw = json.loads(json.dumps(tiny_study.TINY_CONFIG))
-    raw["arms"]["r18"] = {"model": "resnet18", "pretrained": True, "weights_file": str(weights_file), "recipe": "tiny",
-                          "group": "large"}
+    raw["arms"]["r18"] = {
+        "model": "resnet18",
+        "pretrained": True,
+        "weights_file": str(weights_file),
+        "recipe": "tiny",
+        "group": "large",
+    }
     spec = config.run_spec(config.validate(raw), "breastmnist", 28, "r18", 1.0, 1)
     record = tmp_path / "weights" / "r18.json"
-    assert cli.main(["fetch-weights", "--arm", "r18", "--arm-spec", json.dumps(raw["arms"]["r18"]), "--out", str(record)]) == 0
+    assert (
+        cli.main(["fetch-weights", "--arm", "r18", "--arm-spec", json.dumps(raw["arms"]["r18"]), "--out", str(record)])
+        == 0
+    )
     recorded = read_json(record)["sha256"]
 
     torch.manual_seed(1)  # other weights of the same architecture, same file name
     save_file({k: v.contiguous() for k, v in create_model("resnet18").state_dict().items()}, str(weights_file))
     capsys.readouterr()
-    code = cli.main(["train", "--spec", json.dumps(spec), "--data", str(tmp_path / "data" / "breastmnist_28.json"),
-                     "--weights", str(record), "--out", str(tmp_path / "run")])
+    code = cli.main(
+        [
+            "train",
+            "--spec",
+            json.dumps(spec),
+            "--data",
+            str(tmp_path / "data" / "breastmnist_28.json"),
+            "--weights",
+            str(record),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert f"changed since fetch-weights recorded it" in err and recorded in err and "weights/<arm>.json" in err

@@ -23,8 +23,9 @@ def test_experiment_names_are_namespaced_unless_configured():
 
 
 @pytest.mark.parametrize("system_metrics", [True, False])
-def test_run_carries_standard_tags_cell_tags_dataset_input_and_system_metrics(tiny_data, tmp_path, monkeypatch,
-                                                                           system_metrics):
+def test_run_carries_standard_tags_cell_tags_dataset_input_and_system_metrics(
+    tiny_data, tmp_path, monkeypatch, system_metrics
+):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # 10 s in use: a tiny run is shorter
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     record = tracking.init_experiment(uri, tracking.experiment_name(None, "tiny"), tmp_path / "artifacts")
@@ -38,14 +39,23 @@ def test_run_carries_standard_tags_cell_tags_dataset_input_and_system_metrics(ti
     assert tags["mlflow.source.git.commit"] == provenance.code_version()["commit"]
     assert "cnn_a" in tags["mlflow.note.content"] and "seed 2" in tags["mlflow.note.content"]
     assert {k: tags[k] for k in ("dataset", "size", "arm", "fraction", "seed", "study")} == {
-        "dataset": "breastmnist", "size": "28", "arm": "cnn_a", "fraction": "1", "seed": "2", "study": "tiny"}
+        "dataset": "breastmnist",
+        "size": "28",
+        "arm": "cnn_a",
+        "fraction": "1",
+        "seed": "2",
+        "study": "tiny",
+    }
     assert tags["cell"] == "breastmnist_28/cnn_a/f1"  # one value for all seeds of a cell: the UI groups by it
     assert tags["config_hash"] == spec["config_hash"] and tags["data_sha256"] == tiny_data["sha256"]
 
     (data_input,) = run.inputs.dataset_inputs
     assert data_input.dataset.name == "breastmnist_28" and data_input.dataset.digest == tiny_data["sha256"][:36]
     assert data_input.dataset.source == tiny_data["file"]
-    assert {t.key: t.value for t in data_input.tags} == {"mlflow.data.context": "training", "sha256": tiny_data["sha256"]}
+    assert {t.key: t.value for t in data_input.tags} == {
+        "mlflow.data.context": "training",
+        "sha256": tiny_data["sha256"],
+    }
 
     system = sorted(k for k in run.data.metrics if k.startswith("system/"))
     if system_metrics:

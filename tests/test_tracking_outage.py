@@ -28,10 +28,23 @@ def server(tmp_path_factory):
 @pytest.fixture
 def job(server, tiny_mirror, tmp_path):
     tiny_study.fetch(tiny_mirror, tmp_path / "data")
-    write_json(tmp_path / "tracking.json", tracking.init_experiment(server.uri, "scaleaudit/outage", tmp_path / "artifacts"))
+    write_json(
+        tmp_path / "tracking.json", tracking.init_experiment(server.uri, "scaleaudit/outage", tmp_path / "artifacts")
+    )
     spec = tiny_study.spec(epochs=3)
-    return ["train", "--spec", json.dumps(spec), "--data", str(tmp_path / "data" / "breastmnist_28.json"),
-            "--tracking", str(tmp_path / "tracking.json"), "--out", str(tmp_path / "run"), "--threads", "1"]
+    return [
+        "train",
+        "--spec",
+        json.dumps(spec),
+        "--data",
+        str(tmp_path / "data" / "breastmnist_28.json"),
+        "--tracking",
+        str(tmp_path / "tracking.json"),
+        "--out",
+        str(tmp_path / "run"),
+        "--threads",
+        "1",
+    ]
 
 
 def _stop_after_first_epoch(monkeypatch, server, then=None):
@@ -48,7 +61,9 @@ def _stop_after_first_epoch(monkeypatch, server, then=None):
 
 
 @pytest.mark.slow  # a server start takes ~30 s on a busy 2-core machine
-def test_server_back_within_the_limit_continues_and_the_wait_is_not_training_time(capsys, job, server, tmp_path, monkeypatch):
+def test_server_back_within_the_limit_continues_and_the_wait_is_not_training_time(
+    capsys, job, server, tmp_path, monkeypatch
+):
     down = {}
 
     def restart_later():

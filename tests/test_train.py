@@ -14,8 +14,11 @@ EPOCHS = 3
 
 @pytest.fixture
 def spec():
-    cfg = config.load(REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml",
-                      overrides={"recipes": {"demo_v2": {"epochs": EPOCHS}}, "hardware": {"device": "cpu"}})
+    cfg = config.load(
+        REPO / "config" / "config.yaml",
+        REPO / "config" / "demo.yaml",
+        overrides={"recipes": {"demo_v2": {"epochs": EPOCHS}}, "hardware": {"device": "cpu"}},
+    )
     return config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
 
 

@@ -20,8 +20,14 @@ TINY = {
     "recipes": {"tiny": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 2}},
     "arms": {
         "cnn_small": {"recipe": "tiny"},
-        "vit_pt": {"model": "vit_tiny_patch16_224", "pretrained": True, "weights_tag": "augreg_in21k_ft_in1k",
-                   "input_size": 32, "recipe": "tiny", "group": "large"},
+        "vit_pt": {
+            "model": "vit_tiny_patch16_224",
+            "pretrained": True,
+            "weights_tag": "augreg_in21k_ft_in1k",
+            "input_size": 32,
+            "recipe": "tiny",
+            "group": "large",
+        },
     },
 }
 
@@ -33,14 +39,26 @@ def study(tmp_path, tiny_mirror):
     weights = tmp_path / "weights"
     weights.mkdir()
     state = timm.create_model("vit_tiny_patch16_224").state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()},
-              str(weights / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(weights / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"),
+    )
     return work, tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror), SCALEAUDIT_WEIGHTS_DIR=str(weights))
 
 
 def snakemake(work: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/local", "--cores", "2",
-           "--configfile", "tiny.yaml", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "workflow/profiles/local",
+        "--cores",
+        "2",
+        "--configfile",
+        "tiny.yaml",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
 
 

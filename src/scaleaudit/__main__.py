@@ -1,3 +1,4 @@
 from .cli import main
 import sys
+
 sys.exit(main())

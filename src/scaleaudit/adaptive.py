@@ -65,11 +65,22 @@ def history(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
 
     v = config["verdict"]
     runs = with_rounds(runs, config)
-    kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"], family=families(config)[0],
-              interval=interval(config))
+    kw = dict(
+        metric=v["metric"],
+        rope=v["rope"],
+        confidence=v["confidence"],
+        family=families(config)[0],
+        interval=interval(config),
+    )
     last = int(runs["round"].max()) if len(runs) else 0
-    return pd.concat([stats.compare(runs[runs["round"] <= r], **kw).assign(round=r) for r in range(1, last + 1)],
-                     ignore_index=True) if last else pd.DataFrame(columns=stats.COMPARE_COLUMNS + ["round"])
+    return (
+        pd.concat(
+            [stats.compare(runs[runs["round"] <= r], **kw).assign(round=r) for r in range(1, last + 1)],
+            ignore_index=True,
+        )
+        if last
+        else pd.DataFrame(columns=stats.COMPARE_COLUMNS + ["round"])
+    )
 
 
 def verdict(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
@@ -89,16 +100,20 @@ def verdict(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     out["rounds"] = out["round"].astype(int)
     out["decided_round"] = out["round"].where(out["decision"] != "undecided").astype("Int64")
     full = len(looks(settings(config)))
-    out["stopped"] = ["decided" if d != "undecided" else ("max" if r >= full else "") for d, r in
-                      zip(out["decision"], out["rounds"])]
+    out["stopped"] = [
+        "decided" if d != "undecided" else ("max" if r >= full else "") for d, r in zip(out["decision"], out["rounds"])
+    ]
     return out.drop(columns="round")
 
 
 def _open(h: pd.DataFrame) -> pd.Series:
     """True for the looks at which a comparison was still running: no decision at any earlier round."""
     h = h.sort_values(KEY + ["round"])
-    decided_before = (h["decision"] != "undecided").groupby([h[k] for k in KEY]).transform(
-        lambda d: d.shift(fill_value=False).cummax())
+    decided_before = (
+        (h["decision"] != "undecided")
+        .groupby([h[k] for k in KEY])
+        .transform(lambda d: d.shift(fill_value=False).cummax())
+    )
     return ~decided_before.astype(bool).sort_index()
 
 
@@ -123,8 +138,13 @@ def next_round(runs: pd.DataFrame, config: dict, r: int) -> list[dict]:
     for c in go.itertuples(index=False):
         for arm in small + [c.arm]:
             for seed in seeds:
-                run = {"dataset": c.dataset, "size": int(c.size), "arm": arm, "fraction": float(c.fraction),
-                       "seed": int(seed)}
+                run = {
+                    "dataset": c.dataset,
+                    "size": int(c.size),
+                    "arm": arm,
+                    "fraction": float(c.fraction),
+                    "seed": int(seed),
+                }
                 out[tuple(run.values())] = run
     return sorted(out.values(), key=lambda x: tuple(x[k] for k in RUN_KEY))
 
@@ -146,8 +166,11 @@ def savings(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     from .ledger import hours_column
 
     s, hours = settings(config), hours_column(runs)
-    g = with_rounds(runs, config).groupby(KEY, sort=True).agg(
-        rounds=("round", "max"), seeds=("seed", "nunique"), hours=(hours, "sum"), per_run=(hours, "mean"))
+    g = (
+        with_rounds(runs, config)
+        .groupby(KEY, sort=True)
+        .agg(rounds=("round", "max"), seeds=("seed", "nunique"), hours=(hours, "sum"), per_run=(hours, "mean"))
+    )
     g["max"] = s["max"]
     g["saved_seeds"] = (g["max"] - g["seeds"]).clip(lower=0)
     g["saved_hours"] = g["saved_seeds"] * g["per_run"]
@@ -160,6 +183,13 @@ def summary(saved: pd.DataFrame) -> dict:
     used, at_max = int(saved["seeds"].sum()), int(saved["max"].sum())
     hours = float(saved["hours"].sum())
     full = hours + float(saved["saved_hours"].sum())
-    return {"runs": used, "runs_at_max": at_max, "runs_saved": at_max - used, "hours": hours, "hours_at_max": full,
-            "hours_saved": full - hours, "share_saved": (full - hours) / full if full > 0 else math.nan,
-            "hours_column": saved["hours_column"].iloc[0] if len(saved) else "device_hours"}
+    return {
+        "runs": used,
+        "runs_at_max": at_max,
+        "runs_saved": at_max - used,
+        "hours": hours,
+        "hours_at_max": full,
+        "hours_saved": full - hours,
+        "share_saved": (full - hours) / full if full > 0 else math.nan,
+        "hours_column": saved["hours_column"].iloc[0] if len(saved) else "device_hours",
+    }

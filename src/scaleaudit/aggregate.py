@@ -19,13 +19,16 @@ def check(table: pd.DataFrame) -> None:
     dup = table[table.duplicated(RUN_KEY, keep=False)]
     if len(dup):
         keys = dup.drop_duplicates(RUN_KEY)
-        listed = "; ".join(f"{r.arm} on {r.dataset} @ {r.size} px, fraction {r.fraction:g}, seed {r.seed}"
-                           for r in keys.head(5).itertuples())
+        listed = "; ".join(
+            f"{r.arm} on {r.dataset} @ {r.size} px, fraction {r.fraction:g}, seed {r.seed}"
+            for r in keys.head(5).itertuples()
+        )
         raise ScaleauditError(
             f"{len(keys)} run(s) appear more than once in the run table ({len(dup)} rows): {listed}"
             + (" ..." if len(keys) > 5 else ""),
             "each (dataset, size, fraction, arm, seed) must appear once: aggregate the metrics.json of one study "
-            "only (or remove the duplicated rows of runs.csv)")
+            "only (or remove the duplicated rows of runs.csv)",
+        )
 
 
 def collect(paths: list[str | os.PathLike]) -> pd.DataFrame:

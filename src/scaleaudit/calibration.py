@@ -38,8 +38,16 @@ def rates(decision: np.ndarray) -> dict:
     return {d: float(np.mean(decision == d)) for d in stats.DECISIONS}
 
 
-def simulate_cell(seeds: int, true_diff: float, kind: str, replicates: int, rng: np.random.Generator,
-                  rope: float = 0.01, confidence: float = 0.95, interval: stats.Interval = stats.t_interval) -> dict:
+def simulate_cell(
+    seeds: int,
+    true_diff: float,
+    kind: str,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    interval: stats.Interval = stats.t_interval,
+) -> dict:
     """One cell (one comparison, family of one) with ``seeds`` paired differences of sd SEED_SD around ``true_diff``:
     how often its interval covers the truth, and how often each decision is made."""
     d = true_diff + SEED_SD * noise(kind, (replicates, seeds), rng)
@@ -52,16 +60,30 @@ def planted_tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random
     return [true_mean + off + sd * noise(kind, shape + (seeds,), rng) for sd, off in zip(TASK_SDS, TASK_OFFSETS)]
 
 
-def simulate_tasks(seeds: int, true_mean: float, kind: str, replicates: int, rng: np.random.Generator,
-                   rope: float = 0.01, confidence: float = 0.95) -> dict:
+def simulate_tasks(
+    seeds: int,
+    true_mean: float,
+    kind: str,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+) -> dict:
     """The across-task summary of one large arm over the seven tasks of TASK_SDS (true task differences
     ``true_mean`` + TASK_OFFSETS): coverage of the mean difference and the decisions."""
     a = stats.assess(planted_tasks(seeds, true_mean, kind, (replicates,), rng), rope, confidence)
     return {"coverage": float(np.mean((a["lo"] <= true_mean) & (true_mean <= a["hi"])))} | rates(a["decision"])
 
 
-def simulate_study(seeds: int, kind: str, replicates: int, rng: np.random.Generator, rope: float = 0.01,
-                   confidence: float = 0.95, arms: int = STUDY_ARMS) -> float:
+def simulate_study(
+    seeds: int,
+    kind: str,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    arms: int = STUDY_ARMS,
+) -> float:
     """How often a study says "Scale pays" (some large arm's across-task summary is better, at the family's
     simultaneous level) when every one of ``arms`` large arms sits exactly on the ROPE edge (+rope)."""
     a = stats.assess(planted_tasks(seeds, rope, kind, (replicates, arms), rng), rope, confidence, family=arms)
@@ -79,28 +101,66 @@ def percentile_bootstrap(tasks, confidence: float, n_boot: int = 1000, seed: int
     return estimate, np.quantile(boot, alpha, axis=-1), np.quantile(boot, 1 - alpha, axis=-1)
 
 
-def table(replicates: int, seeds=(3, 5, 10, 20), rope: float = 0.01, confidence: float = 0.95, seed: int = 0,
-          interval: stats.Interval = stats.t_interval) -> dict:
+def table(
+    replicates: int,
+    seeds=(3, 5, 10, 20),
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    seed: int = 0,
+    interval: stats.Interval = stats.t_interval,
+) -> dict:
     """The full calibration: per cell (coverage; false better/worse/equivalent with the truth on a ROPE edge; power
     at +0.02 and +0.05), across tasks (coverage, false better at the edge) and the study-level false "Scale pays"."""
     rng = np.random.default_rng(seed)
     cell, tasks, study = [], [], []
     for kind in NOISE:
         for n in seeds:
-            at = {t: simulate_cell(n, t, kind, replicates, rng, rope, confidence, interval) for t in
-                  (0.0, rope, -rope, 0.02, 0.05)}
-            cell.append({"noise": kind, "seeds": n, "coverage": at[0.02]["coverage"],
-                         "false_better": at[rope]["better"], "false_worse": at[-rope]["worse"],
-                         "false_equivalent": at[rope]["equivalent"], "power_0.02": at[0.02]["better"],
-                         "power_0.05": at[0.05]["better"], "equivalent_at_0": at[0.0]["equivalent"]})
+            at = {
+                t: simulate_cell(n, t, kind, replicates, rng, rope, confidence, interval)
+                for t in (0.0, rope, -rope, 0.02, 0.05)
+            }
+            cell.append(
+                {
+                    "noise": kind,
+                    "seeds": n,
+                    "coverage": at[0.02]["coverage"],
+                    "false_better": at[rope]["better"],
+                    "false_worse": at[-rope]["worse"],
+                    "false_equivalent": at[rope]["equivalent"],
+                    "power_0.02": at[0.02]["better"],
+                    "power_0.05": at[0.05]["better"],
+                    "equivalent_at_0": at[0.0]["equivalent"],
+                }
+            )
             if interval is stats.t_interval:
                 edge = simulate_tasks(n, rope, kind, replicates, rng, rope, confidence)
-                tasks.append({"noise": kind, "seeds": n, "tasks": len(TASK_SDS), "coverage": edge["coverage"],
-                              "false_better": edge["better"]})
-                study.append({"noise": kind, "seeds": n, "arms": STUDY_ARMS,
-                              "false_scale_pays": simulate_study(n, kind, replicates, rng, rope, confidence)})
-    return {"confidence": confidence, "rope": rope, "replicates": replicates, "seed_sd": SEED_SD,
-            "interval": interval.__name__, "cell": cell, "tasks": tasks, "study": study}
+                tasks.append(
+                    {
+                        "noise": kind,
+                        "seeds": n,
+                        "tasks": len(TASK_SDS),
+                        "coverage": edge["coverage"],
+                        "false_better": edge["better"],
+                    }
+                )
+                study.append(
+                    {
+                        "noise": kind,
+                        "seeds": n,
+                        "arms": STUDY_ARMS,
+                        "false_scale_pays": simulate_study(n, kind, replicates, rng, rope, confidence),
+                    }
+                )
+    return {
+        "confidence": confidence,
+        "rope": rope,
+        "replicates": replicates,
+        "seed_sd": SEED_SD,
+        "interval": interval.__name__,
+        "cell": cell,
+        "tasks": tasks,
+        "study": study,
+    }
 
 
 @cache
@@ -115,9 +175,17 @@ ADAPTIVE = {"initial": 3, "step": 2, "max": 15, "spending": "pocock"}  # looks a
 ADAPTIVE_GAINS = (0.0, 0.01, 0.02, 0.05)
 
 
-def simulate_sequential(true_diff: float, kind: str, replicates: int, rng: np.random.Generator,
-                        seeds: dict = ADAPTIVE, rope: float = 0.01, confidence: float = 0.95, family: int = 1,
-                        rechecked_fixed: bool = False) -> dict:
+def simulate_sequential(
+    true_diff: float,
+    kind: str,
+    replicates: int,
+    rng: np.random.Generator,
+    seeds: dict = ADAPTIVE,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    family: int = 1,
+    rechecked_fixed: bool = False,
+) -> dict:
     """Adaptive seeds as the workflow runs them: a family of ``family`` comparisons, each with paired differences of
     sd SEED_SD around ``true_diff``, looked at after every round (seeds ``adaptive.looks``) and stopped at its first
     decision. The repeated confidence intervals of ``sequential``, or (``rechecked_fixed``) the fixed-n t-interval
@@ -139,12 +207,21 @@ def simulate_sequential(true_diff: float, kind: str, replicates: int, rng: np.ra
         decision[stop], used[stop] = a["decision"][stop], n
         lo[stop], hi[stop] = a["lo"][stop], a["hi"][stop]
     covered = (lo[:, 0] <= true_diff) & (true_diff <= hi[:, 0])
-    return {"coverage": float(covered.mean()), "any_better": float((decision == "better").any(axis=1).mean()),
-            "mean_seeds": float(used.mean())} | rates(decision[:, 0].astype(str))
+    return {
+        "coverage": float(covered.mean()),
+        "any_better": float((decision == "better").any(axis=1).mean()),
+        "mean_seeds": float(used.mean()),
+    } | rates(decision[:, 0].astype(str))
 
 
-def sequential_table(replicates: int, rope: float = 0.01, confidence: float = 0.95, seed: int = 0,
-                     seeds: dict = ADAPTIVE, family: int = 5) -> dict:
+def sequential_table(
+    replicates: int,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    seed: int = 0,
+    seeds: dict = ADAPTIVE,
+    family: int = 5,
+) -> dict:
     """Adaptive seeds, per noise and true gain, for the repeated confidence intervals and for the fixed-n interval
     re-checked each round: coverage at stopping, false better with the truth on the ROPE edge, the decisions and
     the expected seeds per comparison, and any false better in a family of ``family`` comparisons on the edge."""
@@ -156,8 +233,9 @@ def sequential_table(replicates: int, rope: float = 0.01, confidence: float = 0.
                 r = simulate_sequential(gain, kind, replicates, rng, seeds, rope, confidence, rechecked_fixed=fixed)
                 rows.append({"method": method, "noise": kind, "true_diff": gain} | r)
             fam = simulate_sequential(rope, kind, replicates // family, rng, seeds, rope, confidence, family, fixed)
-            rows.append({"method": method, "noise": kind, "true_diff": rope, "family": family,
-                         "any_better": fam["any_better"]})
+            rows.append(
+                {"method": method, "noise": kind, "true_diff": rope, "family": family, "any_better": fam["any_better"]}
+            )
     return {"seeds": dict(seeds), "rows": rows}
 
 
@@ -167,8 +245,16 @@ LADDER_LOG10_PARAMS = (6.76, 7.34, 7.94)  # ViT-Ti/S/B: 5.7M, 22M, 86M parameter
 BEND_SD = 0.01  # sd of each rung's true mean around the line: the true curve need not be a line in log10 x
 
 
-def planted_ladder(log10_x, seeds: int, slope, kind: str, shape: tuple, rng: np.random.Generator,
-                   bend_sd: float = BEND_SD, task_sd: float = SEED_SD) -> np.ndarray:
+def planted_ladder(
+    log10_x,
+    seeds: int,
+    slope,
+    kind: str,
+    shape: tuple,
+    rng: np.random.Generator,
+    bend_sd: float = BEND_SD,
+    task_sd: float = SEED_SD,
+) -> np.ndarray:
     """Runs' test scores along a ladder, shape ``shape`` + (rungs, seeds): a line of ``slope`` per 10x, each rung off
     it by its own bend (sd ``bend_sd``) and each run by its separate seed noise (sd ``task_sd``)."""
     x = np.asarray(log10_x, dtype=float)
@@ -177,8 +263,18 @@ def planted_ladder(log10_x, seeds: int, slope, kind: str, shape: tuple, rng: np.
     return 0.8 + line + bend + task_sd * noise(kind, shape + (len(x), seeds), rng)
 
 
-def simulate_trend(log10_x, seeds: int, slope: float, kind: str, replicates: int, rng: np.random.Generator,
-                   rope: float = 0.01, confidence: float = 0.95, bend_sd: float = BEND_SD, pooled: bool = False) -> dict:
+def simulate_trend(
+    log10_x,
+    seeds: int,
+    slope: float,
+    kind: str,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    bend_sd: float = BEND_SD,
+    pooled: bool = False,
+) -> dict:
     """One ladder's trend (family of one): how often the interval of the gain per 10x covers the planted slope, and
     how often each decision is made. ``pooled``: the naive reference that regresses every run on its rung's x
     (k * seeds - 2 degrees of freedom), blind to the bend of the curve."""
@@ -189,18 +285,33 @@ def simulate_trend(log10_x, seeds: int, slope: float, kind: str, replicates: int
     return {"coverage": float(np.mean((a["lo"] <= slope) & (slope <= a["hi"])))} | rates(a["decision"])
 
 
-def simulate_trend_tasks(log10_x, seeds: int, slope: float, kind: str, replicates: int, rng: np.random.Generator,
-                         rope: float = 0.01, confidence: float = 0.95, bend_sd: float = BEND_SD) -> dict:
+def simulate_trend_tasks(
+    log10_x,
+    seeds: int,
+    slope: float,
+    kind: str,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    bend_sd: float = BEND_SD,
+) -> dict:
     """The across-task trend of one ladder over the seven tasks of TASK_SDS (true task slopes ``slope`` +
     TASK_OFFSETS): coverage of the mean slope and the decisions, through ``scaling.across_tasks``'s path."""
-    slopes = [scaling.slope_interval((log10_x, planted_ladder(log10_x, seeds, slope + off, kind, (replicates,), rng,
-                                                              bend_sd, sd).mean(axis=-1)), confidence)[0]
-              for sd, off in zip(TASK_SDS, TASK_OFFSETS)]
+    slopes = [
+        scaling.slope_interval(
+            (log10_x, planted_ladder(log10_x, seeds, slope + off, kind, (replicates,), rng, bend_sd, sd).mean(axis=-1)),
+            confidence,
+        )[0]
+        for sd, off in zip(TASK_SDS, TASK_OFFSETS)
+    ]
     a = stats.assess([np.stack(slopes, axis=-1)], rope, confidence)
     return {"coverage": float(np.mean((a["lo"] <= slope) & (slope <= a["hi"])))} | rates(a["decision"])
 
 
-def trend_table(replicates: int, seeds=(3, 5), rope: float = 0.01, confidence: float = 0.95, seed: int = 0) -> list[dict]:
+def trend_table(
+    replicates: int, seeds=(3, 5), rope: float = 0.01, confidence: float = 0.95, seed: int = 0
+) -> list[dict]:
     """The ladder trend's figures per noise and seeds: coverage of the gain per 10x (planted +0.02), false "better"
     with the truth on the ROPE edge (three rungs; five rungs), the naive run-level regression's coverage and false
     "better" beside them, and the across-task summary's coverage, false "better" and power at +0.05 per 10x."""
@@ -210,17 +321,30 @@ def trend_table(replicates: int, seeds=(3, 5), rope: float = 0.01, confidence: f
     for kind in NOISE:
         for n in seeds:
             three = LADDER_LOG10_PARAMS
-            rows.append({
-                "noise": kind, "seeds": n,
-                "coverage": simulate_trend(three, n, 0.02, kind, replicates, rng, rope, confidence)["coverage"],
-                "false_better": simulate_trend(three, n, rope, kind, replicates, rng, rope, confidence)["better"],
-                "false_better_5_rungs": simulate_trend(five, n, rope, kind, replicates, rng, rope, confidence)["better"],
-                "pooled_coverage": simulate_trend(three, n, 0.02, kind, replicates, rng, rope, confidence,
-                                                  pooled=True)["coverage"],
-                "pooled_false_better": simulate_trend(three, n, rope, kind, replicates, rng, rope, confidence,
-                                                      pooled=True)["better"],
-                "tasks_coverage": simulate_trend_tasks(three, n, rope, kind, replicates, rng, rope, confidence)["coverage"],
-                "tasks_false_better": simulate_trend_tasks(three, n, rope, kind, replicates, rng, rope, confidence)["better"],
-                "tasks_power_0.05": simulate_trend_tasks(three, n, 0.05, kind, replicates, rng, rope, confidence)["better"],
-            })
+            rows.append(
+                {
+                    "noise": kind,
+                    "seeds": n,
+                    "coverage": simulate_trend(three, n, 0.02, kind, replicates, rng, rope, confidence)["coverage"],
+                    "false_better": simulate_trend(three, n, rope, kind, replicates, rng, rope, confidence)["better"],
+                    "false_better_5_rungs": simulate_trend(five, n, rope, kind, replicates, rng, rope, confidence)[
+                        "better"
+                    ],
+                    "pooled_coverage": simulate_trend(
+                        three, n, 0.02, kind, replicates, rng, rope, confidence, pooled=True
+                    )["coverage"],
+                    "pooled_false_better": simulate_trend(
+                        three, n, rope, kind, replicates, rng, rope, confidence, pooled=True
+                    )["better"],
+                    "tasks_coverage": simulate_trend_tasks(three, n, rope, kind, replicates, rng, rope, confidence)[
+                        "coverage"
+                    ],
+                    "tasks_false_better": simulate_trend_tasks(three, n, rope, kind, replicates, rng, rope, confidence)[
+                        "better"
+                    ],
+                    "tasks_power_0.05": simulate_trend_tasks(three, n, 0.05, kind, replicates, rng, rope, confidence)[
+                        "better"
+                    ],
+                }
+            )
     return rows

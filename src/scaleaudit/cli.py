@@ -58,7 +58,9 @@ def cmd_fetch_weights(args) -> None:
     from .files import write_json
 
     out = Path(args.out)
-    record = models.resolve_weights(args.arm, args.arm_spec, args.weights_dir, args.allow_selfmade, out.parent / "selfmade")
+    record = models.resolve_weights(
+        args.arm, args.arm_spec, args.weights_dir, args.allow_selfmade, out.parent / "selfmade"
+    )
     used = settings.record("weights.dir", args.weights_dir)
     write_json(out, record | {"versions": package_versions(), "settings": used})
     flag = "" if record["published"] else "  [NOT the published weights]"
@@ -73,9 +75,19 @@ def cmd_init_tracking(args) -> None:
         tracking.check_system_metrics()
     uri = tracking.resolve_uri(args.uri)
     own = tracking.is_default_store(uri)
-    record = tracking.init_experiment(uri, args.experiment, args.artifact_root, record_dir=Path(args.out).parent if own else None)
-    write_json(args.out, record | {"system_metrics": args.system_metrics, "log_model": args.log_model, "versions": package_versions(),
-                                   "settings": settings.record("tracking.uri", args.uri)})
+    record = tracking.init_experiment(
+        uri, args.experiment, args.artifact_root, record_dir=Path(args.out).parent if own else None
+    )
+    write_json(
+        args.out,
+        record
+        | {
+            "system_metrics": args.system_metrics,
+            "log_model": args.log_model,
+            "versions": package_versions(),
+            "settings": settings.record("tracking.uri", args.uri),
+        },
+    )
     print(f"MLflow experiment {record['experiment']!r} (id {record['experiment_id']}) at {uri}")
 
 
@@ -89,8 +101,16 @@ def cmd_train(args) -> None:
     train.exit_on_sigterm()
     jobcontrol.die_with_parents()
     every = {} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}
-    train.run(args.spec, read_json(args.data), Path(args.out), tracking, weights, threads=args.threads,
-              runs_per_gpu=args.runs_per_gpu, **every)
+    train.run(
+        args.spec,
+        read_json(args.data),
+        Path(args.out),
+        tracking,
+        weights,
+        threads=args.threads,
+        runs_per_gpu=args.runs_per_gpu,
+        **every,
+    )
 
 
 def cmd_plan(args) -> None:
@@ -98,8 +118,13 @@ def cmd_plan(args) -> None:
     from .files import write_json
 
     cfg = config.load(*args.configs)
-    estimate = plan.make(cfg, calibrate_steps=args.calibration_steps, gpu_name=args.gpu, utilization=args.utilization,
-                         log=lambda msg: print(msg, file=sys.stderr))
+    estimate = plan.make(
+        cfg,
+        calibrate_steps=args.calibration_steps,
+        gpu_name=args.gpu,
+        utilization=args.utilization,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
     out = Path(args.out) if args.out else plan.default_path(cfg)
     write_json(out, estimate)
     if not args.brief:
@@ -120,8 +145,14 @@ def cmd_shift_eval(args) -> None:
     from .files import read_json, write_json
 
     weights = read_json(args.weights) if args.weights else None
-    record = shift.evaluate(Path(args.run), read_json(args.corrupted), read_json(args.data), weights, args.threads,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    record = shift.evaluate(
+        Path(args.run),
+        read_json(args.corrupted),
+        read_json(args.data),
+        weights,
+        args.threads,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     write_json(args.out, record)
     print(f"{args.out}: {len(record['corrupted'])} corruptions x {len(record['severities'])} severities")
 
@@ -141,8 +172,9 @@ def cmd_shift_verdict(args) -> None:
     from .files import read_json
 
     verdict = read_json(args.config)["verdict"]
-    table = shift.verdicts(pd.read_csv(args.runs), pd.read_csv(args.shift), verdict["metric"], verdict["rope"],
-                           verdict["confidence"])
+    table = shift.verdicts(
+        pd.read_csv(args.runs), pd.read_csv(args.shift), verdict["metric"], verdict["rope"], verdict["confidence"]
+    )
     aggregate.write(table, args.out)
     print(f"{args.out}: {len(table)} comparisons")
 
@@ -153,15 +185,20 @@ def cmd_next_round(args) -> None:
 
     cfg = read_json(args.config)
     if adaptive.settings(cfg) is None:
-        raise ScaleauditError("design.seeds is a fixed count or list: there are no rounds to plan",
-                              "give design.seeds as {initial, step, max} for adaptive seeds")
+        raise ScaleauditError(
+            "design.seeds is a fixed count or list: there are no rounds to plan",
+            "give design.seeds as {initial, step, max} for adaptive seeds",
+        )
     table = aggregate.collect(args.metrics)
     runs = adaptive.next_round(table, cfg, args.round)
     cells = sorted({(r["dataset"], r["size"], r["fraction"]) for r in runs})
-    write_json(args.out, {"round": args.round, "seeds": adaptive.round_seeds(adaptive.settings(cfg), args.round),
-                          "runs": runs})
-    print(f"round {args.round}: {len(runs)} runs in {len(cells)} undecided cell(s)"
-          + "".join(f"\n  {d} @ {s} px, fraction {f:g}" for d, s, f in cells))
+    write_json(
+        args.out, {"round": args.round, "seeds": adaptive.round_seeds(adaptive.settings(cfg), args.round), "runs": runs}
+    )
+    print(
+        f"round {args.round}: {len(runs)} runs in {len(cells)} undecided cell(s)"
+        + "".join(f"\n  {d} @ {s} px, fraction {f:g}" for d, s, f in cells)
+    )
 
 
 def cmd_report(args) -> None:
@@ -205,8 +242,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under results/)")
     s.add_argument("--experiment", required=True, help="experiment name")
     s.add_argument("--artifact-root", default="results/mlartifacts", help="artifact folder for a SQLite store")
-    s.add_argument("--system-metrics", action="store_true", help="training jobs log MLflow's system metrics (needs psutil)")
-    s.add_argument("--log-model", action="store_true", help="training jobs also log their selected weights as an MLflow model")
+    s.add_argument(
+        "--system-metrics", action="store_true", help="training jobs log MLflow's system metrics (needs psutil)"
+    )
+    s.add_argument(
+        "--log-model", action="store_true", help="training jobs also log their selected weights as an MLflow model"
+    )
     s.add_argument("--out", required=True, help="where to record the experiment (JSON)")
     s.set_defaults(func=cmd_init_tracking)
 
@@ -217,20 +258,36 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking", help="the experiment record written by init-tracking (omit: no MLflow)")
     s.add_argument("--out", required=True, help="run folder: metrics.json, predictions.npz, checkpoint")
     s.add_argument("--threads", type=int, help="CPU threads for torch")
-    s.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
-                   help="checkpoint after the first epoch, then at most this often, and after the last (default 30)")
-    s.add_argument("--runs-per-gpu", type=int, default=1,
-                   help="runs sharing this GPU at once: each is charged 1/n of its energy and hours (default 1)")
+    s.add_argument(
+        "--checkpoint-every",
+        type=float,
+        metavar="SECONDS",
+        help="checkpoint after the first epoch, then at most this often, and after the last (default 30)",
+    )
+    s.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=1,
+        help="runs sharing this GPU at once: each is charged 1/n of its energy and hours (default 1)",
+    )
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("plan", help="estimate the study's runs, FLOPs, device-hours and energy before it starts")
     s.add_argument("configs", nargs="+", help="YAML files, later ones override earlier ones")
-    s.add_argument("--out", help="plan (JSON) for the report to set against the measured cost "
-                                 "(default: results/<study>/plan.json)")
-    s.add_argument("--gpu", help="estimate GPU arms for this device (its full CUDA name, see devices.py) from FLOPs; "
-                                 "default: measured on this machine's GPU, else NVIDIA H100 80GB HBM3")
-    s.add_argument("--utilization", type=float, default=0.35,
-                   help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default 0.35)")
+    s.add_argument(
+        "--out", help="plan (JSON) for the report to set against the measured cost (default: results/<study>/plan.json)"
+    )
+    s.add_argument(
+        "--gpu",
+        help="estimate GPU arms for this device (its full CUDA name, see devices.py) from FLOPs; "
+        "default: measured on this machine's GPU, else NVIDIA H100 80GB HBM3",
+    )
+    s.add_argument(
+        "--utilization",
+        type=float,
+        default=0.35,
+        help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default 0.35)",
+    )
     s.add_argument("--calibration-steps", type=int, default=2, help="timed training steps per arm (0: no calibration)")
     s.add_argument("--brief", action="store_true", help="print only the summary line")
     s.set_defaults(func=cmd_plan)
@@ -272,9 +329,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", required=True, help="CSV table written by aggregate")
     s.add_argument("--config", required=True, help="resolved study config (JSON) written by validate-config")
     s.add_argument("--assets", help="folder for figures and the report source (default: next to --out)")
-    s.add_argument("--metrics", nargs="+", metavar="METRICS_JSON",
-                   help="the runs' metrics.json files (predictions.npz beside each): learning curves and reliability "
-                        "diagrams; without them the report says they were not drawn")
+    s.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="METRICS_JSON",
+        help="the runs' metrics.json files (predictions.npz beside each): learning curves and reliability "
+        "diagrams; without them the report says they were not drawn",
+    )
     s.add_argument("--out", required=True, help="PDF file; the Markdown version goes next to it (.md)")
     s.add_argument("--shift", help="the shift table (runs_shift.csv): adds the robustness section")
     s.set_defaults(func=cmd_report)
@@ -283,8 +344,14 @@ def parser() -> argparse.ArgumentParser:
 
 # How a full disk (or a read-only or forbidden folder) surfaces when a library, not Python, wrote:
 # torch's zip writer, SQLite via SQLAlchemy/MLflow, and Rust's io errors (typst) carry no errno.
-WRITE_FAILURE_TEXTS = ("no space left on device", "disk quota exceeded", "database or disk is full",
-                       "file write failed", "read-only file system", "attempt to write a readonly database")
+WRITE_FAILURE_TEXTS = (
+    "no space left on device",
+    "disk quota exceeded",
+    "database or disk is full",
+    "file write failed",
+    "read-only file system",
+    "attempt to write a readonly database",
+)
 RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
@@ -316,9 +383,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Outputs are written atomically, so nothing half-written was left behind.
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"scaleaudit {args.command}: error: could not write: {first}\n  fix: free disk space or fix the "
-              "folder's permissions, then run the step again (no partial output was kept; a training job "
-              "resumes from its last checkpoint)", file=sys.stderr)
+        print(
+            f"scaleaudit {args.command}: error: could not write: {first}\n  fix: free disk space or fix the "
+            "folder's permissions, then run the step again (no partial output was kept; a training job "
+            "resumes from its last checkpoint)",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

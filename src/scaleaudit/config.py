@@ -72,8 +72,10 @@ def check_references(config: dict) -> None:
             data.official_source(entry["flag"], size)
     s = config["design"]["seeds"]
     if isinstance(s, dict) and s["max"] < s["initial"]:
-        raise ScaleauditError(f"design.seeds: max ({s['max']}) is below initial ({s['initial']})",
-                              "set max to at least initial (max = initial runs one round only, like a fixed count)")
+        raise ScaleauditError(
+            f"design.seeds: max ({s['max']}) is below initial ({s['initial']})",
+            "set max to at least initial (max = initial runs one round only, like a fixed count)",
+        )
     arms = config["arms"]
     for name in config["design"]["arms"]:
         if name not in arms:
@@ -88,8 +90,9 @@ def check_references(config: dict) -> None:
             )
         if arm.get("reproduces"):
             published.check(arm["reproduces"], where=f"arm {name!r}")
-            published.check_weights(arm["reproduces"], models.pretrained_name(arm) if arm["pretrained"] else None,
-                                    where=f"arm {name!r}")
+            published.check_weights(
+                arm["reproduces"], models.pretrained_name(arm) if arm["pretrained"] else None, where=f"arm {name!r}"
+            )
         if name in config["design"]["arms"]:
             models.check_arm(arm, where=f"arm {name!r}")
             if config["recipes"][arm["recipe"]]["normalize"] == "pretrained":
@@ -153,13 +156,24 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
     if definition := DEFINITIONS.get(split_name(arm_spec["model"])[0]):
         arm_spec["definition"] = definition  # a model scaleaudit defines: which definition trained it
     # the protocol a recipe follows is documentation for the report, not a training setting
-    recipe = {k: v for k, v in config["recipes"][arm_spec["recipe"]].items() if k != "protocol"} | {"name": arm_spec["recipe"]}
+    recipe = {k: v for k, v in config["recipes"][arm_spec["recipe"]].items() if k != "protocol"} | {
+        "name": arm_spec["recipe"]
+    }
     round_ = None
     if isinstance(config["design"]["seeds"], dict):  # adaptive seeds: the round is bookkeeping, not in the hash
         from .adaptive import round_of
 
         round_ = round_of(config["design"]["seeds"], int(seed))
-    return RunSpec.create(study=config["study"], dataset=dataset, size=size, arm=arm, arm_spec=arm_spec, recipe=recipe,
-                          fraction=fraction, seed=seed, hardware=config["hardware"],
-                          device=device_request(config["hardware"]["device"], config["arms"][arm]),
-                          round=round_).to_dict()
+    return RunSpec.create(
+        study=config["study"],
+        dataset=dataset,
+        size=size,
+        arm=arm,
+        arm_spec=arm_spec,
+        recipe=recipe,
+        fraction=fraction,
+        seed=seed,
+        hardware=config["hardware"],
+        device=device_request(config["hardware"]["device"], config["arms"][arm]),
+        round=round_,
+    ).to_dict()

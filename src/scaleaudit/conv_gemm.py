@@ -24,8 +24,9 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _unfold(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-            padding: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+def _unfold(
+    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> tuple[torch.Tensor, int, int]:
     """(N, C, H, W) -> (N*Ho*Wo, kh*kw*C), one row per output position with channels innermost; and Ho, Wo."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
@@ -36,8 +37,9 @@ def _unfold(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     return cols, ho, wo
 
 
-def _fold(cols: torch.Tensor, shape: torch.Size, kernel: tuple[int, int], stride: tuple[int, int],
-          padding: tuple[int, int]) -> torch.Tensor:
+def _fold(
+    cols: torch.Tensor, shape: torch.Size, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
     """The adjoint of ``_unfold``: sums each row's patch back onto the (N, C, H, W) input (channels_last)."""
     n, c, h, w = shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
@@ -111,6 +113,7 @@ def input_shapes(model: nn.Module, in_chans: int, input_size: int) -> dict[str, 
     def record(name: str):
         def hook(module, args) -> None:
             shapes[name] = args[0].shape
+
         return hook
 
     hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -124,8 +127,11 @@ def input_shapes(model: nn.Module, in_chans: int, input_size: int) -> dict[str, 
 
 def adopt(model: nn.Module, in_chans: int, input_size: int) -> list[str]:
     """Turn the convolutions of ``model`` that the GEMM form speeds up into ``GemmConv2d``; returns their names."""
-    names = [name for name, shape in input_shapes(model, in_chans, input_size).items()
-             if _eligible(model.get_submodule(name), shape)]
+    names = [
+        name
+        for name, shape in input_shapes(model, in_chans, input_size).items()
+        if _eligible(model.get_submodule(name), shape)
+    ]
     for name in names:
         model.get_submodule(name).__class__ = GemmConv2d
     return names

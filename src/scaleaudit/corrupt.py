@@ -52,8 +52,18 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for dist in ("medmnistc", "numpy", "scikit-image", "opencv-python-headless", "opencv-python", "Wand", "pillow",
-                 "scipy", "torch", "torchvision"):
+    for dist in (
+        "medmnistc",
+        "numpy",
+        "scikit-image",
+        "opencv-python-headless",
+        "opencv-python",
+        "Wand",
+        "pillow",
+        "scipy",
+        "torch",
+        "torchvision",
+    ):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -125,8 +135,9 @@ def generate(images: np.ndarray, flag: str, seed: int, progress=None) -> dict[st
     return out
 
 
-def check_arrays(arrays: dict[str, np.ndarray], clean_images: np.ndarray, clean_labels: np.ndarray,
-                 names: list[str]) -> list[str]:
+def check_arrays(
+    arrays: dict[str, np.ndarray], clean_images: np.ndarray, clean_labels: np.ndarray, names: list[str]
+) -> list[str]:
     """What in a corrupted set contradicts its clean test split: names, dtype, shape, labels, and corruptions that
     left every image unchanged at some severity (a silent no-op)."""
     problems = []
@@ -160,8 +171,11 @@ def build(data: Path, flag: str, size: int, seed: int, out: Path, record_out: Pa
 
     images, labels = _clean_test(data)
     names = list(corruptions(flag))
-    print(f"{flag} @ {size} px: {len(images)} test images x {len(names)} corruptions x {len(SEVERITIES)} severities",
-          file=sys.stderr, flush=True)
+    print(
+        f"{flag} @ {size} px: {len(images)} test images x {len(names)} corruptions x {len(SEVERITIES)} severities",
+        file=sys.stderr,
+        flush=True,
+    )
     arrays = generate(images, flag, seed, progress=lambda n: print(f"  {n} done", file=sys.stderr, flush=True))
     arrays[LABELS] = labels
     problems = check_arrays(arrays, images, labels, names)
@@ -178,13 +192,24 @@ def build(data: Path, flag: str, size: int, seed: int, out: Path, record_out: Pa
         family = {name: fam for fam, members in CORRUPTIONS_DS_FOLDS.items() for name in members}
 
         record = {
-            "dataset": flag, "size": int(size), "file": str(out), "sha256": sha,
+            "dataset": flag,
+            "size": int(size),
+            "file": str(out),
+            "sha256": sha,
             "generator": "medmnistc (DatasetManager.create_single_dataset's procedure)"
-            + ("" if arrays[names[0]].shape[2:4] == (224, 224) else "; motion_blur's grey decode as colour (below 224 px)"),
-            "seed": int(seed), "corruptions": names,
-            "families": {n: family[n] for n in names},  # medmnistc's grouping: digital, noise, blur, color, task-specific
+            + (
+                ""
+                if arrays[names[0]].shape[2:4] == (224, 224)
+                else "; motion_blur's grey decode as colour (below 224 px)"
+            ),
+            "seed": int(seed),
+            "corruptions": names,
+            "families": {
+                n: family[n] for n in names
+            },  # medmnistc's grouping: digital, noise, blur, color, task-specific
             "parameters": {n: repr(c.severity_params) for n, c in corruptions(flag).items()},
-            "severities": list(SEVERITIES), "rgb": bool(DATASET_RGB[flag]),
+            "severities": list(SEVERITIES),
+            "rgb": bool(DATASET_RGB[flag]),
             "shape": list(arrays[names[0]].shape),
             "source": {"file": str(data), "sha256": _sha256(data)},
             "versions": _versions(),
@@ -210,8 +235,11 @@ def check(record: dict, clean_data: Path) -> dict[str, np.ndarray]:
         arrays = {k: npz[k] for k in npz.files}
     problems = check_arrays(arrays, images, labels, record["corruptions"])
     if problems:
-        raise CorruptedSetError(f"{path} is not a corrupted copy of {clean_data}'s test split:\n"
-                                + "\n".join(f"  - {p}" for p in problems) + f"\n  fix: {fix}")
+        raise CorruptedSetError(
+            f"{path} is not a corrupted copy of {clean_data}'s test split:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + f"\n  fix: {fix}"
+        )
     return arrays
 
 
@@ -219,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scaleaudit.corrupt",
         description="Build a MedMNIST-C corrupted copy of a dataset's test split with medmnistc (run it with the "
-                    "corruption environment's Python: make medmnistc-env -> .venv-medmnistc/bin/python).")
+        "corruption environment's Python: make medmnistc-env -> .venv-medmnistc/bin/python).",
+    )
     parser.add_argument("--data", type=Path, required=True, help="the verified MedMNIST npz (results/data/...)")
     parser.add_argument("--dataset", required=True, help="MedMNIST flag, e.g. breastmnist")
     parser.add_argument("--size", type=int, required=True, help="image size of --data (px)")
@@ -228,11 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", type=Path, help="where the record goes (default: --out with .json)")
     args = parser.parse_args(argv)
     try:
-        record = build(args.data, args.dataset, args.size, args.seed, args.out,
-                       args.record or args.out.with_suffix(".json"))
+        record = build(
+            args.data, args.dataset, args.size, args.seed, args.out, args.record or args.out.with_suffix(".json")
+        )
     except ModuleNotFoundError as exc:
-        print(f"error: {exc}\n  fix: run this with the corruption environment's Python (make medmnistc-env; "
-              f"{sys.executable} is not it)", file=sys.stderr)
+        print(
+            f"error: {exc}\n  fix: run this with the corruption environment's Python (make medmnistc-env; "
+            f"{sys.executable} is not it)",
+            file=sys.stderr,
+        )
         return 2
     except CorruptedSetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -71,8 +71,12 @@ class EnergyMeter:
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
         self.tracker = OfflineEmissionsTracker(
-            country_iso_code=self.country, log_level="error", output_methods=[], tracking_mode="process",
-            measure_power_secs=15, allow_multiple_runs=True,
+            country_iso_code=self.country,
+            log_level="error",
+            output_methods=[],
+            tracking_mode="process",
+            measure_power_secs=15,
+            allow_multiple_runs=True,
         )
         self.started = time.perf_counter()
         self._starting = threading.Thread(target=self.tracker.start, name="codecarbon-start", daemon=True)

@@ -145,8 +145,10 @@ def _contents_problems(path: Path, flag: str, size: int, headers: dict, syntheti
             problems.append(f"{split} has {ishape[0] if ishape else 0} images, {flag} has {n}")
         label_width = n_classes if task == "multi-label" else 1
         if lshape[:1] != ishape[:1] or lshape[1:] not in ((label_width,), () if label_width == 1 else None):
-            problems.append(f"{split}_labels have shape {lshape} for {ishape[0] if ishape else 0} images "
-                            f"(expected ({ishape[0] if ishape else n}, {label_width}))")
+            problems.append(
+                f"{split}_labels have shape {lshape} for {ishape[0] if ishape else 0} images "
+                f"(expected ({ishape[0] if ishape else n}, {label_width}))"
+            )
         elif not np.issubdtype(ldtype, np.integer):
             problems.append(f"{split}_labels are {ldtype}, MedMNIST labels are integers")
     if problems:
@@ -156,8 +158,10 @@ def _contents_problems(path: Path, flag: str, size: int, headers: dict, syntheti
         for split in SPLITS:
             labels = npz[f"{split}_labels"]
             if labels.size and (labels.min() < 0 or labels.max() > top):
-                problems.append(f"{split}_labels range from {labels.min()} to {labels.max()}, "
-                                f"{flag} ({task}, {n_classes} classes) has labels 0..{top}")
+                problems.append(
+                    f"{split}_labels range from {labels.min()} to {labels.max()}, "
+                    f"{flag} ({task}, {n_classes} classes) has labels 0..{top}"
+                )
     return problems
 
 
@@ -247,8 +251,9 @@ def fetch(flag: str, size: int, dest: str | os.PathLike, mirror: Path | None = N
     }
 
 
-def load_splits(path: str | os.PathLike, flag: str, size: int,
-                synthetic: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_splits(
+    path: str | os.PathLike, flag: str, size: int, synthetic: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Images as uint8 (N, H, W, C) and labels as int64: (N,) for single-label, (N, L) for multi-label.
 
     The contents are checked again here: a file fetched by an older version, or changed since, is

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 # (dense bf16 tensor-core FLOP/s without sparsity, board power in W), from NVIDIA's data sheets.
 DATASHEET: dict[str, tuple[float, float]] = {
-    "NVIDIA H100 80GB HBM3": (989e12, 700),      # H100 SXM5
+    "NVIDIA H100 80GB HBM3": (989e12, 700),  # H100 SXM5
     "NVIDIA H100 PCIe": (756e12, 350),
     "NVIDIA H100 NVL": (835e12, 400),
-    "NVIDIA H200": (989e12, 700),                # H200 SXM
+    "NVIDIA H200": (989e12, 700),  # H200 SXM
     "NVIDIA H200 NVL": (835e12, 600),
-    "NVIDIA GH200 480GB": (989e12, 900),         # module power (CPU + GPU + memory): an upper bound
+    "NVIDIA GH200 480GB": (989e12, 900),  # module power (CPU + GPU + memory): an upper bound
     "NVIDIA A100-SXM4-80GB": (312e12, 400),
     "NVIDIA A100-SXM4-40GB": (312e12, 400),
     "NVIDIA A100 80GB PCIe": (312e12, 300),
@@ -53,8 +53,11 @@ def current(device: str = "auto") -> dict:
         return {"type": "cuda", "name": name, "bf16_peak": bf16_peak(name), "watts": board_power(name)}
     name = platform.processor() or platform.machine()
     try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
+        name = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     return {"type": "cpu", "name": name, "bf16_peak": None, "watts": CPU_WATTS_PER_THREAD * torch.get_num_threads()}

@@ -28,19 +28,27 @@ def key(spec: dict, data_path: Path, weights: dict | None, input_size: int, prec
     """What the features depend on: data file, backbone weights (the seed where they are not pretrained),
     preprocessing, precision and torch version."""
     arm, stat = spec["arm_spec"], Path(data_path).stat()
-    return canonical_hash({
-        "data": [str(Path(data_path).resolve()), stat.st_size, stat.st_mtime_ns], "dataset": spec["dataset"],
-        "model": arm["model"], "weights": weights["sha256"] if weights else None,
-        "seed": None if arm["pretrained"] else spec["seed"], "input_size": input_size,
-        "normalize": spec["recipe"]["normalize"], "rgb": bool(spec["recipe"].get("rgb")), "resize": spec["recipe"]["resize"],
-        "precision": precision,
-        "torch": torch.__version__,
-    })
+    return canonical_hash(
+        {
+            "data": [str(Path(data_path).resolve()), stat.st_size, stat.st_mtime_ns],
+            "dataset": spec["dataset"],
+            "model": arm["model"],
+            "weights": weights["sha256"] if weights else None,
+            "seed": None if arm["pretrained"] else spec["seed"],
+            "input_size": input_size,
+            "normalize": spec["recipe"]["normalize"],
+            "rgb": bool(spec["recipe"].get("rgb")),
+            "resize": spec["recipe"]["resize"],
+            "precision": precision,
+            "torch": torch.__version__,
+        }
+    )
 
 
 @torch.inference_mode()
-def compute(model: torch.nn.Module, transform: Callable, images: torch.Tensor, batch_size: int,
-            autocast) -> torch.Tensor:
+def compute(
+    model: torch.nn.Module, transform: Callable, images: torch.Tensor, batch_size: int, autocast
+) -> torch.Tensor:
     """The classifier's inputs for ``images`` (uint8 on the device), as float32, backbone in eval mode."""
     grabbed: list[torch.Tensor] = []
     hook = model.get_classifier().register_forward_pre_hook(lambda module, args: grabbed.append(args[0].float()))

@@ -17,8 +17,9 @@ import numpy as np
 K = 11  # MedMNIST+ config.yaml `k: 11` (evaluate.py hard-codes n_neighbors=11)
 
 
-def vote_shares(support: np.ndarray, support_labels: np.ndarray, queries: dict[str, np.ndarray], k: int,
-                task: str, n_classes: int) -> dict[str, np.ndarray]:
+def vote_shares(
+    support: np.ndarray, support_labels: np.ndarray, queries: dict[str, np.ndarray], k: int, task: str, n_classes: int
+) -> dict[str, np.ndarray]:
     """Per query split, (N, classes) shares of the k nearest support rows' labels ((N, labels) for multi-label)."""
     from sklearn.neighbors import NearestNeighbors
 
@@ -26,6 +27,9 @@ def vote_shares(support: np.ndarray, support_labels: np.ndarray, queries: dict[s
     out = {}
     for split, x in queries.items():
         votes = support_labels[index.kneighbors(x, return_distance=False)]  # (N, k) or (N, k, labels)
-        out[split] = votes.mean(1) if task == "multi-label" else np.stack(
-            [(votes == c).mean(1) for c in range(n_classes)], axis=1)
+        out[split] = (
+            votes.mean(1)
+            if task == "multi-label"
+            else np.stack([(votes == c).mean(1) for c in range(n_classes)], axis=1)
+        )
     return out

@@ -35,12 +35,25 @@ def arm_summary(runs: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     """Per cell and arm: seeds, mean and sd of the test score, accuracy and ECE; mean cost per run."""
     col = score_column(metric)
     hours = hours_column(runs)
-    return runs.groupby(CELL + ["arm"], sort=True).agg(
-        group=("group", "first"), n=("seed", "size"), score_mean=(col, "mean"), score_sd=(col, "std"),
-        acc_mean=("test_acc", "mean"), ece_mean=("test_ece", "mean"), params=("params", "first"),
-        flops=("flops_per_image", "first"), train_seconds=("train_seconds", "mean"), hours=(hours, "mean"),
-        energy_kwh=("energy_kwh", "mean"), co2e_kg=("co2e_kg", "mean"), peak_mem_mb=("peak_mem_mb", "max"),
-    ).reset_index()
+    return (
+        runs.groupby(CELL + ["arm"], sort=True)
+        .agg(
+            group=("group", "first"),
+            n=("seed", "size"),
+            score_mean=(col, "mean"),
+            score_sd=(col, "std"),
+            acc_mean=("test_acc", "mean"),
+            ece_mean=("test_ece", "mean"),
+            params=("params", "first"),
+            flops=("flops_per_image", "first"),
+            train_seconds=("train_seconds", "mean"),
+            hours=(hours, "mean"),
+            energy_kwh=("energy_kwh", "mean"),
+            co2e_kg=("co2e_kg", "mean"),
+            peak_mem_mb=("peak_mem_mb", "max"),
+        )
+        .reset_index()
+    )
 
 
 def pareto_front(summary: pd.DataFrame, cost: str = "energy_kwh", perf: str = "score_mean") -> pd.Series:
@@ -56,6 +69,11 @@ def pareto_front(summary: pd.DataFrame, cost: str = "energy_kwh", perf: str = "s
 
 def study_total(runs: pd.DataFrame) -> dict:
     """What the study's training runs spent in all."""
-    return {"runs": len(runs), "train_hours": runs["train_seconds"].sum() / 3600,
-            "device_hours": runs["device_hours"].sum(), "accelerator_hours": runs["accelerator_hours"].sum(),
-            "energy_kwh": runs["energy_kwh"].sum(), "co2e_kg": runs["co2e_kg"].sum()}
+    return {
+        "runs": len(runs),
+        "train_hours": runs["train_seconds"].sum() / 3600,
+        "device_hours": runs["device_hours"].sum(),
+        "accelerator_hours": runs["accelerator_hours"].sum(),
+        "energy_kwh": runs["energy_kwh"].sum(),
+        "co2e_kg": runs["co2e_kg"].sum(),
+    }

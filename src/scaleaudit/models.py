@@ -148,7 +148,9 @@ def _hub_file(name: str) -> tuple[Path, str]:
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
-        raise ScaleauditError(f"timm has no hub weights for {name!r}", "choose another weights_tag or give weights_file")
+        raise ScaleauditError(
+            f"timm has no hub weights for {name!r}", "choose another weights_tag or give weights_file"
+        )
     repo = cfg.hf_hub_id.split("@")[0]
     if not constants.HF_HUB_OFFLINE:
         # Without DNS the hub client retries for tens of seconds; one lookup tells us at once.
@@ -172,7 +174,9 @@ def _write_selfmade(name: str, dest: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(dest))
 
 
-def resolve_weights(arm_name: str, arm: dict, weights_dir: str | None, allow_selfmade: bool, selfmade_dir: Path) -> dict:
+def resolve_weights(
+    arm_name: str, arm: dict, weights_dir: str | None, allow_selfmade: bool, selfmade_dir: Path
+) -> dict:
     """Find an arm's pretrained weights and describe their provenance.
 
     Order: the arm's ``weights_file``; ``{weights_dir}/{arch.tag}{suffix}`` (the config's
@@ -287,7 +291,8 @@ def _check_weight_names(model: nn.Module, file: str, name: str) -> None:
     if missing or unexpected:
         detail = "; ".join(
             f"{label} {len(keys)} weights ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-            for label, keys in (("lacks", missing), ("has unknown", unexpected)) if keys
+            for label, keys in (("lacks", missing), ("has unknown", unexpected))
+            if keys
         )
         raise ScaleauditError(
             f"weights file {file} does not fit {name}: it {detail}",

@@ -23,9 +23,9 @@ from . import config as study_config
 from . import data, devices
 from .errors import ScaleauditError
 
-LAUNCH_S = 8e-6            # eager PyTorch: host time per dispatched op, the floor of a launch-bound GPU step
-EVAL_SHARE = 1 / 3         # an inference image costs about a third of a training image (forward only)
-STARTUP_S = 20.0           # per run: process start, data to the device, model build, first kernels
+LAUNCH_S = 8e-6  # eager PyTorch: host time per dispatched op, the floor of a launch-bound GPU step
+EVAL_SHARE = 1 / 3  # an inference image costs about a third of a training image (forward only)
+STARTUP_S = 20.0  # per run: process start, data to the device, model build, first kernels
 DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
 DEFAULT_UTILIZATION = 0.35
 CPU_CALIBRATION_BATCH = 16  # keeps a CPU calibration of a ViT-B short; GPUs use the recipe's batch
@@ -40,8 +40,11 @@ def synthetic_npz(path: Path, flag: str, n_train: int | None = None, size: int =
     rng = np.random.default_rng(seed)
     channels, n_classes = meta["n_channels"], meta["n_classes"]
     arrays = {}
-    counts = dict(meta["n_samples"]) if n_train is None else {
-        "train": n_train, "val": max(n_train // 8, 20), "test": max(n_train // 8, 20)}
+    counts = (
+        dict(meta["n_samples"])
+        if n_train is None
+        else {"train": n_train, "val": max(n_train // 8, 20), "test": max(n_train // 8, 20)}
+    )
     for split, count in counts.items():
         if meta["task"] == "multi-label":
             labels = rng.integers(0, 2, size=(count, n_classes))
@@ -52,8 +55,11 @@ def synthetic_npz(path: Path, flag: str, n_train: int | None = None, size: int =
         shape = (count, size, size) + ((channels,) if channels > 1 else ())
         images = rng.integers(0, 90, size=shape, dtype=np.uint8)
         lo, hi = size // 4, 3 * size // 4
-        images[:, lo:hi, lo:hi] += (level * (120 // max(n_classes - 1, 1))).astype(np.uint8).reshape(
-            (-1, 1, 1) + ((1,) if channels > 1 else ()))
+        images[:, lo:hi, lo:hi] += (
+            (level * (120 // max(n_classes - 1, 1)))
+            .astype(np.uint8)
+            .reshape((-1, 1, 1) + ((1,) if channels > 1 else ()))
+        )
         arrays |= {f"{split}_images": images, f"{split}_labels": labels}
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
@@ -88,11 +94,17 @@ def calibrate(spec: dict, device, steps: int, batch: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="scaleaudit-plan-") as tmp:
         path = synthetic_npz(Path(tmp) / "calibration.npz", spec["dataset"], batch, spec["size"])
-        spec = dict(spec, fraction=1.0, arm_spec=dict(spec["arm_spec"], pretrained=False),
-                    recipe=dict(spec["recipe"], batch_size=batch))
+        spec = dict(
+            spec,
+            fraction=1.0,
+            arm_spec=dict(spec["arm_spec"], pretrained=False),
+            recipe=dict(spec["recipe"], batch_size=batch),
+        )
         trainer = train.Trainer(spec, path, None, device, log=lambda msg: None, synthetic=True)
         trainer.prepare()  # a probe's steps take features
-        raw = train._on_device(data.load_splits(path, spec["dataset"], spec["size"], synthetic=True)["train"][0], device)
+        raw = train._on_device(
+            data.load_splits(path, spec["dataset"], spec["size"], synthetic=True)["train"][0], device
+        )
     images, labels = trainer.tensors["train"]
     idx = torch.arange(batch, device=device) % len(images)
     x, y, raw = images[idx], labels[idx], raw[idx]
@@ -109,8 +121,12 @@ def calibrate(spec: dict, device, steps: int, batch: int) -> dict:
     forward = lambda: features.compute(trainer.model, trainer.transform, raw, batch, trainer.autocast)  # noqa: E731
     timed(train_step, 1)
     timed(forward, 1)
-    return {"seconds_per_image": timed(train_step, steps) / (steps * batch),
-            "forward_seconds_per_image": timed(forward, steps) / (steps * batch), "batch": batch, "steps": steps}
+    return {
+        "seconds_per_image": timed(train_step, steps) / (steps * batch),
+        "forward_seconds_per_image": timed(forward, steps) / (steps * batch),
+        "batch": batch,
+        "steps": steps,
+    }
 
 
 def count_step(spec: dict) -> dict:
@@ -143,8 +159,14 @@ def count_step(spec: dict) -> dict:
     return {"flops_per_image": cost.flops_per_image(model, chans, size), "ops_per_step": ops.n + fused_optimizer_ops}
 
 
-def make(config: dict, calibrate_steps: int = 2, gpu_name: str | None = None,
-         utilization: float = DEFAULT_UTILIZATION, threads: int = 1, log=print) -> dict:
+def make(
+    config: dict,
+    calibrate_steps: int = 2,
+    gpu_name: str | None = None,
+    utilization: float = DEFAULT_UTILIZATION,
+    threads: int = 1,
+    log=print,
+) -> dict:
     """The plan of a validated study config (see the module docstring)."""
     import torch
 
@@ -171,22 +193,31 @@ def make(config: dict, calibrate_steps: int = 2, gpu_name: str | None = None,
                     if measured_here:
                         device = torch.device("cuda" if on_gpu else "cpu")
                         batch = batch if on_gpu else min(batch, CPU_CALIBRATION_BATCH)
-                        log(f"plan: calibrating {arm_name} at {size} px on {device} ({calibrate_steps} steps of {batch})")
+                        log(
+                            f"plan: calibrating {arm_name} at {size} px on {device} ({calibrate_steps} steps of {batch})"
+                        )
                         counted |= calibrate(spec, device, calibrate_steps, batch) | {"method": f"measured on {device}"}
                     elif on_gpu:
                         peak = devices.bf16_peak(gpu)
                         if peak is None:
-                            raise ScaleauditError(f"no dense bf16 peak is known for the GPU {gpu!r}",
-                                                  "name one listed in src/scaleaudit/devices.py (--gpu), or add it there")
+                            raise ScaleauditError(
+                                f"no dense bf16 peak is known for the GPU {gpu!r}",
+                                "name one listed in src/scaleaudit/devices.py (--gpu), or add it there",
+                            )
                         arithmetic = train_factor(arm) * counted["flops_per_image"] / (peak * utilization)
                         launches = counted["ops_per_step"] * LAUNCH_S / batch / share
-                        counted |= {"seconds_per_image": max(arithmetic, launches),
-                                    "forward_seconds_per_image": counted["flops_per_image"] / (peak * utilization),
-                                    "method": f"{utilization:.0%} of {gpu} bf16 peak"
-                                    + (", launch-bound" if launches > arithmetic else "")}
+                        counted |= {
+                            "seconds_per_image": max(arithmetic, launches),
+                            "forward_seconds_per_image": counted["flops_per_image"] / (peak * utilization),
+                            "method": f"{utilization:.0%} of {gpu} bf16 peak"
+                            + (", launch-bound" if launches > arithmetic else ""),
+                        }
                     else:
-                        counted |= {"seconds_per_image": math.nan, "forward_seconds_per_image": math.nan,
-                                    "method": "not calibrated"}
+                        counted |= {
+                            "seconds_per_image": math.nan,
+                            "forward_seconds_per_image": math.nan,
+                            "method": "not calibrated",
+                        }
                 cal = cache[key]
                 n_val, n_test = meta["n_samples"]["val"], meta["n_samples"]["test"]
                 watts = (devices.board_power(gpu) or math.nan) if on_gpu else devices.CPU_WATTS_PER_THREAD * threads
@@ -202,45 +233,76 @@ def make(config: dict, calibrate_steps: int = 2, gpu_name: str | None = None,
                         seconds += len(seeds) * STARTUP_S
                         continue
                     flops += len(seeds) * cal["flops_per_image"] * (train_factor(arm) * trained + inferred)
-                    seconds += len(seeds) * (cal["seconds_per_image"] * (trained + eval_share * inferred) + STARTUP_S / share)
-                rows.append({
-                    "arm": arm_name, "dataset": entry["flag"], "size": int(size), "runs": len(fractions) * len(seeds),
-                    "flops": flops, "device": gpu if on_gpu else "cpu", "device_hours": seconds / 3600,
-                    "energy_kwh": seconds / 3600 * watts / 1000, "method": cal["method"],
-                    "early_stopping": recipe["early_stop_patience"] is not None, "runs_per_gpu": share,
-                })
+                    seconds += len(seeds) * (
+                        cal["seconds_per_image"] * (trained + eval_share * inferred) + STARTUP_S / share
+                    )
+                rows.append(
+                    {
+                        "arm": arm_name,
+                        "dataset": entry["flag"],
+                        "size": int(size),
+                        "runs": len(fractions) * len(seeds),
+                        "flops": flops,
+                        "device": gpu if on_gpu else "cpu",
+                        "device_hours": seconds / 3600,
+                        "energy_kwh": seconds / 3600 * watts / 1000,
+                        "method": cal["method"],
+                        "early_stopping": recipe["early_stop_patience"] is not None,
+                        "runs_per_gpu": share,
+                    }
+                )
     total = {k: sum(r[k] for r in rows) for k in ("runs", "flops", "device_hours", "energy_kwh")}
-    return {"study": config["study"], "rows": rows, "total": total, "gpu": gpu, "utilization": utilization,
-            "startup_s": STARTUP_S, "cuda_here": here_cuda,
-            "cuda_diagnosis": None if here_cuda else train.cuda_diagnosis()}
+    return {
+        "study": config["study"],
+        "rows": rows,
+        "total": total,
+        "gpu": gpu,
+        "utilization": utilization,
+        "startup_s": STARTUP_S,
+        "cuda_here": here_cuda,
+        "cuda_diagnosis": None if here_cuda else train.cuda_diagnosis(),
+    }
 
 
 def summary_line(plan: dict) -> str:
     t = plan["total"]
     gpu_hours = sum(r["device_hours"] for r in plan["rows"] if r["device"] != "cpu")
-    bound = " (upper bound: early stopping can only shorten runs)" if any(r["early_stopping"] for r in plan["rows"]) else ""
-    return (f"plan for study {plan['study']!r}: {t['runs']} runs, {t['flops']:.3g} FLOPs, about {t['device_hours']:.3g} "
-            f"device-hours ({gpu_hours:.3g} on {plan['gpu']}) and {t['energy_kwh']:.3g} kWh{bound}")
+    bound = (
+        " (upper bound: early stopping can only shorten runs)" if any(r["early_stopping"] for r in plan["rows"]) else ""
+    )
+    return (
+        f"plan for study {plan['study']!r}: {t['runs']} runs, {t['flops']:.3g} FLOPs, about {t['device_hours']:.3g} "
+        f"device-hours ({gpu_hours:.3g} on {plan['gpu']}) and {t['energy_kwh']:.3g} kWh{bound}"
+    )
 
 
 def table(plan: dict) -> str:
     lines = [f"{'arm':24} {'dataset':18} {'runs':>5} {'PFLOPs':>9} {'device-h':>9} {'kWh':>8}  device (time from)"]
     for r in plan["rows"]:
-        lines.append(f"{r['arm']:24} {r['dataset'] + '@' + str(r['size']):18} {r['runs']:5} {r['flops'] / 1e15:9.2f} "
-                     f"{r['device_hours']:9.3g} {r['energy_kwh']:8.3g}  {r['device']} ({r['method']})")
+        lines.append(
+            f"{r['arm']:24} {r['dataset'] + '@' + str(r['size']):18} {r['runs']:5} {r['flops'] / 1e15:9.2f} "
+            f"{r['device_hours']:9.3g} {r['energy_kwh']:8.3g}  {r['device']} ({r['method']})"
+        )
     return "\n".join(lines)
 
 
 def versus_measured(plan: dict, measured: dict) -> str:
     """The estimate set against what the study's runs measured (device-hours include per-run start-up in the plan)."""
     est = plan["total"]
-    text = (f"Before the study started, scaleaudit plan estimated {est['device_hours']:.3g} device-hours and "
-            f"{est['energy_kwh']:.3g} kWh for {est['runs']} runs; the {measured['runs']} runs measured "
-            f"{measured['device_hours']:.3g} device-hours and {measured['energy_kwh']:.3g} kWh")
+    text = (
+        f"Before the study started, scaleaudit plan estimated {est['device_hours']:.3g} device-hours and "
+        f"{est['energy_kwh']:.3g} kWh for {est['runs']} runs; the {measured['runs']} runs measured "
+        f"{measured['device_hours']:.3g} device-hours and {measured['energy_kwh']:.3g} kWh"
+    )
     if est["runs"] == measured["runs"] and measured["device_hours"] > 0 and measured["energy_kwh"] > 0:
-        text += (f" (estimate / measured: {est['device_hours'] / measured['device_hours']:.2f}x in time, "
-                 f"{est['energy_kwh'] / measured['energy_kwh']:.2f}x in energy)")
-    return text + f"; the estimate counts {plan['startup_s']:.0f} s of start-up per run, the measurement training time only."
+        text += (
+            f" (estimate / measured: {est['device_hours'] / measured['device_hours']:.2f}x in time, "
+            f"{est['energy_kwh'] / measured['energy_kwh']:.2f}x in energy)"
+        )
+    return (
+        text
+        + f"; the estimate counts {plan['startup_s']:.0f} s of start-up per run, the measurement training time only."
+    )
 
 
 def default_path(config: dict) -> Path:

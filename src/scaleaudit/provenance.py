@@ -14,7 +14,9 @@ PACKAGES = ("scaleaudit", "torch", "torchvision", "timm", "numpy", "scikit-learn
 
 
 def _git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
 
 
 @cache

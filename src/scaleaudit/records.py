@@ -18,8 +18,18 @@ from .files import canonical_hash, read_json, write_json
 SPLIT_METRICS = ("auc", "acc", "bacc", "ece", "loss")
 PREDICTIONS = "predictions.npz"  # beside metrics.json: the test split's labels and predicted probabilities
 COST_COLUMNS = (
-    "params", "trainable_params", "flops_per_image", "train_seconds", "device", "device_hours",
-    "accelerator_hours", "peak_mem_mb", "energy_kwh", "co2e_kg", "energy_method", "train_flops",
+    "params",
+    "trainable_params",
+    "flops_per_image",
+    "train_seconds",
+    "device",
+    "device_hours",
+    "accelerator_hours",
+    "peak_mem_mb",
+    "energy_kwh",
+    "co2e_kg",
+    "energy_method",
+    "train_flops",
 )
 COST_DEFAULTS = {"train_flops": math.nan}  # cost added later than the layout: a run recorded before lacks it
 
@@ -35,10 +45,13 @@ def _required(cls) -> set[str]:
 def _check_keys(cls, d: dict, what: str, fix: str) -> None:
     missing, unknown = _required(cls) - set(d), set(d) - _keys(cls)
     if missing or unknown:
-        problems = [f"missing {', '.join(sorted(missing))}" if missing else "",
-                    f"unknown {', '.join(sorted(unknown))}" if unknown else ""]
-        raise ScaleauditError(f"{what} does not have the layout of {cls.__name__}: "
-                              + "; ".join(p for p in problems if p), fix)
+        problems = [
+            f"missing {', '.join(sorted(missing))}" if missing else "",
+            f"unknown {', '.join(sorted(unknown))}" if unknown else "",
+        ]
+        raise ScaleauditError(
+            f"{what} does not have the layout of {cls.__name__}: " + "; ".join(p for p in problems if p), fix
+        )
 
 
 @dataclass(frozen=True)
@@ -61,15 +74,20 @@ class RunSpec:
     @classmethod
     def create(cls, **values: Any) -> "RunSpec":
         """A spec from its fields; the hash is computed over all of them (the hash of the spec dict without it)."""
-        values = {"size": int(values.pop("size")), "fraction": float(values.pop("fraction")),
-                  "seed": int(values.pop("seed"))} | values
+        values = {
+            "size": int(values.pop("size")),
+            "fraction": float(values.pop("fraction")),
+            "seed": int(values.pop("seed")),
+        } | values
         round_ = values.pop("round", None)
         ordered = {f.name: values[f.name] for f in fields(cls) if f.name not in ("config_hash", "round")}
         return cls(**ordered, config_hash=canonical_hash(ordered), round=round_)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
-        _check_keys(cls, d, "the run spec", "pass the spec the workflow resolves (config.run_spec), not a hand-made one")
+        _check_keys(
+            cls, d, "the run spec", "pass the spec the workflow resolves (config.run_spec), not a hand-made one"
+        )
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -102,10 +120,22 @@ class RunInfo:
     @classmethod
     def of(cls, spec: RunSpec, input_size: int) -> "RunInfo":
         arm = spec.arm_spec
-        return cls(study=spec.study, dataset=spec.dataset, size=spec.size, arm=spec.arm, fraction=spec.fraction,
-                   seed=spec.seed, config_hash=spec.config_hash, group=arm["group"], model=arm["model"],
-                   pretrained=arm["pretrained"], train_mode=arm["train"], input_size=input_size,
-                   recipe=spec.recipe["name"], round=spec.round or 1)
+        return cls(
+            study=spec.study,
+            dataset=spec.dataset,
+            size=spec.size,
+            arm=spec.arm,
+            fraction=spec.fraction,
+            seed=spec.seed,
+            config_hash=spec.config_hash,
+            group=arm["group"],
+            model=arm["model"],
+            pretrained=arm["pretrained"],
+            train_mode=arm["train"],
+            input_size=input_size,
+            recipe=spec.recipe["name"],
+            round=spec.round or 1,
+        )
 
 
 @dataclass
@@ -146,8 +176,12 @@ class RunResult:
     def row(self) -> dict:
         """The run as one row of the run table (the columns that stats and the report use)."""
         prov, weights = self.provenance, self.provenance["weights"]
-        out = asdict(self.run) | {"task": self.task, "n_train": self.n_train, "best_epoch": self.best_epoch,
-                                  "epochs_run": self.epochs_run}
+        out = asdict(self.run) | {
+            "task": self.task,
+            "n_train": self.n_train,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+        }
         for split in ("test", "val"):
             out |= {f"{split}_{k}": getattr(self, split)[k] for k in SPLIT_METRICS}
         cost = COST_DEFAULTS | self.cost

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SOURCE = ("MedMNIST/experiments@70b6b3a7ad7afddff1df2a3b735235830fbdb142 MedMNIST2D/models.py ResNet18 "
-          "(PyTorch default initialisation)")
+SOURCE = (
+    "MedMNIST/experiments@70b6b3a7ad7afddff1df2a3b735235830fbdb142 MedMNIST2D/models.py ResNet18 "
+    "(PyTorch default initialisation)"
+)
 
 
 class BasicBlock(nn.Module):

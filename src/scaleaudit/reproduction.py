@@ -23,12 +23,25 @@ def reproduction(runs: pd.DataFrame, arms: dict, spread: float = 2.0) -> pd.Data
         auc_sd = g["test_auc"].std()
         pub_auc = math.nan if pub["auc"] is None else pub["auc"]
         judged, pub_judged = ("test_auc", pub_auc) if pub["auc"] is not None else ("test_acc", pub["acc"])
-        rows.append({
-            "arm": arm, "dataset": dataset, "size": size, "reference": ref, "paper": pub["paper"],
-            "protocol": pub["protocol"], "recipe": g["recipe"].iloc[0], "n": len(g),
-            "auc": g["test_auc"].mean(), "auc_sd": auc_sd, "acc": g["test_acc"].mean(), "acc_sd": g["test_acc"].std(),
-            "pub_auc": pub_auc, "pub_acc": pub["acc"], "auc_diff": g["test_auc"].mean() - pub_auc,
-            "acc_diff": g["test_acc"].mean() - pub["acc"],
-            "within": bool(abs(g[judged].mean() - pub_judged) <= spread * g[judged].std()) if len(g) > 1 else None,
-        })
+        rows.append(
+            {
+                "arm": arm,
+                "dataset": dataset,
+                "size": size,
+                "reference": ref,
+                "paper": pub["paper"],
+                "protocol": pub["protocol"],
+                "recipe": g["recipe"].iloc[0],
+                "n": len(g),
+                "auc": g["test_auc"].mean(),
+                "auc_sd": auc_sd,
+                "acc": g["test_acc"].mean(),
+                "acc_sd": g["test_acc"].std(),
+                "pub_auc": pub_auc,
+                "pub_acc": pub["acc"],
+                "auc_diff": g["test_auc"].mean() - pub_auc,
+                "acc_diff": g["test_acc"].mean() - pub["acc"],
+                "within": bool(abs(g[judged].mean() - pub_judged) <= spread * g[judged].std()) if len(g) > 1 else None,
+            }
+        )
     return pd.DataFrame(rows)

@@ -64,8 +64,9 @@ def trend_band(points: Sequence, grid, confidence: float) -> tuple[np.ndarray, n
     return fit, fit - half, fit + half
 
 
-def rungs(runs: pd.DataFrame, by: list[str], point: str, axis: str, metric: str = "auc",
-          confidence: float = 0.95) -> pd.DataFrame:
+def rungs(
+    runs: pd.DataFrame, by: list[str], point: str, axis: str, metric: str = "auc", confidence: float = 0.95
+) -> pd.DataFrame:
     """One row per (``by`` group, ``point``) of the runs with a finite test score and a positive ``axis``: the runs
     (n), the mean test score with its t-interval over seeds, and x = the mean log10 of ``axis`` (training FLOPs vary
     a little between seeds where runs stop early)."""
@@ -76,16 +77,26 @@ def rungs(runs: pd.DataFrame, by: list[str], point: str, axis: str, metric: str 
     rows = []
     for key, g in ok.groupby(by + [point], sort=True):
         _, lo, hi = stats.t_interval([g[col].to_numpy()], confidence)
-        rows.append(dict(zip(by + [point], key)) | {
-            "n": len(g), "mean": float(g[col].mean()), "lo": float(lo), "hi": float(hi),
-            "x": float(10 ** g["log10_x"].mean()), "log10_x": float(g["log10_x"].mean())})
+        rows.append(
+            dict(zip(by + [point], key))
+            | {
+                "n": len(g),
+                "mean": float(g[col].mean()),
+                "lo": float(lo),
+                "hi": float(hi),
+                "x": float(10 ** g["log10_x"].mean()),
+                "log10_x": float(g["log10_x"].mean()),
+            }
+        )
     return pd.DataFrame(rows, columns=by + [point, "n", "mean", "lo", "hi", "x", "log10_x"])
 
 
 TREND_COLUMNS = ["rungs", "df", "x_min", "x_max", "slope", "lo", "hi", "adj_lo", "adj_hi", "family", "decision", "note"]
 
 
-def trends(points: pd.DataFrame, by: list[str], rope: float, confidence: float, family: int | None = None) -> pd.DataFrame:
+def trends(
+    points: pd.DataFrame, by: list[str], rope: float, confidence: float, family: int | None = None
+) -> pd.DataFrame:
     """Per ``by`` group of ``rungs`` output: the gain per 10x of x (slope of the rung means on log10 x) with its
     t-interval, the family's simultaneous interval (family: at least ``family``, else the number of groups) and the
     decision against the ROPE; the note says why a group cannot decide or how few degrees of freedom it has."""
@@ -96,13 +107,28 @@ def trends(points: pd.DataFrame, by: list[str], rope: float, confidence: float, 
         k = len(g)
         a = stats.assess((g["log10_x"].to_numpy(), g["mean"].to_numpy()), rope, confidence, m, interval=slope_interval)
         spread = g["log10_x"].max() - g["log10_x"].min() if k else 0.0
-        note = (f"{k} rung(s): at least {MIN_RUNGS} needed for an interval" if k < MIN_RUNGS
-                else "the rungs do not differ in x" if spread < 1e-9
-                else f"{k - 2} degree(s) of freedom: a wide interval" if k - 2 < 3 else "")
-        rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,))) | {
-            "rungs": k, "df": max(k - 2, 0), "x_min": g["x"].min(), "x_max": g["x"].max(), "family": m,
-            "decision": a["decision"], "note": note} | {c: float(a[c if c != "slope" else "estimate"])
-                                                        for c in ("slope", "lo", "hi", "adj_lo", "adj_hi")})
+        note = (
+            f"{k} rung(s): at least {MIN_RUNGS} needed for an interval"
+            if k < MIN_RUNGS
+            else "the rungs do not differ in x"
+            if spread < 1e-9
+            else f"{k - 2} degree(s) of freedom: a wide interval"
+            if k - 2 < 3
+            else ""
+        )
+        rows.append(
+            dict(zip(by, key if isinstance(key, tuple) else (key,)))
+            | {
+                "rungs": k,
+                "df": max(k - 2, 0),
+                "x_min": g["x"].min(),
+                "x_max": g["x"].max(),
+                "family": m,
+                "decision": a["decision"],
+                "note": note,
+            }
+            | {c: float(a[c if c != "slope" else "estimate"]) for c in ("slope", "lo", "hi", "adj_lo", "adj_hi")}
+        )
     return pd.DataFrame(rows, columns=by + TREND_COLUMNS)
 
 
@@ -115,10 +141,19 @@ def across_tasks(per_task: pd.DataFrame, by: list[str], rope: float, confidence:
         slopes = g["slope"].to_numpy(dtype=float)
         slopes = slopes[np.isfinite(slopes)]
         a = stats.assess([slopes], rope, confidence, len(groups))
-        rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,))) | {
-            "tasks": len(slopes), "mean_slope": float(a["estimate"]) if len(slopes) else math.nan,
-            "family": len(groups), "decision": a["decision"]} | {c: float(a[c]) for c in ("lo", "hi", "adj_lo", "adj_hi")})
-    return pd.DataFrame(rows, columns=by + ["tasks", "mean_slope", "lo", "hi", "adj_lo", "adj_hi", "family", "decision"])
+        rows.append(
+            dict(zip(by, key if isinstance(key, tuple) else (key,)))
+            | {
+                "tasks": len(slopes),
+                "mean_slope": float(a["estimate"]) if len(slopes) else math.nan,
+                "family": len(groups),
+                "decision": a["decision"],
+            }
+            | {c: float(a[c]) for c in ("lo", "hi", "adj_lo", "adj_hi")}
+        )
+    return pd.DataFrame(
+        rows, columns=by + ["tasks", "mean_slope", "lo", "hi", "adj_lo", "adj_hi", "family", "decision"]
+    )
 
 
 LADDER_SHARED = ("group", "pretrained", "weights_tag", "train", "recipe", "input_size")
@@ -136,9 +171,11 @@ def check_ladders(config: dict) -> None:
             values = {n: config["arms"][n].get(key) for n in names}
             if len(set(map(repr, values.values()))) > 1:
                 listed = ", ".join(f"{n}: {v!r}" for n, v in values.items())
-                raise ScaleauditError(f"the rungs of ladder {ladder!r} differ in {key} ({listed})",
-                                      f"give every arm of ladder {ladder!r} the same {key}, or put the odd arm on "
-                                      "another ladder (arms.<name>.ladder)")
+                raise ScaleauditError(
+                    f"the rungs of ladder {ladder!r} differ in {key} ({listed})",
+                    f"give every arm of ladder {ladder!r} the same {key}, or put the odd arm on "
+                    "another ladder (arms.<name>.ladder)",
+                )
 
 
 def ladder_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
@@ -161,14 +198,39 @@ def headline(per_task: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in overall.itertuples():
         if r.tasks >= 2:
-            rows.append({"ladder": r.ladder, "fraction": r.fraction, "dataset": None, "size": None, "tasks": r.tasks,
-                         "rungs": None, "slope": r.mean_slope, "lo": r.lo, "hi": r.hi, "decision": r.decision})
+            rows.append(
+                {
+                    "ladder": r.ladder,
+                    "fraction": r.fraction,
+                    "dataset": None,
+                    "size": None,
+                    "tasks": r.tasks,
+                    "rungs": None,
+                    "slope": r.mean_slope,
+                    "lo": r.lo,
+                    "hi": r.hi,
+                    "decision": r.decision,
+                }
+            )
             continue
         for t in per_task[(per_task["ladder"] == r.ladder) & (per_task["fraction"] == r.fraction)].itertuples():
-            rows.append({"ladder": t.ladder, "fraction": t.fraction, "dataset": t.dataset, "size": t.size, "tasks": 1,
-                         "rungs": t.rungs, "slope": t.slope, "lo": t.lo, "hi": t.hi, "decision": t.decision})
-    return pd.DataFrame(rows, columns=["ladder", "fraction", "dataset", "size", "tasks", "rungs", "slope", "lo", "hi",
-                                       "decision"])
+            rows.append(
+                {
+                    "ladder": t.ladder,
+                    "fraction": t.fraction,
+                    "dataset": t.dataset,
+                    "size": t.size,
+                    "tasks": 1,
+                    "rungs": t.rungs,
+                    "slope": t.slope,
+                    "lo": t.lo,
+                    "hi": t.hi,
+                    "decision": t.decision,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["ladder", "fraction", "dataset", "size", "tasks", "rungs", "slope", "lo", "hi", "decision"]
+    )
 
 
 def t_quantile(df: int, confidence: float) -> float:

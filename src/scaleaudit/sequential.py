@@ -57,7 +57,9 @@ def boundaries(looks: tuple[int, ...], alpha: float, spending: str = "pocock") -
 
             def exit_prob(c):
                 b = c * math.sqrt(tk)
-                return float(np.sum(weights * density * (sps.norm.sf((b - grid) / sd) + sps.norm.cdf((-b - grid) / sd))))
+                return float(
+                    np.sum(weights * density * (sps.norm.sf((b - grid) / sd) + sps.norm.cdf((-b - grid) / sd)))
+                )
 
             c = optimize.brentq(lambda c: exit_prob(c) - step, 1e-6, 40.0, xtol=1e-10) if step > 0 else math.inf
         out.append(float(c))
@@ -81,7 +83,7 @@ def nominal_confidence(looks: tuple[int, ...], n: int, confidence: float, spendi
     planned looks (runs dropped) the cell is at a later look than the last n_k < n, and the widest of those is used."""
     c = boundaries(tuple(looks), 1 - confidence, spending)
     k = int(np.searchsorted(looks, n, side="left"))
-    crit = c[k] if k < len(looks) and looks[k] == n else max(c[min(k, len(c) - 1):])
+    crit = c[k] if k < len(looks) and looks[k] == n else max(c[min(k, len(c) - 1) :])
     return 1 - 2 * sps.norm.sf(crit)
 
 

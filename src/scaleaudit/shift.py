@@ -31,8 +31,14 @@ CLEAN, ALL = "clean", "all"
 METRICS = ("auc", "acc", "bacc", "ece")
 
 
-def evaluate(run_dir: Path, corrupted_record: dict, data_record: dict, weights: dict | None,
-             threads: int | None = None, log=print) -> dict:
+def evaluate(
+    run_dir: Path,
+    corrupted_record: dict,
+    data_record: dict,
+    weights: dict | None,
+    threads: int | None = None,
+    log=print,
+) -> dict:
     """Score a finished run's selected weights on every corruption and severity; the content of ``shift.json``."""
     from . import corrupt, metrics, train
     from .records import RunResult
@@ -41,8 +47,10 @@ def evaluate(run_dir: Path, corrupted_record: dict, data_record: dict, weights: 
     result = RunResult.load(run_dir / "metrics.json")
     spec = read_json(run_dir / "run_config.json")
     if result.best_weights is None:
-        raise ScaleauditError(f"{run_dir} has no kept weights (trained by a scaleaudit that did not keep them)",
-                              f"train the run again (delete {run_dir}) to evaluate it under shift")
+        raise ScaleauditError(
+            f"{run_dir} has no kept weights (trained by a scaleaudit that did not keep them)",
+            f"train the run again (delete {run_dir}) to evaluate it under shift",
+        )
     try:
         arrays = corrupt.check(corrupted_record, Path(data_record["file"]))
     except corrupt.CorruptedSetError as exc:
@@ -53,38 +61,55 @@ def evaluate(run_dir: Path, corrupted_record: dict, data_record: dict, weights: 
     trainer.prepare()  # a probe's features, as in training: its clean score comes from the same path
     trainer.state["best_state"] = train.load_best_weights(run_dir, result.best_weights)
     _, clean, _ = trainer.test()
-    off = {k: (clean[k], result.test[k]) for k in METRICS if not math.isclose(clean[k], result.test[k], abs_tol=1e-9)
-           and not (math.isnan(clean[k]) and math.isnan(result.test[k]))}
+    off = {
+        k: (clean[k], result.test[k])
+        for k in METRICS
+        if not math.isclose(clean[k], result.test[k], abs_tol=1e-9)
+        and not (math.isnan(clean[k]) and math.isnan(result.test[k]))
+    }
     if off:
-        raise ScaleauditError(f"{run_dir}/{result.best_weights['file']} does not give the test scores metrics.json "
-                              f"recorded: {off}", f"train the run again (delete {run_dir})")
+        raise ScaleauditError(
+            f"{run_dir}/{result.best_weights['file']} does not give the test scores metrics.json recorded: {off}",
+            f"train the run again (delete {run_dir})",
+        )
     labels = trainer.labels["test"]
     scores = {}
     for name in corrupted_record["corruptions"]:
         scores[name] = [metrics.evaluate(labels, trainer.probabilities(level), trainer.task) for level in arrays[name]]
         log(f"{name}: auc " + " ".join(f"{s['auc']:.3f}" for s in scores[name]))
-    return {"run": result.to_dict()["run"], "task": result.task, "clean": {k: clean[k] for k in METRICS},
-            "corrupted": scores, "severities": corrupted_record["severities"],
-            "corrupted_set": {k: corrupted_record[k] for k in ("file", "sha256", "seed", "families")}
-            | {"medmnistc": corrupted_record["versions"].get("medmnistc")},
-            "best_weights": result.best_weights}
+    return {
+        "run": result.to_dict()["run"],
+        "task": result.task,
+        "clean": {k: clean[k] for k in METRICS},
+        "corrupted": scores,
+        "severities": corrupted_record["severities"],
+        "corrupted_set": {k: corrupted_record[k] for k in ("file", "sha256", "seed", "families")}
+        | {"medmnistc": corrupted_record["versions"].get("medmnistc")},
+        "best_weights": result.best_weights,
+    }
 
 
 def rows(record: dict) -> list[dict]:
     """One row per corruption and severity of one ``shift.json`` (severity 0, corruption and family 'none': clean)."""
     run, families = record["run"], record["corrupted_set"]["families"]
-    key = {k: run[k] for k in RUN_KEY} | {"group": run["group"], "medmnistc": record["corrupted_set"]["medmnistc"],
-                                          "shift_seed": record["corrupted_set"]["seed"]}
+    key = {k: run[k] for k in RUN_KEY} | {
+        "group": run["group"],
+        "medmnistc": record["corrupted_set"]["medmnistc"],
+        "shift_seed": record["corrupted_set"]["seed"],
+    }
     out = [key | {"corruption": "none", "family": "none", "severity": 0} | record["clean"]]
     for name, levels in record["corrupted"].items():
-        out += [key | {"corruption": name, "family": families[name], "severity": s} | m
-                for s, m in zip(record["severities"], levels)]
+        out += [
+            key | {"corruption": name, "family": families[name], "severity": s} | m
+            for s, m in zip(record["severities"], levels)
+        ]
     return out
 
 
 def table(paths: list) -> pd.DataFrame:
     return pd.DataFrame([r for p in paths for r in rows(read_json(p))]).sort_values(
-        RUN_KEY + ["corruption", "severity"], ignore_index=True)
+        RUN_KEY + ["corruption", "severity"], ignore_index=True
+    )
 
 
 def condition_scores(shift: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
@@ -92,10 +117,13 @@ def condition_scores(shift: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     severities), all (mean over corruptions and severities). Columns: RUN_KEY + condition + score."""
     clean = shift[shift["severity"] == 0]
     bad = shift[shift["severity"] > 0]
-    parts = [clean[RUN_KEY].assign(condition=CLEAN, score=clean[metric].to_numpy()),
-             bad.groupby(RUN_KEY + ["family"], as_index=False)[metric].mean()
-             .rename(columns={"family": "condition", metric: "score"}),
-             bad.groupby(RUN_KEY, as_index=False)[metric].mean().assign(condition=ALL).rename(columns={metric: "score"})]
+    parts = [
+        clean[RUN_KEY].assign(condition=CLEAN, score=clean[metric].to_numpy()),
+        bad.groupby(RUN_KEY + ["family"], as_index=False)[metric]
+        .mean()
+        .rename(columns={"family": "condition", metric: "score"}),
+        bad.groupby(RUN_KEY, as_index=False)[metric].mean().assign(condition=ALL).rename(columns={metric: "score"}),
+    ]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -106,8 +134,9 @@ def _with_score(runs: pd.DataFrame, scores: pd.DataFrame, condition: str, metric
     return merged.rename(columns={"score": stats.score_column(metric)})
 
 
-def verdicts(runs: pd.DataFrame, shift: pd.DataFrame, metric: str = "auc", rope: float = 0.01,
-             confidence: float = 0.95) -> pd.DataFrame:
+def verdicts(
+    runs: pd.DataFrame, shift: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95
+) -> pd.DataFrame:
     """Per cell, large arm and condition: the paired difference to the small partner and its decision
     (``stats.compare``), and for corrupted conditions the change of that gain from clean (``change``: the paired
     difference of differences, decided against the same ROPE: 'better' = the gain grows under shift, 'worse' =
@@ -123,26 +152,47 @@ def verdicts(runs: pd.DataFrame, shift: pd.DataFrame, metric: str = "auc", rope:
     for condition in conditions[1:]:
         shifted = _with_score(runs, scores, condition, metric)
         c = stats.compare(shifted, metric, rope, confidence, family=family)
-        pairs = stats.paired(shifted, metric).merge(clean_pairs, on=stats.CELL + ["arm", "seed", "small_arm"],
-                                                    suffixes=("", "_clean"))
+        pairs = stats.paired(shifted, metric).merge(
+            clean_pairs, on=stats.CELL + ["arm", "seed", "small_arm"], suffixes=("", "_clean")
+        )
         changes = []
         for key in c[stats.CELL + ["arm"]].itertuples(index=False, name=None):
             g = pairs[(pairs[stats.CELL + ["arm"]] == key).all(axis=1)]
             dd = (g["diff"] - g["diff_clean"]).to_numpy()
             if len(dd) >= stats.MIN_PAIRS:
                 a = stats.assess([dd], rope, confidence, family)
-                changes.append({"change": float(a["estimate"]), "change_lo": float(a["adj_lo"]),
-                                "change_hi": float(a["adj_hi"]), "change_decision": a["decision"]})
+                changes.append(
+                    {
+                        "change": float(a["estimate"]),
+                        "change_lo": float(a["adj_lo"]),
+                        "change_hi": float(a["adj_hi"]),
+                        "change_decision": a["decision"],
+                    }
+                )
             else:
-                changes.append({"change": float(dd.mean()) if len(dd) else math.nan, "change_lo": math.nan,
-                                "change_hi": math.nan, "change_decision": "undecided"})
-        out.append(pd.concat([c.assign(condition=condition, family=family), pd.DataFrame(changes, index=c.index)],
-                             axis=1))
+                changes.append(
+                    {
+                        "change": float(dd.mean()) if len(dd) else math.nan,
+                        "change_lo": math.nan,
+                        "change_hi": math.nan,
+                        "change_decision": "undecided",
+                    }
+                )
+        out.append(
+            pd.concat([c.assign(condition=condition, family=family), pd.DataFrame(changes, index=c.index)], axis=1)
+        )
     table_ = pd.concat(out, ignore_index=True)
     clean_decision = table_[table_["condition"] == CLEAN].set_index(stats.CELL + ["arm"])["decision"]
-    table_["reading"] = [reading(clean_decision.get(tuple(r[k] for k in stats.CELL + ["arm"]), "undecided"),
-                                 r["decision"], r.get("change_decision"))
-                         if r["condition"] != CLEAN else "" for _, r in table_.iterrows()]
+    table_["reading"] = [
+        reading(
+            clean_decision.get(tuple(r[k] for k in stats.CELL + ["arm"]), "undecided"),
+            r["decision"],
+            r.get("change_decision"),
+        )
+        if r["condition"] != CLEAN
+        else ""
+        for _, r in table_.iterrows()
+    ]
     return table_
 
 
@@ -167,7 +217,13 @@ def severity_curve(shift: pd.DataFrame, metric: str = "auc", confidence: float =
     rows_ = []
     for key, g in per_seed.groupby(["dataset", "size", "arm", "fraction", "severity"], sort=True):
         est, lo, hi = stats.t_interval([g[metric].to_numpy()], confidence)
-        rows_.append(dict(zip(["dataset", "size", "arm", "fraction", "severity"], key))
-                     | {"mean": float(est) if len(g) > 1 else float(g[metric].mean()), "lo": float(lo), "hi": float(hi),
-                        "seeds": len(g)})
+        rows_.append(
+            dict(zip(["dataset", "size", "arm", "fraction", "severity"], key))
+            | {
+                "mean": float(est) if len(g) > 1 else float(g[metric].mean()),
+                "lo": float(lo),
+                "hi": float(hi),
+                "seeds": len(g),
+            }
+        )
     return pd.DataFrame(rows_)

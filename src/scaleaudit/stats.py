@@ -65,8 +65,9 @@ def decide(lo, hi, rope: float):
     """Place an interval against the region of practical equivalence [-rope, +rope]: better (above it), worse
     (below it), equivalent (inside it) or undecided (across an edge, or no interval). Vectorised."""
     lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
-    out = np.select([lo > rope, hi < -rope, (lo >= -rope) & (hi <= rope)], ["better", "worse", "equivalent"],
-                    "undecided")
+    out = np.select(
+        [lo > rope, hi < -rope, (lo >= -rope) & (hi <= rope)], ["better", "worse", "equivalent"], "undecided"
+    )
     return str(out) if out.ndim == 0 else out
 
 
@@ -80,8 +81,14 @@ def assess(tasks: Sequence, rope: float, confidence: float, family: int = 1, int
     the simultaneous interval of the family, and the decision that interval supports."""
     estimate, lo, hi = interval(tasks, confidence)
     _, adj_lo, adj_hi = interval(tasks, family_confidence(confidence, family))
-    return {"estimate": estimate, "lo": lo, "hi": hi, "adj_lo": adj_lo, "adj_hi": adj_hi,
-            "decision": decide(adj_lo, adj_hi, rope)}
+    return {
+        "estimate": estimate,
+        "lo": lo,
+        "hi": hi,
+        "adj_lo": adj_lo,
+        "adj_hi": adj_hi,
+        "decision": decide(adj_lo, adj_hi, rope),
+    }
 
 
 def prob_improvement(diffs) -> float:
@@ -156,12 +163,35 @@ def paired(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 # --- per cell: each large arm against its small partner -------------------------------------------------------
 
 
-COMPARE_COLUMNS = CELL + ["arm", "small_arm", "small_choice", "n", "dropped", "large_mean", "small_mean", "diff", "lo",
-                          "hi", "adj_lo", "adj_hi", "family", "p_improve", "decision", "seeds_needed", "note"]
+COMPARE_COLUMNS = CELL + [
+    "arm",
+    "small_arm",
+    "small_choice",
+    "n",
+    "dropped",
+    "large_mean",
+    "small_mean",
+    "diff",
+    "lo",
+    "hi",
+    "adj_lo",
+    "adj_hi",
+    "family",
+    "p_improve",
+    "decision",
+    "seeds_needed",
+    "note",
+]
 
 
-def compare(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95,
-            family: int | None = None, interval: Interval = t_interval) -> pd.DataFrame:
+def compare(
+    runs: pd.DataFrame,
+    metric: str = "auc",
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    family: int | None = None,
+    interval: Interval = t_interval,
+) -> pd.DataFrame:
     """Per cell and large arm (every one that has a run, paired or not): the mean paired difference to the small
     partner with its t-interval, the simultaneous interval of the family of all comparisons (at least ``family``,
     e.g. the design's count, so missing cells do not loosen it) and the decision; thin cells are kept, with a note.
@@ -182,8 +212,14 @@ def compare(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confide
         row = dict(zip(CELL + ["arm"], key)) | {
             "small_arm": choices.index[0] if len(choices) else None,
             "small_choice": ", ".join(f"{a} ×{k}" for a, k in choices.items()) if len(choices) > 1 else "",
-            "n": len(g), "dropped": dropped, "large_mean": g["large"].mean(), "small_mean": g["small"].mean(),
-            "diff": g["diff"].mean(), "family": m, "p_improve": prob_improvement(g["diff"]), "seeds_needed": None,
+            "n": len(g),
+            "dropped": dropped,
+            "large_mean": g["large"].mean(),
+            "small_mean": g["small"].mean(),
+            "diff": g["diff"].mean(),
+            "family": m,
+            "p_improve": prob_improvement(g["diff"]),
+            "seeds_needed": None,
         }
         notes = [f"{dropped} run(s) with a non-finite score dropped"] if dropped else []
         if key[:3] not in has_small:
@@ -208,8 +244,9 @@ def compare(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confide
 # --- across tasks, per training fraction ---------------------------------------------------------------------------
 
 
-def overall(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95,
-            family: int | None = None) -> pd.DataFrame:
+def overall(
+    runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95, family: int | None = None
+) -> pd.DataFrame:
     """Per large arm and training fraction, across tasks (datasets at one image size) with at least MIN_PAIRS pairs:
     the mean of the task mean differences with its t-interval and the simultaneous interval of the family of all
     such summaries (at least ``family``), the decision, the IQM of all paired differences and the task-averaged
@@ -223,12 +260,20 @@ def overall(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confide
         c = cells[(cells["arm"] == arm) & (cells["fraction"] == fraction)]
         full, thin = c[c["n"] >= MIN_PAIRS], c[c["n"] < MIN_PAIRS]
         p = pairs[(pairs["arm"] == arm) & (pairs["fraction"] == fraction)]
-        tasks = [g["diff"].to_numpy() for k, g in p.groupby(TASK, sort=True)
-                 if k in set(zip(full["dataset"], full["size"]))]
-        row = {"arm": arm, "fraction": fraction, "tasks": len(tasks), "pairs": int(full["n"].sum()),
-               "thin": "; ".join(f"{r.dataset} @ {r.size} px ({r.n} pair(s))" for r in thin.itertuples()),
-               "dropped": int(c["dropped"].sum()), "iqm_diff": iqm(tasks), "family": m,
-               "p_improve": float(np.mean([prob_improvement(t) for t in tasks])) if tasks else math.nan}
+        tasks = [
+            g["diff"].to_numpy() for k, g in p.groupby(TASK, sort=True) if k in set(zip(full["dataset"], full["size"]))
+        ]
+        row = {
+            "arm": arm,
+            "fraction": fraction,
+            "tasks": len(tasks),
+            "pairs": int(full["n"].sum()),
+            "thin": "; ".join(f"{r.dataset} @ {r.size} px ({r.n} pair(s))" for r in thin.itertuples()),
+            "dropped": int(c["dropped"].sum()),
+            "iqm_diff": iqm(tasks),
+            "family": m,
+            "p_improve": float(np.mean([prob_improvement(t) for t in tasks])) if tasks else math.nan,
+        }
         if tasks:
             a = assess(tasks, rope, confidence, m)
             row |= {"mean_diff": float(a["estimate"])} | {k: float(a[k]) for k in ("lo", "hi", "adj_lo", "adj_hi")}
@@ -236,8 +281,26 @@ def overall(runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confide
         else:
             row |= dict.fromkeys(("mean_diff", "lo", "hi", "adj_lo", "adj_hi"), math.nan) | {"decision": "undecided"}
         rows.append(row)
-    return pd.DataFrame(rows, columns=["arm", "fraction", "tasks", "pairs", "thin", "dropped", "mean_diff", "iqm_diff",
-                                       "lo", "hi", "adj_lo", "adj_hi", "family", "p_improve", "decision"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "arm",
+            "fraction",
+            "tasks",
+            "pairs",
+            "thin",
+            "dropped",
+            "mean_diff",
+            "iqm_diff",
+            "lo",
+            "hi",
+            "adj_lo",
+            "adj_hi",
+            "family",
+            "p_improve",
+            "decision",
+        ],
+    )
 
 
 def score_summary(runs: pd.DataFrame, metric: str = "auc", confidence: float = 0.95) -> pd.DataFrame:
@@ -249,6 +312,16 @@ def score_summary(runs: pd.DataFrame, metric: str = "auc", confidence: float = 0
     for (arm, fraction), g in ok.groupby(["arm", "fraction"], sort=True):
         tasks = [t[col].to_numpy() for _, t in g.groupby(TASK, sort=True)]
         estimate, lo, hi = t_interval([t for t in tasks if len(t) >= 2], confidence)
-        rows.append({"arm": arm, "group": g["group"].iloc[0], "fraction": fraction, "tasks": len(tasks),
-                     "iqm": iqm(tasks), "mean": float(estimate), "lo": float(lo), "hi": float(hi)})
+        rows.append(
+            {
+                "arm": arm,
+                "group": g["group"].iloc[0],
+                "fraction": fraction,
+                "tasks": len(tasks),
+                "iqm": iqm(tasks),
+                "mean": float(estimate),
+                "lo": float(lo),
+                "hi": float(hi),
+            }
+        )
     return pd.DataFrame(rows, columns=["arm", "group", "fraction", "tasks", "iqm", "mean", "lo", "hi"])

@@ -92,7 +92,8 @@ def check_system_metrics() -> None:
         import psutil  # noqa: F401
     except ImportError as exc:
         raise ScaleauditError(
-            "tracking.system_metrics is on but psutil is not installed", "pip install psutil, or set tracking.system_metrics: false"
+            "tracking.system_metrics is on but psutil is not installed",
+            "pip install psutil, or set tracking.system_metrics: false",
         ) from exc
 
 
@@ -141,8 +142,12 @@ def retry(fn: Callable[[], T], attempts: int = 8, server: str | None = None) -> 
                         "from its last checkpoint and its MLflow run; or unset MLFLOW_TRACKING_URI / "
                         "tracking.uri to track in the embedded SQLite store",
                     ) from exc
-                print(f"MLflow tracking server {server} does not answer (attempt {attempt}, {waited:.0f} s): "
-                      f"retrying in {delay:.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"MLflow tracking server {server} does not answer (attempt {attempt}, {waited:.0f} s): "
+                    f"retrying in {delay:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 time.sleep(delay)
                 continue
             if "locked" not in str(exc).lower() or attempt >= attempts:
@@ -156,8 +161,9 @@ def _artifact_location(uri: str, artifact_root: str | os.PathLike | None) -> str
     return Path(artifact_root).resolve().as_uri()
 
 
-def find_experiment(client, uri: str, name: str, artifact_root: str | os.PathLike | None = None,
-                    own_store: bool = False) -> str:
+def find_experiment(
+    client, uri: str, name: str, artifact_root: str | os.PathLike | None = None, own_store: bool = False
+) -> str:
     """The id of experiment ``name`` in this store, created when missing; looked up by name, never cached.
 
     In a local store the experiment must keep its artifacts where this study's folder says. The
@@ -184,8 +190,12 @@ def find_experiment(client, uri: str, name: str, artifact_root: str | os.PathLik
                 "artifact folder; metrics.json and runs.csv keep every result), or name another experiment",
             )
         retry(lambda: _relocate_artifacts(_local_db(uri), experiment.artifact_location, location))
-        print(f"MLflow store {uri} was copied or moved: experiment {name!r} now keeps its artifacts in {location} "
-              f"(was {experiment.artifact_location})", file=sys.stderr, flush=True)
+        print(
+            f"MLflow store {uri} was copied or moved: experiment {name!r} now keeps its artifacts in {location} "
+            f"(was {experiment.artifact_location})",
+            file=sys.stderr,
+            flush=True,
+        )
     return experiment.experiment_id
 
 
@@ -195,12 +205,18 @@ def _relocate_artifacts(db: Path, old: str, new: str) -> None:
 
     old, new = old.rstrip("/"), new.rstrip("/")
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
-        con.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location IN (?, ?)", (new, old, old + "/"))
-        con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
-                    (new, len(old) + 1, len(old) + 1, old + "/"))
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE artifact_location IN (?, ?)", (new, old, old + "/")
+        )
+        con.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+            (new, len(old) + 1, len(old) + 1, old + "/"),
+        )
 
 
-def init_experiment(uri: str, name: str, artifact_root: str | os.PathLike, record_dir: str | os.PathLike | None = None) -> dict:
+def init_experiment(
+    uri: str, name: str, artifact_root: str | os.PathLike, record_dir: str | os.PathLike | None = None
+) -> dict:
     """Create (or find) the study's experiment, once before training jobs fan out; return its record.
 
     The study's own store (given ``record_dir``, the folder of the record) is recorded relative to it,
@@ -215,7 +231,10 @@ def init_experiment(uri: str, name: str, artifact_root: str | os.PathLike, recor
     record = {"tracking_uri": uri, "experiment": name, "experiment_id": experiment_id}
     db = _local_db(uri)
     if record_dir is not None and db is not None:
-        record["local_store"] = {"db": os.path.relpath(db, record_dir), "artifacts": os.path.relpath(artifact_root, record_dir)}
+        record["local_store"] = {
+            "db": os.path.relpath(db, record_dir),
+            "artifacts": os.path.relpath(artifact_root, record_dir),
+        }
     if db is not None:
         record["artifact_root"] = str(Path(artifact_root).resolve())
     return record
@@ -254,8 +273,9 @@ class TrackedRun:
         configure_client()
         check_reachable(uri)  # a server gone since init-tracking: fail now, not after retries
         self.client = mlflow.MlflowClient(tracking_uri=uri)
-        experiment_id = find_experiment(self.client, uri, tracking["experiment"], tracking.get("artifact_root"),
-                                        own_store="local_store" in tracking)
+        experiment_id = find_experiment(
+            self.client, uri, tracking["experiment"], tracking.get("artifact_root"), own_store="local_store" in tracking
+        )
         self.experiment_id = experiment_id
         identity = {k: tags[k] for k in IDENTITY_TAGS if k in tags}
         run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
@@ -273,8 +293,10 @@ class TrackedRun:
         if ours and all(old.data.tags.get(k) == v for k, v in identity.items()):
             self.run_id = run_id
             self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
-            self.logged = {key: {m.step for m in self._call(lambda: self.client.get_metric_history(run_id, key))}
-                           for key in old.data.metrics}
+            self.logged = {
+                key: {m.step for m in self._call(lambda: self.client.get_metric_history(run_id, key))}
+                for key in old.data.metrics
+            }
             return
         if ours:
             tags = tags | {"scaleaudit.supersedes": old.info.run_id}
@@ -305,8 +327,11 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if v is not None and step not in self.logged.get(k, ())]
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and step not in self.logged.get(k, ())
+        ]
         if batch:
             self._call(lambda: self.client.log_batch(self.run_id, metrics=batch))
             for m in batch:
@@ -320,7 +345,10 @@ class TrackedRun:
         if any(i.dataset.digest == digest[:36] for i in inputs):
             return
         dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=str(Path(path).resolve()))
-        tags = [InputTag("mlflow.data.context", context), InputTag("sha256", digest)]  # MLflow's digest holds 36 characters
+        tags = [
+            InputTag("mlflow.data.context", context),
+            InputTag("sha256", digest),
+        ]  # MLflow's digest holds 36 characters
         self._call(lambda: self.client.log_inputs(self.run_id, [DatasetInput(dataset, tags)]))
 
     def log_artifacts(self, paths: list[Path]) -> None:
@@ -337,8 +365,12 @@ class TrackedRun:
         import torch
 
         shutil.rmtree(staging, ignore_errors=True)
-        mlflow.pytorch.save_model(model, str(staging), serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                                                         "timm", "scaleaudit"])
+        mlflow.pytorch.save_model(
+            model,
+            str(staging),
+            serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", "scaleaudit"],
+        )
         self._call(lambda: self.client.log_artifacts(self.run_id, str(staging), "model"))
         shutil.rmtree(staging, ignore_errors=True)
 

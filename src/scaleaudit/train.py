@@ -55,8 +55,10 @@ def cuda_diagnosis() -> str:
         reason = "no CUDA device is visible"
     except Exception as exc:  # noqa: BLE001 - torch names the cause: no driver, driver too old, ...
         reason = str(exc).splitlines()[0]
-    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda}; {reason}; "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}")
+    return (
+        f"torch {torch.__version__} is built for CUDA {torch.version.cuda}; {reason}; "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}"
+    )
 
 
 def pick_device(requested: str) -> torch.device:
@@ -97,9 +99,15 @@ class BatchTransform:
     channels, as medmnist's ``as_rgb=True`` (PIL ``convert("RGB")``) makes them.
     """
 
-    def __init__(self, recipe: dict, in_chans: int, input_size: int, device: torch.device,
-                 memory_format: torch.memory_format = torch.contiguous_format,
-                 mean_std: tuple[tuple, tuple] | None = None):
+    def __init__(
+        self,
+        recipe: dict,
+        in_chans: int,
+        input_size: int,
+        device: torch.device,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        mean_std: tuple[tuple, tuple] | None = None,
+    ):
         mean, std = mean_std or MEAN_STD[recipe["normalize"]]
         self.rgb = bool(recipe.get("rgb"))
         in_chans = 3 if self.rgb else in_chans
@@ -125,7 +133,9 @@ class BatchTransform:
             x = F.pad(x, (before, self.size - h - before) * 2)
         elif h != self.size:
             mode = "nearest" if self.resize == "nearest" else "bilinear"
-            x = F.interpolate(x, size=(self.size, self.size), mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode=mode, **({} if mode == "nearest" else {"align_corners": False})
+            )
         return x.contiguous(memory_format=self.memory_format)
 
 
@@ -178,8 +188,15 @@ def _probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
 class Trainer:
     """Holds one run's data, model and optimisation state; ``fit`` is resumable from a checkpoint."""
 
-    def __init__(self, spec: dict, data_path: str | Path, weights: dict | None, device: torch.device, log=print,
-                 synthetic: bool = False):
+    def __init__(
+        self,
+        spec: dict,
+        data_path: str | Path,
+        weights: dict | None,
+        device: torch.device,
+        log=print,
+        synthetic: bool = False,
+    ):
         self.spec, self.device, self.log = spec, device, log
         arm, recipe = spec["arm_spec"], spec["recipe"]
         meta = data.info(spec["dataset"])
@@ -200,11 +217,14 @@ class Trainer:
         # step on CPU in bf16, nothing in fp32); transformers gain nothing from it.
         is_cnn = not models.is_transformer(models.split_name(arm["model"])[0])
         fmt = torch.channels_last if is_cnn and (device.type == "cuda" or self.bf16) else torch.contiguous_format
-        self.transform = BatchTransform(recipe, in_chans, self.input_size, device, memory_format=fmt,
-                                        mean_std=mean_std(recipe, arm))
+        self.transform = BatchTransform(
+            recipe, in_chans, self.input_size, device, memory_format=fmt, mean_std=mean_std(recipe, arm)
+        )
         self.model = models.build(arm, num_classes, in_chans, self.input_size, weights).to(device, memory_format=fmt)
         # measured (benchmarks/bench_conv.py): pays in bf16; in fp32, on contiguous tensors, it does not
-        self.gemm_convs = conv_gemm.adopt(self.model, in_chans, self.input_size) if device.type == "cpu" and self.bf16 else []
+        self.gemm_convs = (
+            conv_gemm.adopt(self.model, in_chans, self.input_size) if device.type == "cpu" and self.bf16 else []
+        )
         self.optimizer = _optimizer(recipe, [p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = _scheduler(recipe, self.optimizer)
         self.loss_fn = _loss_fn(self.task)
@@ -215,7 +235,9 @@ class Trainer:
         # probe votes among them. They are computed (or loaded) by prepare(), inside the run's metered time.
         self.knn = arm["train"] == "knn_probe"
         self.cached_features = features.usable(spec)
-        self._prepare = (lambda: self._use_cached_features(Path(data_path), weights, keep)) if self.cached_features else None
+        self._prepare = (
+            (lambda: self._use_cached_features(Path(data_path), weights, keep)) if self.cached_features else None
+        )
         self.net = self.model.get_classifier() if self.cached_features else self.model
         # compiles on the first step; the uncompiled self.model keeps its state_dict names for checkpoints
         compile_mode = spec["hardware"]["compile"]
@@ -237,12 +259,15 @@ class Trainer:
 
         def make() -> dict[str, torch.Tensor]:
             splits = data.load_splits(data_path, spec["dataset"], spec["size"], self.synthetic)
-            return {s: features.compute(self.model, self.transform, _on_device(x, self.device), bs, self.autocast)
-                    for s, (x, _) in splits.items()}
+            return {
+                s: features.compute(self.model, self.transform, _on_device(x, self.device), bs, self.autocast)
+                for s, (x, _) in splits.items()
+            }
 
         feats = features.load_or_compute(path, make, self.log)
-        self.tensors = {s: ((feats[s][keep] if s == "train" else feats[s]).to(self.device), y)
-                        for s, (_, y) in self.tensors.items()}
+        self.tensors = {
+            s: ((feats[s][keep] if s == "train" else feats[s]).to(self.device), y) for s, (_, y) in self.tensors.items()
+        }
 
     def prepare(self) -> None:
         """Swap the images for the frozen backbone's features, once (a probe); nothing for end-to-end training."""
@@ -264,8 +289,10 @@ class Trainer:
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         frozen = self._frozen()
         if set(missing) - frozen or unexpected:  # frozen weights may be absent, nothing else
-            raise RuntimeError(f"saved state does not fit the model: missing {sorted(set(missing) - frozen)[:3]}, "
-                               f"unexpected {unexpected[:3]}")
+            raise RuntimeError(
+                f"saved state does not fit the model: missing {sorted(set(missing) - frozen)[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
 
     def save(self, path: Path) -> None:
         ckpt = {
@@ -280,7 +307,9 @@ class Trainer:
             "state": self.state,
         }
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            torch.save(ckpt, fh)  # through a Python file: a full disk is an OSError with its errno, not a bare RuntimeError
+            torch.save(
+                ckpt, fh
+            )  # through a Python file: a full disk is an OSError with its errno, not a bare RuntimeError
 
     def load(self, path: Path) -> bool:
         """Resume from ``path`` if it holds this run's configuration; checkpoints load without pickled code."""
@@ -369,8 +398,12 @@ class Trainer:
         return metrics.evaluate(self.labels[split], probs, self.task) | {"loss": loss}, probs
 
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self, checkpoint: Path, on_epoch: Callable[[dict], None] = lambda row: None,
-            checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> None:
+    def fit(
+        self,
+        checkpoint: Path,
+        on_epoch: Callable[[dict], None] = lambda row: None,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    ) -> None:
         """Train to the recipe's end; checkpoint after the first epoch and the last, and in between once
         ``checkpoint_every_s`` and 1/CHECKPOINT_SHARE times the last save's duration have passed (0: every epoch)."""
         self.prepare()
@@ -424,8 +457,9 @@ class Trainer:
         (one index for all of them)."""
         k = min(self.spec["arm_spec"].get("knn_k", knn.K), self.n_train)
         support, support_labels = (t.cpu().numpy() for t in self.tensors["train"])
-        return knn.vote_shares(support, support_labels, queries, k, self.task,
-                               data.info(self.spec["dataset"])["n_classes"])
+        return knn.vote_shares(
+            support, support_labels, queries, k, self.task, data.info(self.spec["dataset"])["n_classes"]
+        )
 
     def _knn_test(self) -> tuple[dict, dict, np.ndarray]:
         """Val and test metrics of the k-nearest-neighbour vote; a vote has no loss."""
@@ -444,6 +478,7 @@ def exit_on_sigterm() -> None:
     Temporary files are removed and the MLflow run is marked KILLED; the checkpoint of the last
     finished epoch stays, and the requeued job resumes from it. Call it from the main thread.
     """
+
     def handler(signum, frame):
         raise Terminated(128 + signum)
 
@@ -464,8 +499,10 @@ def configure_torch(seed: int, threads: int | None, determinism: str = "determin
     if determinism == "deterministic":
         workspace = os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         if workspace not in (":4096:8", ":16:8"):
-            raise ScaleauditError(f"CUBLAS_WORKSPACE_CONFIG={workspace!r} makes cuBLAS non-deterministic",
-                                  "unset it (or use :4096:8 or :16:8), or set hardware.determinism: fast")
+            raise ScaleauditError(
+                f"CUBLAS_WORKSPACE_CONFIG={workspace!r} makes cuBLAS non-deterministic",
+                "unset it (or use :4096:8 or :16:8), or set hardware.determinism: fast",
+            )
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     else:
@@ -475,19 +512,42 @@ def configure_torch(seed: int, threads: int | None, determinism: str = "determin
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 
-def run(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, weights: dict | None,
-        threads: int | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S, runs_per_gpu: int = 1) -> dict:
+def run(
+    spec: dict,
+    data_record: dict,
+    out_dir: Path,
+    tracking: dict | None,
+    weights: dict | None,
+    threads: int | None = None,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    runs_per_gpu: int = 1,
+) -> dict:
     """Train, select on validation, test once, and write ``metrics.json`` and ``predictions.npz``."""
+
     def log(msg: str) -> None:
-        print(f"[{spec['arm']} {spec['dataset']}@{spec['size']} f={spec['fraction']} s={spec['seed']}] {msg}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{spec['arm']} {spec['dataset']}@{spec['size']} f={spec['fraction']} s={spec['seed']}] {msg}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     with jobcontrol.locked_run_folder(out_dir):
-        return _run_locked(spec, data_record, out_dir, tracking, weights, threads, checkpoint_every_s, runs_per_gpu, log)
+        return _run_locked(
+            spec, data_record, out_dir, tracking, weights, threads, checkpoint_every_s, runs_per_gpu, log
+        )
 
 
-def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | None, weights: dict | None,
-                threads: int | None, checkpoint_every_s: float, runs_per_gpu: int, log: Callable[[str], None]) -> dict:
+def _run_locked(
+    spec: dict,
+    data_record: dict,
+    out_dir: Path,
+    tracking: dict | None,
+    weights: dict | None,
+    threads: int | None,
+    checkpoint_every_s: float,
+    runs_per_gpu: int,
+    log: Callable[[str], None],
+) -> dict:
     run_spec = RunSpec.from_dict(spec)
     write_json(out_dir / "run_config.json", spec)
     if weights is not None:
@@ -505,25 +565,39 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
             from .tracking import TrackedRun
 
             run_name = f"{spec['arm']}/{spec['dataset']}_{spec['size']}/f{spec['fraction']}/s{spec['seed']}"
-            tracked = TrackedRun(tracking, out_dir / "mlflow_run_id", run_name=run_name,
-                                 tags=_tags(spec, data_record, weights))
-            tracked.log_params(_params(spec, data_record, weights, trainer.n_train)
-                               | settings.as_params(settings.recorded(data_record, weights, tracking)))
-            tracked.log_input(Path(data_record["file"]), f"{spec['dataset']}_{spec['size']}", data_record["sha256"],
-                              context="training")
+            tracked = TrackedRun(
+                tracking, out_dir / "mlflow_run_id", run_name=run_name, tags=_tags(spec, data_record, weights)
+            )
+            tracked.log_params(
+                _params(spec, data_record, weights, trainer.n_train)
+                | settings.as_params(settings.recorded(data_record, weights, tracking))
+            )
+            tracked.log_input(
+                Path(data_record["file"]),
+                f"{spec['dataset']}_{spec['size']}",
+                data_record["sha256"],
+                context="training",
+            )
 
-        size_info = cost.parameters(trainer.model) | {
-            "flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
-        } | ({"trainable_params": 0} if trainer.knn else {})  # a vote trains nothing, not even its unused head
-        log(f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
+        size_info = (
+            cost.parameters(trainer.model)
+            | {"flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)}
+            | ({"trainable_params": 0} if trainer.knn else {})
+        )  # a vote trains nothing, not even its unused head
+        log(
+            f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
             f"{trainer.n_train} training images on {device} in {trainer.precision}"
-            + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else ""))
+            + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else "")
+        )
         previous_seconds = sum(r["seconds"] for r in trainer.state["history"])
         monitor = _system_metrics(tracked, tracking)
         with cost.EnergyMeter(spec["hardware"]["country_iso_code"]) as meter:
             # waiting for the tracking store is neither training time nor training energy
-            on_epoch = (lambda row: meter.excluding(lambda: tracked.log_metrics(row, step=row["epoch"]))) if tracked \
+            on_epoch = (
+                (lambda row: meter.excluding(lambda: tracked.log_metrics(row, step=row["epoch"])))
+                if tracked
                 else (lambda row: None)
+            )
             trainer.fit(checkpoint, on_epoch=on_epoch, checkpoint_every_s=checkpoint_every_s)
             val, test, probs = trainer.test()
     except BaseException as exc:
@@ -542,7 +616,9 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
         val=val,
         test=test,
         history=trainer.state["history"],
-        cost=size_info | meter.result(gpu_share=1 / share) | {
+        cost=size_info
+        | meter.result(gpu_share=1 / share)
+        | {
             "train_seconds": train_seconds,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "precision": trainer.precision,
@@ -550,14 +626,22 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
             "accelerator_hours": train_seconds / 3600 / share if device.type == "cuda" else 0.0,
             "runs_per_gpu": share,
             "peak_mem_mb": cost.peak_memory_mb(device),
-            "train_flops": cost.training_flops(size_info["flops_per_image"], trainer.n_train, trainer.state["epoch"],
-                                               spec["arm_spec"], trainer.cached_features),
+            "train_flops": cost.training_flops(
+                size_info["flops_per_image"],
+                trainer.n_train,
+                trainer.state["epoch"],
+                spec["arm_spec"],
+                trainer.cached_features,
+            ),
         },
-        provenance=provenance.record() | {
+        provenance=provenance.record()
+        | {
             "data": {k: data_record[k] for k in ("file", "source", "sha256", "verified_against")},
             "weights": weights,
         },
-        tracking=None if tracked is None else {"run_id": tracked.run_id, "experiment_id": tracked.experiment_id}
+        tracking=None
+        if tracked is None
+        else {"run_id": tracked.run_id, "experiment_id": tracked.experiment_id}
         | {k: tracking[k] for k in ("tracking_uri", "experiment")},
     )
     labels = trainer.labels["test"]
@@ -568,9 +652,12 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, labels=labels, probabilities=probs)
         if tracked is not None:
-            tracked.log_metrics({f"test_{k}": v for k, v in test.items() if v is not None}  # a kNN vote has no loss
-                                | {f"best_val_{k}": v for k, v in val.items() if v is not None}
-                                | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}, step=trainer.state["epoch"])
+            tracked.log_metrics(
+                {f"test_{k}": v for k, v in test.items() if v is not None}  # a kNN vote has no loss
+                | {f"best_val_{k}": v for k, v in val.items() if v is not None}
+                | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))},
+                step=trainer.state["epoch"],
+            )
             tracked.log_artifacts([out_dir / "run_config.json", out_dir / PREDICTIONS, out_dir / BEST_WEIGHTS])
             if tracking.get("log_model"):
                 tracked.log_model(trainer.model, out_dir / "mlflow_model")
@@ -583,7 +670,9 @@ def _run_locked(spec: dict, data_record: dict, out_dir: Path, tracking: dict | N
         _end_failed(tracked, monitor, exc, log)
         raise
     checkpoint.unlink(missing_ok=True)
-    log(f"test auc {test['auc']:.4f} acc {test['acc']:.4f} (best epoch {trainer.state['best_epoch']}, {train_seconds:.0f} s)")
+    log(
+        f"test auc {test['auc']:.4f} acc {test['acc']:.4f} (best epoch {trainer.state['best_epoch']}, {train_seconds:.0f} s)"
+    )
     return result
 
 
@@ -628,8 +717,10 @@ def _end_failed(tracked, monitor, exc: BaseException, log: Callable[[str], None]
     try:
         tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
     except Exception as end_exc:  # noqa: BLE001 - the first error is the one to report
-        log(f"could not mark MLflow run {tracked.run_id} as failed ({str(end_exc).splitlines()[0]}); "
-            "it is ended when the job runs again")
+        log(
+            f"could not mark MLflow run {tracked.run_id} as failed ({str(end_exc).splitlines()[0]}); "
+            "it is ended when the job runs again"
+        )
 
 
 def _system_metrics(tracked, tracking: dict | None):
@@ -647,31 +738,53 @@ def _tags(spec: dict, data_record: dict, weights: dict | None) -> dict[str, str]
     """Tags group a cell's seeds in the MLflow UI; the identity tags tie the run to one spec, data and weights."""
     code = provenance.code_version()
     arm = spec["arm_spec"]
-    note = (f"{spec['arm']} ({arm['model']}, {'pretrained' if arm['pretrained'] else 'from scratch'}, {arm['train']}) "
-            f"on {spec['dataset']} at {spec['size']} px, {spec['fraction']:g} of the training set, seed {spec['seed']}; "
-            f"recipe {spec['recipe']['name']}, study {spec['study']}")
+    note = (
+        f"{spec['arm']} ({arm['model']}, {'pretrained' if arm['pretrained'] else 'from scratch'}, {arm['train']}) "
+        f"on {spec['dataset']} at {spec['size']} px, {spec['fraction']:g} of the training set, seed {spec['seed']}; "
+        f"recipe {spec['recipe']['name']}, study {spec['study']}"
+    )
     return {
-        "study": spec["study"], "dataset": spec["dataset"], "size": str(spec["size"]), "arm": spec["arm"],
-        "group": arm["group"], "fraction": f"{spec['fraction']:g}", "seed": str(spec["seed"]),
+        "study": spec["study"],
+        "dataset": spec["dataset"],
+        "size": str(spec["size"]),
+        "arm": spec["arm"],
+        "group": arm["group"],
+        "fraction": f"{spec['fraction']:g}",
+        "seed": str(spec["seed"]),
         "cell": f"{spec['dataset']}_{spec['size']}/{spec['arm']}/f{spec['fraction']:g}",
         "weights_published": str(bool(weights and weights["published"])) if arm["pretrained"] else "n/a",
-        "config_hash": spec["config_hash"], "data_sha256": data_record["sha256"],
+        "config_hash": spec["config_hash"],
+        "data_sha256": data_record["sha256"],
         "weights_sha256": weights["sha256"] if weights else "n/a",
-        "mlflow.source.git.commit": code["commit"], "mlflow.note.content": note,
+        "mlflow.source.git.commit": code["commit"],
+        "mlflow.note.content": note,
     }
 
 
 def _params(spec: dict, data_record: dict, weights: dict | None, n_train: int) -> dict:
     code = provenance.code_version()
     params = {
-        "dataset": spec["dataset"], "size": spec["size"], "arm": spec["arm"], "fraction": spec["fraction"],
-        "seed": spec["seed"], "round": spec.get("round", 1), "config_hash": spec["config_hash"],
+        "dataset": spec["dataset"],
+        "size": spec["size"],
+        "arm": spec["arm"],
+        "fraction": spec["fraction"],
+        "seed": spec["seed"],
+        "round": spec.get("round", 1),
+        "config_hash": spec["config_hash"],
         "data_sha256": data_record["sha256"],
-        "git_commit": code["commit"], "git_dirty": code["dirty"], "n_train": n_train,
-        "model": spec["arm_spec"]["model"], "pretrained": spec["arm_spec"]["pretrained"], "recipe": spec["recipe"]["name"],
+        "git_commit": code["commit"],
+        "git_dirty": code["dirty"],
+        "n_train": n_train,
+        "model": spec["arm_spec"]["model"],
+        "pretrained": spec["arm_spec"]["pretrained"],
+        "recipe": spec["recipe"]["name"],
         "model_definition": spec["arm_spec"].get("definition") or f"timm {timm.__version__}",
     }
     params |= {f"recipe.{k}": v for k, v in spec["recipe"].items() if k != "name"}
     if weights is not None:
-        params |= {"weights_source": weights["source"], "weights_sha256": weights["sha256"], "weights_published": weights["published"]}
+        params |= {
+            "weights_source": weights["source"],
+            "weights_sha256": weights["sha256"],
+            "weights_published": weights["published"],
+        }
     return params

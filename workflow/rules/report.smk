@@ -9,14 +9,14 @@ rule resolve_config:
     environment: scaleaudit/settings.py); the report's Methods are generated from it."""
     output:
         f"{RESULTS}/config.resolved.json",
-    params:
-        config=json.dumps(config, sort_keys=True),
-        # not read by the command (it resolves them itself, in this environment): a changed override re-runs it
-        settings=json.dumps(SETTINGS, sort_keys=True),
     log:
         f"{LOGS}/resolve_config.log",
     conda:
         CONDA_ENV
+    params:
+        config=json.dumps(config, sort_keys=True),
+        # not read by the command (it resolves them itself, in this environment): a changed override re-runs it
+        settings=json.dumps(SETTINGS, sort_keys=True),
     shell:
         "scaleaudit validate-config --inline {params.config:q} --resolved {output} > {log} 2>&1"
 
@@ -52,12 +52,12 @@ rule report:
             category="Figures",
             labels={"figure": "{figure}"},
         ),
-    params:
-        shift=lambda wildcards, input: f"--shift {input.shift}" if input.shift else "",
     log:
         f"{LOGS}/report.log",
     conda:
         CONDA_ENV
+    params:
+        shift=lambda wildcards, input: f"--shift {input.shift}" if input.shift else "",
     shell:
         "scaleaudit report --runs {input.runs} --config {input.config} --metrics {input.metrics} "
         "--assets {output.assets} --out {output.pdf} {params.shift} > {log} 2>&1"

@@ -29,16 +29,16 @@ rule corrupt_test_set:
     output:
         npz=f"{CORRUPTED}.npz",
         record=f"{CORRUPTED}.json",
-    params:
-        python=SHIFT_PYTHON,
-        seed=SHIFT["seed"],
     log:
         "logs/data/corrupted/{dataset}_{size}.log",
+    conda:
+        "../../envs/medmnistc.yaml"
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/medmnistc.yaml"
+    params:
+        python=SHIFT_PYTHON,
+        seed=SHIFT["seed"],
     shell:
         "{params.python} -m scaleaudit.corrupt --data {input.data} --dataset {wildcards.dataset} "
         "--size {wildcards.size} --seed {params.seed} --out {output.npz} --record {output.record} > {log} 2>&1"
@@ -54,17 +54,17 @@ rule shift_eval:
         weights=weights_record,
     output:
         f"{RUN_DIR}/shift.json",
-    params:
-        run=lambda wildcards, input: Path(input.metrics).parent,
-        weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
     log:
         f"{LOGS}/shift/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}_seed{{seed}}.log",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=train_resource("mem_mb", 2000),
         runtime=train_resource("runtime", 10),
-    conda:
-        CONDA_ENV
+    params:
+        run=lambda wildcards, input: Path(input.metrics).parent,
+        weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
     shell:
         "scaleaudit shift-eval --run {params.run} --corrupted {input.corrupted} --data {input.record} "
         "{params.weights} --threads {threads} --out {output} > {log} 2>&1"

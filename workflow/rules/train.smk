@@ -11,13 +11,12 @@ rule train:
         tracking=f"{RESULTS}/tracking.json",
     output:
         metrics=f"{RUN_DIR}/metrics.json",
-    params:
-        spec=run_spec,
-        outdir=lambda wildcards, output: Path(output.metrics).parent,
-        weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
-        share=runs_per_gpu,
     log:
         f"{LOGS}/train/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}_seed{{seed}}.log",
+    group:
+        train_group
+    conda:
+        CONDA_ENV
     threads: train_resource("cpus", 1)
     resources:
         mem_mb=train_resource("mem_mb", 2000),
@@ -25,10 +24,11 @@ rule train:
         gpu=train_gpu,
         gres=train_gres,
         gpu_slots=train_gpu_slots,
-    group:
-        train_group
-    conda:
-        CONDA_ENV
+    params:
+        spec=run_spec,
+        outdir=lambda wildcards, output: Path(output.metrics).parent,
+        weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
+        share=runs_per_gpu,
     shell:
         "scaleaudit train --spec {params.spec:q} --data {input.record} {params.weights} "
         "--tracking {input.tracking} --out {params.outdir} --threads {threads} --runs-per-gpu {params.share} > {log} 2>&1"

@@ -23,17 +23,50 @@ from .. import plan
 from . import curves
 from ..files import atomic_path, read_json, write_text
 from .document import Document, Figure, Heading, PageBreak, Para, Table, esc, to_markdown, to_typst
-from .results import NOT_PUBLISHED, TEXT_COLUMNS, Results, arm_labels, data_efficiency, families, missing_runs, read_runs
+from .results import (
+    NOT_PUBLISHED,
+    TEXT_COLUMNS,
+    Results,
+    arm_labels,
+    data_efficiency,
+    families,
+    missing_runs,
+    read_runs,
+)
 from .sections import document, verdict_sentence
 
-__all__ = ["NOT_PUBLISHED", "TEXT_COLUMNS", "Document", "Figure", "Heading", "PageBreak", "Para", "Results", "Table",
-           "arm_labels", "build", "data_efficiency", "document", "esc", "families", "missing_runs", "read_runs",
-           "to_markdown", "to_typst", "verdict_sentence"]
+__all__ = [
+    "NOT_PUBLISHED",
+    "TEXT_COLUMNS",
+    "Document",
+    "Figure",
+    "Heading",
+    "PageBreak",
+    "Para",
+    "Results",
+    "Table",
+    "arm_labels",
+    "build",
+    "data_efficiency",
+    "document",
+    "esc",
+    "families",
+    "missing_runs",
+    "read_runs",
+    "to_markdown",
+    "to_typst",
+    "verdict_sentence",
+]
 
 
-def build(runs_csv: str | os.PathLike, config_json: str | os.PathLike, out_pdf: str | os.PathLike,
-          assets: str | os.PathLike | None = None, metrics: list[str | os.PathLike] | None = None,
-          shift_csv: str | os.PathLike | None = None) -> None:
+def build(
+    runs_csv: str | os.PathLike,
+    config_json: str | os.PathLike,
+    out_pdf: str | os.PathLike,
+    assets: str | os.PathLike | None = None,
+    metrics: list[str | os.PathLike] | None = None,
+    shift_csv: str | os.PathLike | None = None,
+) -> None:
     """Write the PDF and, next to it, the same report as Markdown (``.md``); figures go to ``assets``. With the
     runs' ``metrics`` files, the report adds their learning curves and reliability diagrams; with the shift table
     (runs_shift.csv), the robustness section."""

@@ -35,17 +35,22 @@ def load(metrics_files: list[str | os.PathLike], runs: pd.DataFrame) -> Curves:
             raise ScaleauditError(
                 f"{path} is not a run of the run table (no row with its dataset, size, fraction, arm, seed and config "
                 f"hash {result.run.config_hash})",
-                "give the report the metrics.json files the run table was aggregated from (re-run aggregate)")
+                "give the report the metrics.json files the run table was aggregated from (re-run aggregate)",
+            )
         predictions = Path(path).parent / PREDICTIONS
         if not predictions.exists():
-            raise ScaleauditError(f"{predictions} is missing: every finished run writes it before metrics.json",
-                                  "delete the run folder and train the run again")
+            raise ScaleauditError(
+                f"{predictions} is missing: every finished run writes it before metrics.json",
+                "delete the run folder and train the run again",
+            )
         with np.load(predictions) as p:
             curve = metrics.reliability(p["labels"], p["probabilities"], result.task)
         history.append(pd.DataFrame(result.history).assign(**key))
         reliability.append(pd.DataFrame(curve).assign(**key))
         seen.add(tuple(key.values()))
     missing = runs[[tuple(k) not in seen for k in runs[RUN_KEY].itertuples(index=False)]][RUN_KEY]
-    return Curves(history=pd.concat(history, ignore_index=True) if history else pd.DataFrame(columns=RUN_KEY),
-                  reliability=pd.concat(reliability, ignore_index=True) if reliability else pd.DataFrame(columns=RUN_KEY),
-                  missing=missing.reset_index(drop=True))
+    return Curves(
+        history=pd.concat(history, ignore_index=True) if history else pd.DataFrame(columns=RUN_KEY),
+        reliability=pd.concat(reliability, ignore_index=True) if reliability else pd.DataFrame(columns=RUN_KEY),
+        missing=missing.reset_index(drop=True),
+    )

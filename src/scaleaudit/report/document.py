@@ -88,14 +88,20 @@ def to_typst(doc: Document) -> str:
         elif isinstance(b, Para):
             out.append(f"*{esc(b.text)}*" if b.strong else esc(b.text))
         elif isinstance(b, Table):
-            cols = "(" + ", ".join(f"{w}fr" if w else "auto" for w in b.widths) + ")" if b.widths else str(len(b.header))
+            cols = (
+                "(" + ", ".join(f"{w}fr" if w else "auto" for w in b.widths) + ")" if b.widths else str(len(b.header))
+            )
             head = ", ".join(f"[*{esc(h)}*]" for h in b.header)
             body = ", ".join(_typst_cell(c) for r in b.rows for c in r)
-            table = (f"#[#set text(size: {b.size}pt)\n#table(columns: {cols}, stroke: 0.4pt + gray, inset: 2.5pt, "
-                     f"align: left, table.header({head}), {body})]")
+            table = (
+                f"#[#set text(size: {b.size}pt)\n#table(columns: {cols}, stroke: 0.4pt + gray, inset: 2.5pt, "
+                f"align: left, table.header({head}), {body})]"
+            )
             out.append(f"#figure(kind: table, caption: [{esc(b.caption)}])[{table}]" if b.caption else table)
         elif isinstance(b, Figure):
-            out.append(f'#figure(image("{b.path.name}", width: {_print_width(b.path):.1f}cm), caption: [{esc(b.caption)}])')
+            out.append(
+                f'#figure(image("{b.path.name}", width: {_print_width(b.path):.1f}cm), caption: [{esc(b.caption)}])'
+            )
         elif isinstance(b, PageBreak):
             out.append("#pagebreak()")
     return "\n\n".join(out) + "\n"
@@ -123,4 +129,3 @@ def to_markdown(doc: Document, figures_from: Path) -> str:
         elif isinstance(b, Figure):
             out.append(f"![{_md(b.caption)}]({os.path.relpath(b.path, figures_from)})\n\n_{_md(b.caption)}_")
     return "\n\n".join(out) + "\n"
-

@@ -29,7 +29,10 @@ from .results import Results  # noqa: E402
 PALETTE = "colorblind"
 DATASETS_PER_FIGURE = 4
 DECISION_STYLE = {  # colour-blind-safe colours (Okabe-Ito) and distinct markers, so print in grey still works
-    "better": ("#0072B2", "^"), "equivalent": ("#999999", "o"), "worse": ("#D55E00", "v"), "undecided": ("#CC79A7", "D"),
+    "better": ("#0072B2", "^"),
+    "equivalent": ("#999999", "o"),
+    "worse": ("#D55E00", "v"),
+    "undecided": ("#CC79A7", "D"),
 }
 
 
@@ -50,14 +53,21 @@ class Canvas:
         group = res.runs.groupby("arm")["group"].first()
         order = [res.labels[a] for a in sorted(res.labels, key=lambda a: (group[a] != "small", a))]
         runs = res.runs.assign(arm_label=res.runs["arm"].map(res.labels))
-        return cls(res=res, runs=runs, order=order, colours=dict(zip(order, sns.color_palette(PALETTE, len(order)))),
-                   summary=res.summary.assign(arm_label=res.summary["arm"].map(res.labels),
-                                              front=ledger.pareto_front(res.summary)),
-                   tasks=sorted(set(zip(runs["dataset"], runs["size"]))), fractions=sorted(runs["fraction"].unique()))
+        return cls(
+            res=res,
+            runs=runs,
+            order=order,
+            colours=dict(zip(order, sns.color_palette(PALETTE, len(order)))),
+            summary=res.summary.assign(
+                arm_label=res.summary["arm"].map(res.labels), front=ledger.pareto_front(res.summary)
+            ),
+            tasks=sorted(set(zip(runs["dataset"], runs["size"]))),
+            fractions=sorted(runs["fraction"].unique()),
+        )
 
     @property
     def parts(self) -> list[list[tuple[str, int]]]:
-        return [self.tasks[i:i + DATASETS_PER_FIGURE] for i in range(0, len(self.tasks), DATASETS_PER_FIGURE)]
+        return [self.tasks[i : i + DATASETS_PER_FIGURE] for i in range(0, len(self.tasks), DATASETS_PER_FIGURE)]
 
     @property
     def verdict(self) -> dict:
@@ -70,21 +80,38 @@ class Canvas:
     def grid(self, part, height, width=None, **kw):
         """A row per dataset of the part, a column per training fraction."""
         ncol = len(self.fractions)
-        return plt.subplots(len(part), ncol, squeeze=False, layout="constrained",
-                            figsize=(width or min(max(3.3 * ncol, 5.0), 7.5), height * len(part)), **kw)
+        return plt.subplots(
+            len(part),
+            ncol,
+            squeeze=False,
+            layout="constrained",
+            figsize=(width or min(max(3.3 * ncol, 5.0), 7.5), height * len(part)),
+            **kw,
+        )
 
     def panels(self, n: int, width: float, height: float):
         """``n`` panels with a shared y-axis, three to a row; the grid's unused panels are hidden."""
         wrap = min(n, 3)
-        fig, axes = plt.subplots(math.ceil(n / wrap), wrap, squeeze=False, sharey=True, layout="constrained",
-                                 figsize=(width * wrap, height * math.ceil(n / wrap)))
+        fig, axes = plt.subplots(
+            math.ceil(n / wrap),
+            wrap,
+            squeeze=False,
+            sharey=True,
+            layout="constrained",
+            figsize=(width * wrap, height * math.ceil(n / wrap)),
+        )
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
         return fig, list(axes.flat)[:n]
 
     def arm_legend(self, fig, labels):
-        fig.legend(handles=[plt.Line2D([], [], marker="o", color=self.colours[lbl], label=lbl) for lbl in labels],
-                   loc="outside upper center", ncol=2, fontsize=8, frameon=False)
+        fig.legend(
+            handles=[plt.Line2D([], [], marker="o", color=self.colours[lbl], label=lbl) for lbl in labels],
+            loc="outside upper center",
+            ncol=2,
+            fontsize=8,
+            frameon=False,
+        )
 
     def per_run(self, table: pd.DataFrame, dataset, size, fraction):
         """The rows of a per-run table (curves) of one cell, grouped by run: ((arm label, seed), rows)."""
@@ -93,17 +120,38 @@ class Canvas:
 
     def strips(self, part, column: str, xlabel: str):
         """Each seed's value of ``column`` per arm (a strip), with the mean ± sd, per dataset and fraction."""
-        fig, axes = self.grid(part, 0.22 * len(self.order) + 0.8, width=6.5 if len(self.fractions) > 1 else 5.5,
-                              sharey=True, sharex="row")
+        fig, axes = self.grid(
+            part, 0.22 * len(self.order) + 0.8, width=6.5 if len(self.fractions) > 1 else 5.5, sharey=True, sharex="row"
+        )
         runs, order = self.runs, self.order
         for i, (dataset, size) in enumerate(part):
             for j, fraction in enumerate(self.fractions):
                 ax = axes[i, j]
                 d = runs[(runs["dataset"] == dataset) & (runs["size"] == size) & (runs["fraction"] == fraction)]
-                sns.stripplot(data=d, x=column, y="arm_label", order=order, hue="arm_label", hue_order=order,
-                              palette=self.colours, size=5, jitter=0.15, legend=False, ax=ax)
-                sns.pointplot(data=d, x=column, y="arm_label", order=order, color="black", markers="|",
-                              errorbar="sd", linestyle="none", ax=ax)
+                sns.stripplot(
+                    data=d,
+                    x=column,
+                    y="arm_label",
+                    order=order,
+                    hue="arm_label",
+                    hue_order=order,
+                    palette=self.colours,
+                    size=5,
+                    jitter=0.15,
+                    legend=False,
+                    ax=ax,
+                )
+                sns.pointplot(
+                    data=d,
+                    x=column,
+                    y="arm_label",
+                    order=order,
+                    color="black",
+                    markers="|",
+                    errorbar="sd",
+                    linestyle="none",
+                    ax=ax,
+                )
                 self.title(ax, dataset, size, fraction)
                 ax.set(xlabel="", ylabel="")
         fig.supxlabel(xlabel, fontsize=9)
@@ -112,7 +160,9 @@ class Canvas:
 
 def scores(cv: Canvas, part):
     """Test metric of every run per arm, per dataset and fraction."""
-    return cv.strips(part, f"test_{cv.verdict['metric']}", f"test {cv.res.metric} (each point a seed; black: mean ± sd)")
+    return cv.strips(
+        part, f"test_{cv.verdict['metric']}", f"test {cv.res.metric} (each point a seed; black: mean ± sd)"
+    )
 
 
 def calibration(cv: Canvas, part):
@@ -126,8 +176,15 @@ def forest(cv: Canvas):
     if not len(c):
         return None
     rows = sorted(set(zip(c["dataset"], c["size"], c["arm"])), reverse=True)
-    fig, axes = plt.subplots(1, len(fractions), squeeze=False, sharey=True, sharex=True, layout="constrained",
-                             figsize=(7.0 if len(fractions) > 1 else 5.0, 0.28 * len(rows) + 1.2))
+    fig, axes = plt.subplots(
+        1,
+        len(fractions),
+        squeeze=False,
+        sharey=True,
+        sharex=True,
+        layout="constrained",
+        figsize=(7.0 if len(fractions) > 1 else 5.0, 0.28 * len(rows) + 1.2),
+    )
     for ax, fraction in zip(axes[0], fractions):
         ax.axvspan(-v["rope"], v["rope"], color="0.85", zorder=0)
         ax.axvline(0, color="0.4", lw=0.8)
@@ -146,11 +203,17 @@ def forest(cv: Canvas):
             ax.set_title(f"{fraction:g} of train", fontsize=9)
     axes[0, 0].set_yticks(range(len(rows)), [f"{d} @ {s} px: {res.labels[a]}" for d, s, a in rows])
     handles = [plt.Rectangle((0, 0), 1, 1, color="0.85", label=f"ROPE ±{v['rope']:g}")]
-    handles += [plt.Line2D([], [], marker=m, color=col, ls="none", label=d)
-                for d, (col, m) in DECISION_STYLE.items() if d in set(c["decision"])]
+    handles += [
+        plt.Line2D([], [], marker=m, color=col, ls="none", label=d)
+        for d, (col, m) in DECISION_STYLE.items()
+        if d in set(c["decision"])
+    ]
     fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.supxlabel(f"{res.metric}: large arm − small partner (mean paired difference; thick: {v['confidence']:.0%} CI, "
-                  "thin: simultaneous CI)", fontsize=9)
+    fig.supxlabel(
+        f"{res.metric}: large arm − small partner (mean paired difference; thick: {v['confidence']:.0%} CI, "
+        "thin: simultaneous CI)",
+        fontsize=9,
+    )
     return fig
 
 
@@ -165,8 +228,17 @@ def pareto(cv: Canvas, part):
             front = g[g["front"]].sort_values("energy_kwh")
             ax.step(front["energy_kwh"], front["score_mean"], where="post", color="0.3", lw=1, ls="--", zorder=1)
             for r in g.itertuples():
-                ax.errorbar(r.energy_kwh, r.score_mean, yerr=0 if math.isnan(r.score_sd) else r.score_sd, fmt="o",
-                            color=colours[r.arm_label], ms=6, mec="black" if r.front else "none", capsize=2, zorder=2)
+                ax.errorbar(
+                    r.energy_kwh,
+                    r.score_mean,
+                    yerr=0 if math.isnan(r.score_sd) else r.score_sd,
+                    fmt="o",
+                    color=colours[r.arm_label],
+                    ms=6,
+                    mec="black" if r.front else "none",
+                    capsize=2,
+                    zorder=2,
+                )
             ax.set_xscale("log")
             lo, hi = g["energy_kwh"].min(), g["energy_kwh"].max()
             ax.set_xlim(lo / 2, max(hi * 2, lo * 20))  # at least a decade, so the log axis gets labelled ticks
@@ -288,8 +360,16 @@ def _scale(cv: Canvas, part, axis: str):
                 ax.axhspan(best - v["rope"], best + v["rope"], color="0.88", zorder=0)
                 edges += [best - v["rope"], best + v["rope"]]
             for r in here.itertuples():
-                ax.errorbar(r.x, r.mean, yerr=_error(r), fmt="s" if group[r.arm] == "small" else "o", ms=5, capsize=2,
-                            color=cv.colours[res.labels[r.arm]], zorder=3)
+                ax.errorbar(
+                    r.x,
+                    r.mean,
+                    yerr=_error(r),
+                    fmt="s" if group[r.arm] == "small" else "o",
+                    ms=5,
+                    capsize=2,
+                    color=cv.colours[res.labels[r.arm]],
+                    zorder=3,
+                )
                 edges += [e for e in (r.lo, r.hi) if not math.isnan(e)]
             for ladder, g in points[(points[stats.CELL] == cell).all(axis=1)].groupby("ladder"):
                 x, colour = g["log10_x"].to_numpy(), trend_colour[ladder]
@@ -298,7 +378,7 @@ def _scale(cv: Canvas, part, axis: str):
                 seen = grid <= x.max()
                 ax.plot(10 ** grid[seen], fit[seen], color=colour, lw=1.2, zorder=2)
                 ax.plot(10 ** grid[~seen], fit[~seen], color=colour, lw=1.2, ls="--", zorder=2)
-                ax.fill_between(10 ** grid, lo, hi, color=colour, alpha=0.12, lw=0, zorder=1)
+                ax.fill_between(10**grid, lo, hi, color=colour, alpha=0.12, lw=0, zorder=1)
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if edges:  # the rungs decide the view, not a trend band that one degree of freedom makes huge
@@ -309,11 +389,24 @@ def _scale(cv: Canvas, part, axis: str):
     fig.supxlabel(f"{scaling.AXES[axis]}{' per run' if axis == 'train_flops' else ''} (log scale)", fontsize=9)
     fig.supylabel(f"test {res.metric} (mean, {v['confidence']:.0%} CI over seeds)", fontsize=9)
     shown = [lbl for lbl in cv.order if lbl in set(cv.runs["arm_label"])]
-    handles = [plt.Line2D([], [], marker="s" if group[a] == "small" else "o", ls="none", color=cv.colours[res.labels[a]],
-                          label=res.labels[a]) for a in sorted(group.index, key=lambda a: shown.index(res.labels[a]))]
-    handles += [plt.Rectangle((0, 0), 1, 1, color="0.88", label=f"best small arm ± ROPE ({v['rope']:g})"),
-                *(plt.Line2D([], [], color=c, label=f"{ladder}: trend (dashed: the next 10x), {v['confidence']:.0%} band")
-                  for ladder, c in trend_colour.items())]
+    handles = [
+        plt.Line2D(
+            [],
+            [],
+            marker="s" if group[a] == "small" else "o",
+            ls="none",
+            color=cv.colours[res.labels[a]],
+            label=res.labels[a],
+        )
+        for a in sorted(group.index, key=lambda a: shown.index(res.labels[a]))
+    ]
+    handles += [
+        plt.Rectangle((0, 0), 1, 1, color="0.88", label=f"best small arm ± ROPE ({v['rope']:g})"),
+        *(
+            plt.Line2D([], [], color=c, label=f"{ladder}: trend (dashed: the next 10x), {v['confidence']:.0%} band")
+            for ladder, c in trend_colour.items()
+        ),
+    ]
     fig.legend(handles=handles, loc="outside upper center", ncol=2, fontsize=8, frameon=False)
     return fig
 
@@ -365,8 +458,12 @@ def shift_severity(cv: Canvas):
     fig, axes = cv.panels(len(keys), 2.6, 2.4)
     for ax, (dataset, size, fraction) in zip(axes, keys):
         for label in cv.order:
-            d = curve[(curve["dataset"] == dataset) & (curve["size"] == size) & (curve["fraction"] == fraction)
-                      & (curve["arm_label"] == label)].sort_values("severity")
+            d = curve[
+                (curve["dataset"] == dataset)
+                & (curve["size"] == size)
+                & (curve["fraction"] == fraction)
+                & (curve["arm_label"] == label)
+            ].sort_values("severity")
             if len(d):
                 ax.fill_between(d["severity"], d["lo"], d["hi"], color=cv.colours[label], alpha=0.2)
                 ax.plot(d["severity"], d["mean"], marker="o", ms=3, color=cv.colours[label])
@@ -378,8 +475,13 @@ def shift_severity(cv: Canvas):
     return fig
 
 
-PER_PART = {"scores": scores, "calibration": calibration, "pareto": pareto, "scale_params": scale_params,
-            "scale_flops": scale_flops}
+PER_PART = {
+    "scores": scores,
+    "calibration": calibration,
+    "pareto": pareto,
+    "scale_params": scale_params,
+    "scale_flops": scale_flops,
+}
 WITH_CURVES = {"learning_loss": learning_loss, "learning_val": learning_val, "reliability": reliability}  # per part
 WHOLE = {"forest": forest, "efficiency": efficiency, "data_scale": data_scale, "shift_severity": shift_severity}
 

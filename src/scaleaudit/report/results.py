@@ -56,7 +56,6 @@ def arm_labels(runs: pd.DataFrame, config: dict) -> dict[str, str]:
     }
 
 
-
 @dataclass
 class Results:
     """Everything the report shows, computed once from the run table."""
@@ -87,13 +86,18 @@ class Results:
         cells_verdict = adaptive.verdict(runs, config) if seq else stats.compare(runs, family=cells, **kw)
         first = runs[adaptive.with_rounds(runs, config)["round"] == 1] if seq else runs
         return cls(
-            runs=runs, config=config, labels=arm_labels(runs, config), summary=ledger.arm_summary(runs, v["metric"]),
+            runs=runs,
+            config=config,
+            labels=arm_labels(runs, config),
+            summary=ledger.arm_summary(runs, v["metric"]),
             comparisons=ledger.cost_normalised(runs, cells_verdict),
             overall=stats.overall(first, family=summaries, **kw),
             scores=stats.score_summary(runs, v["metric"], v["confidence"]),
             reproduction=reproduction.reproduction(runs, config["arms"]),
-            dropped=runs[why != ""].assign(reason=why[why != ""]), missing=missing_runs(runs, config),
-            savings=adaptive.savings(runs, config) if seq else None, curves=curves,
+            dropped=runs[why != ""].assign(reason=why[why != ""]),
+            missing=missing_runs(runs, config),
+            savings=adaptive.savings(runs, config) if seq else None,
+            curves=curves,
         )
 
     @property
@@ -112,8 +116,9 @@ def families(config: dict) -> tuple[int, int]:
 
 def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Per cell and arm of the design with fewer runs in the table than designed: runs present and designed."""
-    designed = (adaptive.planned(runs, config) if adaptive.settings(config) else
-                pd.DataFrame(study_config.runs(config)))[RUN_KEY]
+    designed = (
+        adaptive.planned(runs, config) if adaptive.settings(config) else pd.DataFrame(study_config.runs(config))
+    )[RUN_KEY]
     have = designed.merge(runs[RUN_KEY].drop_duplicates(), on=RUN_KEY, how="left", indicator=True)
     have["present"] = have.pop("_merge") == "both"
     count = have.groupby(stats.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
@@ -129,7 +134,5 @@ def data_efficiency(comparisons: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
-
 def listed(items: list[str], most: int = 12) -> str:
     return "; ".join(items[:most]) + (f"; and {len(items) - most} more" if len(items) > most else "")
-

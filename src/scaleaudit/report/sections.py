@@ -15,7 +15,9 @@ from .prose import text
 from .results import NOT_PUBLISHED, Results, cell_name, ci, data_efficiency, families, listed, num, partner
 
 
-def verdict_sentence(over: pd.DataFrame, rope: float, metric: str, confidence: float, labels: dict | None = None) -> str:
+def verdict_sentence(
+    over: pd.DataFrame, rope: float, metric: str, confidence: float, labels: dict | None = None
+) -> str:
     """One sentence that the study-level decisions support; its wording follows from them, never fixed."""
     name = metric.upper()
     if over.empty:
@@ -26,19 +28,34 @@ def verdict_sentence(over: pd.DataFrame, rope: float, metric: str, confidence: f
         arm, where = (labels or {}).get(r.arm, r.arm), f" at training fraction {r.fraction:g}" if several else ""
         if math.isnan(r.adj_lo):
             return text("verdict", "arm_without_interval", arm=arm, where=where, min_pairs=stats.MIN_PAIRS)
-        return text("verdict", "arm_with_interval", arm=arm, where=where, r=r, name=name,
-                    thin=len(r.thin.split("; ")) if r.thin else 0)
+        return text(
+            "verdict",
+            "arm_with_interval",
+            arm=arm,
+            where=where,
+            r=r,
+            name=name,
+            thin=len(r.thin.split("; ")) if r.thin else 0,
+        )
 
     by = {d: over[over["decision"] == d].sort_values("mean_diff", ascending=False) for d in stats.DECISIONS}
     margin = text("verdict", "margin", rope=rope, name=name)
     level = text("verdict", "level", confidence=confidence, family=over["family"].iloc[0])
     if len(by["better"]):
-        return text("verdict", "pays", better=", ".join(desc(r) for r in by["better"].itertuples()), margin=margin,
-                    others=len(over) - len(by["better"]), level=level)
+        return text(
+            "verdict",
+            "pays",
+            better=", ".join(desc(r) for r in by["better"].itertuples()),
+            margin=margin,
+            others=len(over) - len(by["better"]),
+            level=level,
+        )
     # undecided with its interval ending below +rope: not better at the stated level, only worse-or-equivalent is open
     still_open = by["undecided"][~(by["undecided"]["adj_hi"] <= rope)]
     if len(still_open):
-        return text("verdict", "not_decided", margin=margin, still_open=", ".join(desc(r) for r in still_open.itertuples()))
+        return text(
+            "verdict", "not_decided", margin=margin, still_open=", ".join(desc(r) for r in still_open.itertuples())
+        )
     best = over.sort_values("mean_diff", ascending=False).iloc[0]
     if len(by["worse"]) == len(over):
         return text("verdict", "all_worse", margin=margin, best=desc(best), level=level)
@@ -51,17 +68,50 @@ def flags(res: Results) -> list:
     """What the verdict could not use, said where the verdict is: dropped runs, missing seeds, thin cells."""
     L, out = res.labels, []
     if len(res.dropped):
-        out.append(Para(text("summary", "left_out", n=len(res.dropped), runs=listed(
-            [f"{L.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}, seed {r.seed} ({r.reason})"
-             for r in res.dropped.itertuples()]))))
+        out.append(
+            Para(
+                text(
+                    "summary",
+                    "left_out",
+                    n=len(res.dropped),
+                    runs=listed(
+                        [
+                            f"{L.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}, seed {r.seed} ({r.reason})"
+                            for r in res.dropped.itertuples()
+                        ]
+                    ),
+                )
+            )
+        )
     if len(res.missing):
-        out.append(Para(text("summary", "fewer_seeds", cells=listed(
-            [f"{L.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}: {r.present} of {r.designed}"
-             for r in res.missing.itertuples()]))))
+        out.append(
+            Para(
+                text(
+                    "summary",
+                    "fewer_seeds",
+                    cells=listed(
+                        [
+                            f"{L.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}: {r.present} of {r.designed}"
+                            for r in res.missing.itertuples()
+                        ]
+                    ),
+                )
+            )
+        )
     thin = res.comparisons[res.comparisons["n"] < stats.MIN_PAIRS]
     if len(thin):
-        out.append(Para(text("summary", "no_decision", min_pairs=stats.MIN_PAIRS, cells=listed(
-            [f"{L[r.arm]} on {cell_name(r)}, fraction {r.fraction:g}: {r.note}" for r in thin.itertuples()]))))
+        out.append(
+            Para(
+                text(
+                    "summary",
+                    "no_decision",
+                    min_pairs=stats.MIN_PAIRS,
+                    cells=listed(
+                        [f"{L[r.arm]} on {cell_name(r)}, fraction {r.fraction:g}: {r.note}" for r in thin.itertuples()]
+                    ),
+                )
+            )
+        )
     return out
 
 
@@ -75,20 +125,42 @@ def summary_section(res: Results) -> list:
         row = [f"{dataset} @ {size} px", f"{fraction:g}", partner]
         for arm in large:
             r = g[g["arm"] == arm]
-            row.append("–" if r.empty else
-                       f"{r.iloc[0].decision}\n{num(r.iloc[0]['diff'], '+.3f')} {ci(r.iloc[0].adj_lo, r.iloc[0].adj_hi, '.3f')}")
+            row.append(
+                "–"
+                if r.empty
+                else f"{r.iloc[0].decision}\n{num(r.iloc[0]['diff'], '+.3f')} {ci(r.iloc[0].adj_lo, r.iloc[0].adj_hi, '.3f')}"
+            )
         rows.append(row)
     blocks = [
         Heading("Summary"),
         Para(text("summary", "question", title=res.config["title"])),
-        Para(text("summary", "how_decided", metric=res.metric, rope=v["rope"], confidence=v["confidence"],
-                  adaptive=res.savings is not None)),
-        Table(["dataset", "train frac.", "small partner"] + [res.labels[a] for a in large], rows,
-              widths=[1.2, 0.6, 1.1] + [1.6] * len(large), size=8 if len(large) < 4 else 6.5,
-              caption=text("summary", "verdict_caption", metric=res.metric,
-                           family=int(c["family"].max()) if len(c) else 0)),
-        Para(text("summary", "overall", sentence=verdict_sentence(res.overall, v["rope"], v["metric"], v["confidence"],
-                                                                  res.labels)), strong=True),
+        Para(
+            text(
+                "summary",
+                "how_decided",
+                metric=res.metric,
+                rope=v["rope"],
+                confidence=v["confidence"],
+                adaptive=res.savings is not None,
+            )
+        ),
+        Table(
+            ["dataset", "train frac.", "small partner"] + [res.labels[a] for a in large],
+            rows,
+            widths=[1.2, 0.6, 1.1] + [1.6] * len(large),
+            size=8 if len(large) < 4 else 6.5,
+            caption=text(
+                "summary", "verdict_caption", metric=res.metric, family=int(c["family"].max()) if len(c) else 0
+            ),
+        ),
+        Para(
+            text(
+                "summary",
+                "overall",
+                sentence=verdict_sentence(res.overall, v["rope"], v["metric"], v["confidence"], res.labels),
+            ),
+            strong=True,
+        ),
         *flags(res),
         Para(text("summary", "total", t=ledger.study_total(res.runs))),
     ]
@@ -106,38 +178,111 @@ def methods_section(res: Results) -> list:
         for size in entry["sizes"]:
             r = runs[(runs["dataset"] == entry["flag"]) & (runs["size"] == size)]
             full = r.loc[r["fraction"] == r["fraction"].max(), "n_train"] if len(r) else pd.Series(dtype=float)
-            data_rows.append([entry["flag"], f"{size} px", r["task"].iloc[0] if len(r) else "–",
-                              num(full.max() if len(full) else math.nan, ".0f")])
+            data_rows.append(
+                [
+                    entry["flag"],
+                    f"{size} px",
+                    r["task"].iloc[0] if len(r) else "–",
+                    num(full.max() if len(full) else math.nan, ".0f"),
+                ]
+            )
     arm_rows = []
     for name in arms:
         a = cfg["arms"][name]
         weights = (f"pretrained ({a['weights_tag'] or 'timm default'})" if a["pretrained"] else "scratch") + (
-            f", file {a['weights_file']}" if a.get("weights_file") else "")
-        arm_rows.append([f"{name}\n{res.labels.get(name, a.get('label') or name)}", a["group"], a["model"], weights,
-                         a["train"], str(a["input_size"] or "data size"), a["recipe"], a.get("reproduces") or "–"])
+            f", file {a['weights_file']}" if a.get("weights_file") else ""
+        )
+        arm_rows.append(
+            [
+                f"{name}\n{res.labels.get(name, a.get('label') or name)}",
+                a["group"],
+                a["model"],
+                weights,
+                a["train"],
+                str(a["input_size"] or "data size"),
+                a["recipe"],
+                a.get("reproduces") or "–",
+            ]
+        )
     recipe_rows = []
     for name in sorted({cfg["arms"][a]["recipe"] for a in arms}):
         r = cfg["recipes"][name]
         sched = r["scheduler"] + (f" at {r['milestones']} ×{r['gamma']}" if r["scheduler"] == "multistep" else "")
-        recipe_rows.append([name, r["optimizer"], f"{r['lr']:g}", f"{r['weight_decay']:g}", r["batch_size"], r["epochs"],
-                            sched, r["resize"], r["normalize"], r["augment"], r["select"],
-                            r.get("early_stop_patience") or "–"])
+        recipe_rows.append(
+            [
+                name,
+                r["optimizer"],
+                f"{r['lr']:g}",
+                f"{r['weight_decay']:g}",
+                r["batch_size"],
+                r["epochs"],
+                sched,
+                r["resize"],
+                r["normalize"],
+                r["augment"],
+                r["select"],
+                r.get("early_stop_patience") or "–",
+            ]
+        )
     hw = cfg["hardware"]
     devices = ", ".join(f"{d}: {h} ({n} runs)" for (d, h), n in runs.groupby(["device", "hardware"]).size().items())
     return [
         Heading("Methods"),
-        Para(text("methods", "design", study=cfg["study"], arms=len(arms), tasks=sum(len(d["sizes"]) for d in cfg["data"]["datasets"]),
-                  fractions=design["fractions"], seeds=seeds_text(cfg), runs=len(runs))),
-        Table(["dataset", "image size", "task", "training images (largest fraction)"], data_rows,
-              widths=[1.5, 1, 1, 1.5], caption=text("methods", "datasets_caption")),
-        Table(["arm", "group", "timm model", "weights", "training", "input size", "recipe", "reproduces"], arm_rows,
-              widths=[2.2, 0.8, 2.2, 1.8, 1.1, 0.9, 1.3, 1.8], size=7.5, caption=text("methods", "arms_caption")),
-        Table(["recipe", "optimizer", "lr", "weight decay", "batch", "epochs", "schedule", "resize", "normalise",
-               "augment", "select on", "early stop"], recipe_rows,
-              widths=[1.5, 1, 0.8, 0.8, 0.7, 0.7, 1.6, 0.9, 1, 0.9, 0.9, 0.7], size=7,
-              caption=text("methods", "recipes_caption")),
-        Para(text("methods", "hardware", device=hw["device"], devices=devices, energy_methods=runs["energy_method"].unique(),
-                  country=hw["country_iso_code"])),
+        Para(
+            text(
+                "methods",
+                "design",
+                study=cfg["study"],
+                arms=len(arms),
+                tasks=sum(len(d["sizes"]) for d in cfg["data"]["datasets"]),
+                fractions=design["fractions"],
+                seeds=seeds_text(cfg),
+                runs=len(runs),
+            )
+        ),
+        Table(
+            ["dataset", "image size", "task", "training images (largest fraction)"],
+            data_rows,
+            widths=[1.5, 1, 1, 1.5],
+            caption=text("methods", "datasets_caption"),
+        ),
+        Table(
+            ["arm", "group", "timm model", "weights", "training", "input size", "recipe", "reproduces"],
+            arm_rows,
+            widths=[2.2, 0.8, 2.2, 1.8, 1.1, 0.9, 1.3, 1.8],
+            size=7.5,
+            caption=text("methods", "arms_caption"),
+        ),
+        Table(
+            [
+                "recipe",
+                "optimizer",
+                "lr",
+                "weight decay",
+                "batch",
+                "epochs",
+                "schedule",
+                "resize",
+                "normalise",
+                "augment",
+                "select on",
+                "early stop",
+            ],
+            recipe_rows,
+            widths=[1.5, 1, 0.8, 0.8, 0.7, 0.7, 1.6, 0.9, 1, 0.9, 0.9, 0.7],
+            size=7,
+            caption=text("methods", "recipes_caption"),
+        ),
+        Para(
+            text(
+                "methods",
+                "hardware",
+                device=hw["device"],
+                devices=devices,
+                energy_methods=runs["energy_method"].unique(),
+                country=hw["country_iso_code"],
+            )
+        ),
         *statistics_paras(res),
     ]
 
@@ -152,9 +297,15 @@ def fidelity_section(res: Results) -> list:
     if diff.empty:
         blocks.append(Para(text("fidelity", "faithful")))
     else:
-        blocks.append(Table(["recipe", "protocol", "setting", "protocol's value", "this recipe"],
-                            [[r.recipe, r.protocol, r.setting, str(r.theirs), str(r.ours)] for r in diff.itertuples()],
-                            widths=[1.5, 1.3, 1.5, 1.5, 1.5], size=8, caption=text("fidelity", "table_caption")))
+        blocks.append(
+            Table(
+                ["recipe", "protocol", "setting", "protocol's value", "this recipe"],
+                [[r.recipe, r.protocol, r.setting, str(r.theirs), str(r.ours)] for r in diff.itertuples()],
+                widths=[1.5, 1.3, 1.5, 1.5, 1.5],
+                size=8,
+                caption=text("fidelity", "table_caption"),
+            )
+        )
     notes = {"medmnist_v2": text("fidelity", "medmnist_v2"), "medmnist_plus": text("fidelity", "medmnist_plus")}
     return blocks + [Para(notes[p]) for p in protocols]
 
@@ -177,14 +328,26 @@ def sequential_paras(res: Results) -> list:
         rows = {(r["method"], r["noise"], r["true_diff"]): r for r in seq["rows"] if "family" not in r}
         edge = [r for k, r in rows.items() if k[0] == "repeated" and abs(k[2] - 0.01) < 1e-9]
         fixed = [r for k, r in rows.items() if k[0] == "fixed_rechecked" and abs(k[2] - 0.01) < 1e-9]
-        expected = [r for k, r in sorted(rows.items())
-                    if k[0] == "repeated" and k[1] == "normal" and r["true_diff"] in calibration.ADAPTIVE_GAINS]
-        paras.append(Para(text(
-            "statistics", "adaptive_calibration", q=seq["seeds"], seed_sd=calibration.SEED_SD,
-            edge_better=max(r["better"] for r in edge),
-            coverage=min(r["coverage"] for r in rows.values() if r["method"] == "repeated"),
-            fixed_better=max(r["better"] for r in fixed), fixed_coverage=min(r["coverage"] for r in fixed),
-            expected=expected)))
+        expected = [
+            r
+            for k, r in sorted(rows.items())
+            if k[0] == "repeated" and k[1] == "normal" and r["true_diff"] in calibration.ADAPTIVE_GAINS
+        ]
+        paras.append(
+            Para(
+                text(
+                    "statistics",
+                    "adaptive_calibration",
+                    q=seq["seeds"],
+                    seed_sd=calibration.SEED_SD,
+                    edge_better=max(r["better"] for r in edge),
+                    coverage=min(r["coverage"] for r in rows.values() if r["method"] == "repeated"),
+                    fixed_better=max(r["better"] for r in fixed),
+                    fixed_coverage=min(r["coverage"] for r in fixed),
+                    expected=expected,
+                )
+            )
+        )
     return paras
 
 
@@ -193,21 +356,50 @@ def adaptive_section(res: Results) -> list:
     if res.savings is None:
         return []
     L, c, s = res.labels, res.comparisons, adaptive.settings(res.config)
-    rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.rounds, r.n, r.decision,
-             "–" if r.decided_round is pd.NA else f"round {r.decided_round} ({r.n} pairs)",
-             {"decided": "decided", "max": f"max ({s['max']})"}.get(r.stopped, "still running")]
-            for r in c.itertuples()]
+    rows = [
+        [
+            cell_name(r),
+            f"{r.fraction:g}",
+            L[r.arm],
+            r.rounds,
+            r.n,
+            r.decision,
+            "–" if r.decided_round is pd.NA else f"round {r.decided_round} ({r.n} pairs)",
+            {"decided": "decided", "max": f"max ({s['max']})"}.get(r.stopped, "still running"),
+        ]
+        for r in c.itertuples()
+    ]
     t = adaptive.summary(res.savings)
     unit = t["hours_column"].replace("_hours", "-hours")
-    saved_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.rounds, f"{r.seeds} of {r.max}", r.saved_seeds,
-                   num(r.hours, ".3g"), num(r.saved_hours, ".3g")] for r in res.savings.itertuples()]
+    saved_rows = [
+        [
+            cell_name(r),
+            f"{r.fraction:g}",
+            L[r.arm],
+            r.rounds,
+            f"{r.seeds} of {r.max}",
+            r.saved_seeds,
+            num(r.hours, ".3g"),
+            num(r.saved_hours, ".3g"),
+        ]
+        for r in res.savings.itertuples()
+    ]
     return [
         Heading("Adaptive seeds", 2),
-        Table(["dataset", "fraction", "large arm", "rounds", "pairs", "decision", "decided at", "stopped"], rows,
-              widths=[1.4, 0.6, 1.8, 0.6, 0.6, 0.9, 1.4, 1], size=7.5, caption=text("adaptive", "rounds_caption")),
-        Table(["dataset", "fraction", "arm", "rounds", "seeds", "seeds saved", unit, f"{unit} saved"], saved_rows,
-              widths=[1.4, 0.6, 1.8, 0.6, 0.8, 0.8, 0.8, 0.9], size=7.5,
-              caption=text("adaptive", "seeds_caption", max=s["max"], unit=unit)),
+        Table(
+            ["dataset", "fraction", "large arm", "rounds", "pairs", "decision", "decided at", "stopped"],
+            rows,
+            widths=[1.4, 0.6, 1.8, 0.6, 0.6, 0.9, 1.4, 1],
+            size=7.5,
+            caption=text("adaptive", "rounds_caption"),
+        ),
+        Table(
+            ["dataset", "fraction", "arm", "rounds", "seeds", "seeds saved", unit, f"{unit} saved"],
+            saved_rows,
+            widths=[1.4, 0.6, 1.8, 0.6, 0.8, 0.8, 0.8, 0.9],
+            size=7.5,
+            caption=text("adaptive", "seeds_caption", max=s["max"], unit=unit),
+        ),
         Para(text("adaptive", "saved", max=s["max"], t=t, unit=unit, share=num(100 * t["share_saved"], ".0f"))),
     ]
 
@@ -221,10 +413,17 @@ def calibration_text(confidence: float) -> str:
         return f"{min(r[key] for r in rows):.1%}–{max(r[key] for r in rows):.1%}"
 
     power = {r["seeds"]: r["power_0.05"] for r in cell if r["noise"] == "normal"}
-    return text("statistics", "calibration", cal=cal, cell_coverage=span(cell, "coverage"),
-                edge_false=max(max(r["false_better"], r["false_worse"]) for r in cell),
-                tasks_coverage=span(tasks, "coverage"), false_scale_pays=max(r["false_scale_pays"] for r in study),
-                power=sorted(power.items()), confidence=confidence)
+    return text(
+        "statistics",
+        "calibration",
+        cal=cal,
+        cell_coverage=span(cell, "coverage"),
+        edge_false=max(max(r["false_better"], r["false_worse"]) for r in cell),
+        tasks_coverage=span(tasks, "coverage"),
+        false_scale_pays=max(r["false_scale_pays"] for r in study),
+        power=sorted(power.items()),
+        confidence=confidence,
+    )
 
 
 def statistics_paras(res: Results) -> list:
@@ -232,9 +431,18 @@ def statistics_paras(res: Results) -> list:
     cells, summaries = families(res.config)
     return [
         Para(text("statistics", "estimators", metric=res.metric, min_pairs=stats.MIN_PAIRS)),
-        Para(text("statistics", "decisions", metric=res.metric, rope=v["rope"], confidence=v["confidence"],
-                  alpha=1 - v["confidence"], m_cells=int(c["family"].max()) if len(c) else cells,
-                  m_summaries=int(over["family"].max()) if len(over) else summaries)),
+        Para(
+            text(
+                "statistics",
+                "decisions",
+                metric=res.metric,
+                rope=v["rope"],
+                confidence=v["confidence"],
+                alpha=1 - v["confidence"],
+                m_cells=int(c["family"].max()) if len(c) else cells,
+                m_summaries=int(over["family"].max()) if len(over) else summaries,
+            )
+        ),
         Para(calibration_text(v["confidence"])),
         *sequential_paras(res),
     ]
@@ -242,56 +450,159 @@ def statistics_paras(res: Results) -> list:
 
 def figure_blocks(paths: list[Path], caption: str) -> list:
     """One figure block per part, numbered when a figure was split (see figures.DATASETS_PER_FIGURE)."""
-    return [Figure(p, text("results", "part", caption=caption, k=k, parts=len(paths)) if len(paths) > 1 else caption)
-            for k, p in enumerate(paths, 1)]
+    return [
+        Figure(p, text("results", "part", caption=caption, k=k, parts=len(paths)) if len(paths) > 1 else caption)
+        for k, p in enumerate(paths, 1)
+    ]
 
 
 def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
     v, c = res.config["verdict"], res.comparisons
     L = res.labels
-    summary_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], r.n, f"{r.score_mean:.3f} ± {num(r.score_sd)}",
-                     num(r.acc_mean), num(r.ece_mean)] for r in res.summary.itertuples()]
-    comp_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], partner(r, L), r.n, num(r.diff, "+.3f"), ci(r.lo, r.hi),
-                  ci(r.adj_lo, r.adj_hi), num(r.p_improve, ".2f"), r.decision,
-                  "–" if r.seeds_needed is pd.NA else f"≈{r.seeds_needed}"] for r in c.itertuples()]
-    over_rows = [[L[r.arm], f"{r.fraction:g}", r.tasks, r.pairs, num(r.mean_diff, "+.3f"), num(r.iqm_diff, "+.3f"),
-                  ci(r.lo, r.hi), ci(r.adj_lo, r.adj_hi), num(r.p_improve, ".2f"), r.decision]
-                 for r in res.overall.itertuples()]
+    summary_rows = [
+        [
+            cell_name(r),
+            f"{r.fraction:g}",
+            L[r.arm],
+            r.n,
+            f"{r.score_mean:.3f} ± {num(r.score_sd)}",
+            num(r.acc_mean),
+            num(r.ece_mean),
+        ]
+        for r in res.summary.itertuples()
+    ]
+    comp_rows = [
+        [
+            cell_name(r),
+            f"{r.fraction:g}",
+            L[r.arm],
+            partner(r, L),
+            r.n,
+            num(r.diff, "+.3f"),
+            ci(r.lo, r.hi),
+            ci(r.adj_lo, r.adj_hi),
+            num(r.p_improve, ".2f"),
+            r.decision,
+            "–" if r.seeds_needed is pd.NA else f"≈{r.seeds_needed}",
+        ]
+        for r in c.itertuples()
+    ]
+    over_rows = [
+        [
+            L[r.arm],
+            f"{r.fraction:g}",
+            r.tasks,
+            r.pairs,
+            num(r.mean_diff, "+.3f"),
+            num(r.iqm_diff, "+.3f"),
+            ci(r.lo, r.hi),
+            ci(r.adj_lo, r.adj_hi),
+            num(r.p_improve, ".2f"),
+            r.decision,
+        ]
+        for r in res.overall.itertuples()
+    ]
     thin = [f"{L[r.arm]}, fraction {r.fraction:g}: {r.thin}" for r in res.overall.itertuples() if r.thin]
-    score_rows = [[L[r.arm], r.group, f"{r.fraction:g}", r.tasks, num(r.iqm), num(r.mean), ci(r.lo, r.hi, ".3f")]
-                  for r in res.scores.itertuples()]
+    score_rows = [
+        [L[r.arm], r.group, f"{r.fraction:g}", r.tasks, num(r.iqm), num(r.mean), ci(r.lo, r.hi, ".3f")]
+        for r in res.scores.itertuples()
+    ]
     hours = "accelerator-hour" if c.empty or c["hours"].iloc[0] == "accelerator_hours" else "device-hour"
-    cost_rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], f"{r.diff:+.3f}", num(r.extra_kwh, ".3g"),
-                  num(r.energy_ratio, ".3g") + "×", num(r.gain_per_kwh, ".3g"), num(r.extra_hours, ".3g"),
-                  num(r.gain_per_hour, ".3g")] for r in c.itertuples()]
+    cost_rows = [
+        [
+            cell_name(r),
+            f"{r.fraction:g}",
+            L[r.arm],
+            f"{r.diff:+.3f}",
+            num(r.extra_kwh, ".3g"),
+            num(r.energy_ratio, ".3g") + "×",
+            num(r.gain_per_kwh, ".3g"),
+            num(r.extra_hours, ".3g"),
+            num(r.gain_per_hour, ".3g"),
+        ]
+        for r in c.itertuples()
+    ]
     blocks = [
         Heading("Results"),
         Heading("Scores per dataset", 2),
         *figure_blocks(figs["scores"], text("results", "scores_figure", metric=res.metric)),
-        Table(["dataset", "fraction", "arm", "seeds", f"test {res.metric} (mean ± sd)", "test ACC", "test ECE"],
-              summary_rows, widths=[1.5, 0.7, 2.2, 0.6, 1.5, 0.8, 0.8], size=8, caption=text("results", "metrics_caption")),
+        Table(
+            ["dataset", "fraction", "arm", "seeds", f"test {res.metric} (mean ± sd)", "test ACC", "test ECE"],
+            summary_rows,
+            widths=[1.5, 0.7, 2.2, 0.6, 1.5, 0.8, 0.8],
+            size=8,
+            caption=text("results", "metrics_caption"),
+        ),
         Heading("Paired differences", 2),
     ]
     if "forest" in figs:
         blocks += figure_blocks(figs["forest"], text("results", "forest_figure", confidence=v["confidence"]))
     blocks += [
-        Table(["dataset", "frac.", "large arm", "small partner", "pairs", f"Δ {res.metric}", f"{v['confidence']:.0%} CI",
-               "simultaneous CI", "P(impr.)", "decision", "seeds needed"], comp_rows,
-              widths=[1.3, 0.5, 1.6, 1.6, 0.5, 0.7, 1.4, 1.4, 0.6, 0.9, 0.7], size=7,
-              caption=text("results", "comparisons_caption", family=int(c["family"].max()) if len(c) else 0)),
+        Table(
+            [
+                "dataset",
+                "frac.",
+                "large arm",
+                "small partner",
+                "pairs",
+                f"Δ {res.metric}",
+                f"{v['confidence']:.0%} CI",
+                "simultaneous CI",
+                "P(impr.)",
+                "decision",
+                "seeds needed",
+            ],
+            comp_rows,
+            widths=[1.3, 0.5, 1.6, 1.6, 0.5, 0.7, 1.4, 1.4, 0.6, 0.9, 0.7],
+            size=7,
+            caption=text("results", "comparisons_caption", family=int(c["family"].max()) if len(c) else 0),
+        ),
         Heading("Across datasets", 2),
-        Table(["large arm", "fraction", "datasets", "pairs", f"mean Δ {res.metric}", "IQM Δ", f"{v['confidence']:.0%} CI",
-               "simultaneous CI", "P(improve)", "decision"], over_rows,
-              widths=[1.8, 0.7, 0.7, 0.6, 0.8, 0.7, 1.4, 1.4, 0.8, 0.9], size=7.5,
-              caption=text("results", "across_caption")),
+        Table(
+            [
+                "large arm",
+                "fraction",
+                "datasets",
+                "pairs",
+                f"mean Δ {res.metric}",
+                "IQM Δ",
+                f"{v['confidence']:.0%} CI",
+                "simultaneous CI",
+                "P(improve)",
+                "decision",
+            ],
+            over_rows,
+            widths=[1.8, 0.7, 0.7, 0.6, 0.8, 0.7, 1.4, 1.4, 0.8, 0.9],
+            size=7.5,
+            caption=text("results", "across_caption"),
+        ),
         *([Para(text("results", "thin", min_pairs=stats.MIN_PAIRS, summaries=listed(thin)))] if thin else []),
-        Table(["arm", "group", "fraction", "datasets", f"IQM test {res.metric}", "mean", f"{v['confidence']:.0%} CI"],
-              score_rows, widths=[2.2, 0.7, 0.7, 0.7, 1, 0.8, 1.4], size=8, caption=text("results", "scores_caption")),
+        Table(
+            ["arm", "group", "fraction", "datasets", f"IQM test {res.metric}", "mean", f"{v['confidence']:.0%} CI"],
+            score_rows,
+            widths=[2.2, 0.7, 0.7, 0.7, 1, 0.8, 1.4],
+            size=8,
+            caption=text("results", "scores_caption"),
+        ),
         Heading("Performance against cost", 2),
         *figure_blocks(figs["pareto"], text("results", "pareto_figure", metric=res.metric)),
-        Table(["dataset", "fraction", "large arm", f"Δ {res.metric}", "extra kWh", "energy ×", "Δ per extra kWh",
-               f"extra {hours}s", f"Δ per extra {hours}"], cost_rows,
-              widths=[1.4, 0.6, 1.8, 0.7, 0.8, 0.7, 0.9, 0.8, 0.9], size=7.5, caption=text("results", "cost_caption")),
+        Table(
+            [
+                "dataset",
+                "fraction",
+                "large arm",
+                f"Δ {res.metric}",
+                "extra kWh",
+                "energy ×",
+                "Δ per extra kWh",
+                f"extra {hours}s",
+                f"Δ per extra {hours}",
+            ],
+            cost_rows,
+            widths=[1.4, 0.6, 1.8, 0.7, 0.8, 0.7, 0.9, 0.8, 0.9],
+            size=7.5,
+            caption=text("results", "cost_caption"),
+        ),
     ]
     if hours == "device-hour":
         blocks.append(Para(text("results", "device_hours")))
@@ -302,9 +613,15 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
         fracs = [col for col in eff.columns if isinstance(col, float)]
         blocks += [
             *figure_blocks(figs["efficiency"], text("results", "efficiency_figure", confidence=v["confidence"])),
-            Table(["dataset", "large arm"] + [f"Δ at {f:g}" for f in fracs],
-                  [[f"{r['dataset']} @ {r['size']} px", L[r["arm"]]] + [num(r[f], "+.3f") for f in fracs]
-                   for _, r in eff.iterrows()], size=8, caption=text("results", "efficiency_caption")),
+            Table(
+                ["dataset", "large arm"] + [f"Δ at {f:g}" for f in fracs],
+                [
+                    [f"{r['dataset']} @ {r['size']} px", L[r["arm"]]] + [num(r[f], "+.3f") for f in fracs]
+                    for _, r in eff.iterrows()
+                ],
+                size=8,
+                caption=text("results", "efficiency_caption"),
+            ),
         ]
     else:
         blocks.append(Para(text("results", "one_fraction", fractions=sorted(res.runs["fraction"].unique()))))
@@ -321,25 +638,66 @@ def curves_section(res: Results, figs: dict[str, list[Path]]) -> list:
     if res.curves is None:
         return blocks + [Para(text("curves", "not_given"))]
     bins = metrics.CALIBRATION_BINS
-    blocks += [Para(text("curves", "learning", metric=res.metric)),
-               *figure_blocks(figs.get("learning_loss", []), text("curves", "loss_figure")),
-               *figure_blocks(figs.get("learning_val", []), text("curves", "val_figure", metric=res.metric)),
-               Para(text("curves", "reliability", bins=bins)),
-               *figure_blocks(figs.get("reliability", []), text("curves", "reliability_figure", bins=bins))]
+    blocks += [
+        Para(text("curves", "learning", metric=res.metric)),
+        *figure_blocks(figs.get("learning_loss", []), text("curves", "loss_figure")),
+        *figure_blocks(figs.get("learning_val", []), text("curves", "val_figure", metric=res.metric)),
+        Para(text("curves", "reliability", bins=bins)),
+        *figure_blocks(figs.get("reliability", []), text("curves", "reliability_figure", bins=bins)),
+    ]
     missing = res.curves.missing
     if len(missing):
-        blocks.append(Para(text("curves", "without_files", n=len(missing), runs=listed(
-            [f"{res.labels.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}, seed {r.seed}"
-             for r in missing.itertuples()]))))
+        blocks.append(
+            Para(
+                text(
+                    "curves",
+                    "without_files",
+                    n=len(missing),
+                    runs=listed(
+                        [
+                            f"{res.labels.get(r.arm, r.arm)} on {cell_name(r)}, fraction {r.fraction:g}, seed {r.seed}"
+                            for r in missing.itertuples()
+                        ]
+                    ),
+                )
+            )
+        )
     return blocks
 
 
 def _trend_rows(res: Results, axis: str, per_task: pd.DataFrame, overall: pd.DataFrame) -> list[list]:
     name = scaling.AXES[axis]
-    rows = [[name, r.ladder, cell_name(r), f"{r.fraction:g}", r.rungs, num(r.slope, "+.3f"), ci(r.lo, r.hi),
-             ci(r.adj_lo, r.adj_hi), r.decision, r.note] for r in per_task.itertuples()]
-    rows += [[name, r.ladder, f"across {r.tasks} datasets", f"{r.fraction:g}", "", num(r.mean_slope, "+.3f"),
-              ci(r.lo, r.hi), ci(r.adj_lo, r.adj_hi), r.decision, ""] for r in overall.itertuples() if r.tasks >= 2]
+    rows = [
+        [
+            name,
+            r.ladder,
+            cell_name(r),
+            f"{r.fraction:g}",
+            r.rungs,
+            num(r.slope, "+.3f"),
+            ci(r.lo, r.hi),
+            ci(r.adj_lo, r.adj_hi),
+            r.decision,
+            r.note,
+        ]
+        for r in per_task.itertuples()
+    ]
+    rows += [
+        [
+            name,
+            r.ladder,
+            f"across {r.tasks} datasets",
+            f"{r.fraction:g}",
+            "",
+            num(r.mean_slope, "+.3f"),
+            ci(r.lo, r.hi),
+            ci(r.adj_lo, r.adj_hi),
+            r.decision,
+            "",
+        ]
+        for r in overall.itertuples()
+        if r.tasks >= 2
+    ]
     return rows
 
 
@@ -348,8 +706,10 @@ def scaling_methods(res: Results) -> list:
     if not scaling.ladders(res.runs, res.config):
         return []
     v = res.config["verdict"]
-    return [Heading("The scale axis", 2),
-            Para(text("scaling", "method", metric=res.metric, rope=v["rope"], confidence=v["confidence"]))]
+    return [
+        Heading("The scale axis", 2),
+        Para(text("scaling", "method", metric=res.metric, rope=v["rope"], confidence=v["confidence"])),
+    ]
 
 
 def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
@@ -364,8 +724,10 @@ def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
         named = "; ".join(f"{name} ({', '.join(L[a] for a in arms)})" for name, arms in ladders.items())
         blocks.append(Para(text("scaling", "ladders", ladders=named)))
         rows, answers, family = [], [], 0
-        captions = {"scale_params": text("scaling", "params_figure", confidence=v["confidence"]),
-                    "scale_flops": text("scaling", "flops_figure", confidence=v["confidence"])}
+        captions = {
+            "scale_params": text("scaling", "params_figure", confidence=v["confidence"]),
+            "scale_flops": text("scaling", "flops_figure", confidence=v["confidence"]),
+        }
         for axis, figure in (("params", "scale_params"), ("train_flops", "scale_flops")):
             _, per_task, overall = scaling.model_scale(res.runs, res.config, axis)
             blocks += figure_blocks(figs.get(figure, []), captions[figure])
@@ -374,29 +736,68 @@ def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
             for r in scaling.headline(per_task, overall).itertuples():
                 where = f"across {r.tasks} datasets" if r.tasks >= 2 else cell_name(r)
                 where += f", fraction {r.fraction:g}"
-                answers.append(text("scaling", "answer", ladder=r.ladder, axis=scaling.AXES[axis], where=where,
-                                    slope=r.slope, lo=r.lo, hi=r.hi, confidence=v["confidence"], decision=r.decision,
-                                    metric=metric) if not math.isnan(r.lo) else
-                               text("scaling", "no_interval", ladder=r.ladder, axis=scaling.AXES[axis], where=where))
-        blocks += [Table(["axis", "ladder", "dataset", "frac.", "rungs", "gain per 10x", f"{v['confidence']:.0%} CI",
-                          "simultaneous CI", "decision", "note"], rows,
-                         widths=[1.1, 1.1, 1.4, 0.5, 0.5, 0.8, 1.3, 1.3, 0.9, 1.6], size=7,
-                         caption=text("scaling", "trend_caption", family=family))]
+                answers.append(
+                    text(
+                        "scaling",
+                        "answer",
+                        ladder=r.ladder,
+                        axis=scaling.AXES[axis],
+                        where=where,
+                        slope=r.slope,
+                        lo=r.lo,
+                        hi=r.hi,
+                        confidence=v["confidence"],
+                        decision=r.decision,
+                        metric=metric,
+                    )
+                    if not math.isnan(r.lo)
+                    else text("scaling", "no_interval", ladder=r.ladder, axis=scaling.AXES[axis], where=where)
+                )
+        blocks += [
+            Table(
+                [
+                    "axis",
+                    "ladder",
+                    "dataset",
+                    "frac.",
+                    "rungs",
+                    "gain per 10x",
+                    f"{v['confidence']:.0%} CI",
+                    "simultaneous CI",
+                    "decision",
+                    "note",
+                ],
+                rows,
+                widths=[1.1, 1.1, 1.4, 0.5, 0.5, 0.8, 1.3, 1.3, 0.9, 1.6],
+                size=7,
+                caption=text("scaling", "trend_caption", family=family),
+            )
+        ]
         blocks += [Para(a) for a in answers]
         if min(len(arms) for arms in ladders.values()) == scaling.MIN_RUNGS:
-            blocks.append(Para(text("scaling", "few_rungs", rungs=scaling.MIN_RUNGS,
-                                    t=scaling.t_quantile(1, v["confidence"]))))
+            blocks.append(
+                Para(text("scaling", "few_rungs", rungs=scaling.MIN_RUNGS, t=scaling.t_quantile(1, v["confidence"])))
+            )
     blocks.append(Heading("Scaling with data", 2))
     if "data_scale" in figs:
         _, per_task, _ = scaling.data_scale(res.runs, res.config)
         blocks += figure_blocks(figs["data_scale"], text("scaling", "data_figure", confidence=v["confidence"]))
-        blocks.append(Table(["dataset", "arm", "fractions", "gain per 10x images", f"{v['confidence']:.0%} CI",
-                             "decision"],
-                            [[cell_name(r), L[r.arm], r.rungs, num(r.slope, "+.3f"), ci(r.lo, r.hi), r.decision]
-                             for r in per_task.itertuples()], widths=[1.4, 2.2, 0.7, 1, 1.4, 0.9], size=8,
-                            caption=text("scaling", "data_caption")))
+        blocks.append(
+            Table(
+                ["dataset", "arm", "fractions", "gain per 10x images", f"{v['confidence']:.0%} CI", "decision"],
+                [
+                    [cell_name(r), L[r.arm], r.rungs, num(r.slope, "+.3f"), ci(r.lo, r.hi), r.decision]
+                    for r in per_task.itertuples()
+                ],
+                widths=[1.4, 2.2, 0.7, 1, 1.4, 0.9],
+                size=8,
+                caption=text("scaling", "data_caption"),
+            )
+        )
     else:
-        blocks.append(Para(text("scaling", "one_fraction", fractions=[f"{f:g}" for f in sorted(res.runs["fraction"].unique())])))
+        blocks.append(
+            Para(text("scaling", "one_fraction", fractions=[f"{f:g}" for f in sorted(res.runs["fraction"].unique())]))
+        )
     return blocks
 
 
@@ -405,33 +806,90 @@ def reproduction_section(res: Results) -> list:
     blocks = [Heading("Reproduction check")]
     if rep.empty:
         return blocks + [Para(text("reproduction", "nothing_published"))]
-    rows = [[res.labels[r.arm], f"{r.dataset} @ {r.size} px", f"{r.paper}\n{r.reference}", r.n,
-             f"{r.auc:.3f} ± {num(r.auc_sd)}", num(r.pub_auc), num(r.auc_diff, "+.3f"),  # no AUC published: kNN
-             f"{r.acc:.3f} ± {num(r.acc_sd)}", f"{r.pub_acc:.3f}", f"{r.acc_diff:+.3f}",
-             "–" if r.within is None else ("yes" if r.within else "no")] for r in rep.itertuples()]
-    blocks.append(Table(["arm", "dataset", "published (id)", "seeds", "AUC here", "AUC paper", "Δ AUC", "ACC here",
-                         "ACC paper", "Δ ACC", "within spread"], rows,
-                        widths=[1.5, 1.2, 2.6, 0.5, 1.1, 0.7, 0.7, 1.1, 0.7, 0.7, 0.7], size=7,
-                        caption=text("reproduction", "caption")))
+    rows = [
+        [
+            res.labels[r.arm],
+            f"{r.dataset} @ {r.size} px",
+            f"{r.paper}\n{r.reference}",
+            r.n,
+            f"{r.auc:.3f} ± {num(r.auc_sd)}",
+            num(r.pub_auc),
+            num(r.auc_diff, "+.3f"),  # no AUC published: kNN
+            f"{r.acc:.3f} ± {num(r.acc_sd)}",
+            f"{r.pub_acc:.3f}",
+            f"{r.acc_diff:+.3f}",
+            "–" if r.within is None else ("yes" if r.within else "no"),
+        ]
+        for r in rep.itertuples()
+    ]
+    blocks.append(
+        Table(
+            [
+                "arm",
+                "dataset",
+                "published (id)",
+                "seeds",
+                "AUC here",
+                "AUC paper",
+                "Δ AUC",
+                "ACC here",
+                "ACC paper",
+                "Δ ACC",
+                "within spread",
+            ],
+            rows,
+            widths=[1.5, 1.2, 2.6, 0.5, 1.1, 0.7, 0.7, 1.1, 0.7, 0.7, 0.7],
+            size=7,
+            caption=text("reproduction", "caption"),
+        )
+    )
     differs = rep[rep["recipe"] != rep["protocol"]]
     for r in differs.drop_duplicates(["arm", "recipe"]).itertuples():
-        blocks.append(Para(text("reproduction", "other_recipe", arm=res.labels[r.arm], recipe=r.recipe,
-                                protocol=r.protocol)))
+        blocks.append(
+            Para(text("reproduction", "other_recipe", arm=res.labels[r.arm], recipe=r.recipe, protocol=r.protocol))
+        )
     return blocks
 
 
 def costs_section(res: Results, estimate: dict | None = None) -> list:
     s, L = res.summary, res.labels
     hours = ledger.hours_column(res.runs).replace("_", "-").replace("hours", "h")
-    rows = [[cell_name(r), f"{r.fraction:g}", L[r.arm], f"{r.params / 1e6:.2f}", f"{r.flops / 1e9:.3g}",
-             f"{r.train_seconds:.0f}", f"{r.hours:.3g}", f"{r.peak_mem_mb:.0f}", f"{r.energy_kwh:.3g}",
-             f"{1000 * r.co2e_kg:.3g}"] for r in s.itertuples()]
+    rows = [
+        [
+            cell_name(r),
+            f"{r.fraction:g}",
+            L[r.arm],
+            f"{r.params / 1e6:.2f}",
+            f"{r.flops / 1e9:.3g}",
+            f"{r.train_seconds:.0f}",
+            f"{r.hours:.3g}",
+            f"{r.peak_mem_mb:.0f}",
+            f"{r.energy_kwh:.3g}",
+            f"{1000 * r.co2e_kg:.3g}",
+        ]
+        for r in s.itertuples()
+    ]
     t = ledger.study_total(res.runs)
     return [
         Heading("Costs"),
-        Table(["dataset", "fraction", "arm", "params (M)", "GFLOPs / image", "train s / run", f"{hours} / run",
-               "peak MB", "kWh / run", "g CO2e / run"], rows,
-              widths=[1.4, 0.6, 2, 0.7, 0.8, 0.8, 0.8, 0.7, 0.8, 0.8], size=7.5, caption=text("costs", "caption")),
+        Table(
+            [
+                "dataset",
+                "fraction",
+                "arm",
+                "params (M)",
+                "GFLOPs / image",
+                "train s / run",
+                f"{hours} / run",
+                "peak MB",
+                "kWh / run",
+                "g CO2e / run",
+            ],
+            rows,
+            widths=[1.4, 0.6, 2, 0.7, 0.8, 0.8, 0.8, 0.7, 0.8, 0.8],
+            size=7.5,
+            caption=text("costs", "caption"),
+        ),
         Para(text("costs", "total", t=t)),
     ] + ([Para(plan.versus_measured(estimate, t))] if estimate else [])
 
@@ -442,24 +900,65 @@ def appendix_section(res: Results) -> list:
     commits = runs.groupby(["code_commit", "code_dirty"]).size()
     data = runs.drop_duplicates(["dataset", "size"])
     weights = runs.drop_duplicates("arm")
-    run_rows = [[L[r.arm], cell_name(r), f"{r.fraction:g}", r.seed, f"{getattr(r, 'test_' + res.config['verdict']['metric']):.3f}",
-                 r.config_hash, r.mlflow_run_id or "–"] for r in runs.sort_values(["dataset", "size", "arm", "fraction", "seed"]).itertuples()]
+    run_rows = [
+        [
+            L[r.arm],
+            cell_name(r),
+            f"{r.fraction:g}",
+            r.seed,
+            f"{getattr(r, 'test_' + res.config['verdict']['metric']):.3f}",
+            r.config_hash,
+            r.mlflow_run_id or "–",
+        ]
+        for r in runs.sort_values(["dataset", "size", "arm", "fraction", "seed"]).itertuples()
+    ]
     return [
         PageBreak(),
         Heading("Appendix: provenance"),
-        Table(["torch", "timm", "runs"], [[t, m, n] for (t, m), n in versions.items()], widths=[1, 1, 1], size=8,
-              caption=text("appendix", "versions_caption")),
+        Table(
+            ["torch", "timm", "runs"],
+            [[t, m, n] for (t, m), n in versions.items()],
+            widths=[1, 1, 1],
+            size=8,
+            caption=text("appendix", "versions_caption"),
+        ),
         Para(text("appendix", "rendered_with", packages=provenance.package_versions())),
-        Table(["code commit", "uncommitted changes", "runs"], [[c, str(d), n] for (c, d), n in commits.items()],
-              widths=[3, 1, 0.6], size=8, caption=text("appendix", "code_caption")),
-        Table(["dataset", "data SHA-256"], [[cell_name(r), r.data_sha256] for r in data.itertuples()],
-              widths=[1, None], size=7.5, caption=text("appendix", "data_caption")),
-        Table(["arm", "weights", "published", "weights SHA-256"],
-              [[L[r.arm], r.weights_source, "yes" if r.weights_published else f"NO {NOT_PUBLISHED}", r.weights_sha256 or "–"]
-               for r in weights.itertuples()], widths=[1.2, 1.6, 0.6, None], size=6.5,
-              caption=text("appendix", "weights_caption")),
-        Table(["arm", "dataset", "fraction", "seed", f"test {res.metric}", "config hash", "MLflow run id"], run_rows,
-              widths=[1.8, 1.4, 0.6, 0.4, 0.6, None, None], size=7, caption=text("appendix", "runs_caption")),
+        Table(
+            ["code commit", "uncommitted changes", "runs"],
+            [[c, str(d), n] for (c, d), n in commits.items()],
+            widths=[3, 1, 0.6],
+            size=8,
+            caption=text("appendix", "code_caption"),
+        ),
+        Table(
+            ["dataset", "data SHA-256"],
+            [[cell_name(r), r.data_sha256] for r in data.itertuples()],
+            widths=[1, None],
+            size=7.5,
+            caption=text("appendix", "data_caption"),
+        ),
+        Table(
+            ["arm", "weights", "published", "weights SHA-256"],
+            [
+                [
+                    L[r.arm],
+                    r.weights_source,
+                    "yes" if r.weights_published else f"NO {NOT_PUBLISHED}",
+                    r.weights_sha256 or "–",
+                ]
+                for r in weights.itertuples()
+            ],
+            widths=[1.2, 1.6, 0.6, None],
+            size=6.5,
+            caption=text("appendix", "weights_caption"),
+        ),
+        Table(
+            ["arm", "dataset", "fraction", "seed", f"test {res.metric}", "config hash", "MLflow run id"],
+            run_rows,
+            widths=[1.8, 1.4, 0.6, 0.4, 0.6, None, None],
+            size=7,
+            caption=text("appendix", "runs_caption"),
+        ),
     ]
 
 
@@ -473,11 +972,22 @@ def shift_methods(res: Results) -> list:
     table = shift.verdicts(res.runs, res.shift, v["metric"], v["rope"], v["confidence"])
     bad = res.shift[res.shift["severity"] > 0]
     corruptions = [f"{fam} ({', '.join(sorted(g['corruption'].unique()))})" for fam, g in bad.groupby("family")]
-    return [Heading("Corrupted test sets (MedMNIST-C)", 2),
-            Para(text("shift", "intro", corruptions=listed(corruptions), seed=res.shift["shift_seed"].iloc[0],
-                      medmnistc=res.shift["medmnistc"].iloc[0], rope=v["rope"], metric=res.metric,
-                      family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max()),
-                      below_224=bool((res.shift["size"] < 224).any())))]
+    return [
+        Heading("Corrupted test sets (MedMNIST-C)", 2),
+        Para(
+            text(
+                "shift",
+                "intro",
+                corruptions=listed(corruptions),
+                seed=res.shift["shift_seed"].iloc[0],
+                medmnistc=res.shift["medmnistc"].iloc[0],
+                rope=v["rope"],
+                metric=res.metric,
+                family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max()),
+                below_224=bool((res.shift["size"] < 224).any()),
+            )
+        ),
+    ]
 
 
 def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
@@ -492,22 +1002,47 @@ def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
     if "shift_severity" in figs:
         blocks += figure_blocks(figs["shift_severity"], text("shift", "severity_figure", metric=res.metric))
     for (dataset, size, fraction), g in table.groupby(stats.CELL, sort=True):
-        rows = [[r.condition, L[r.arm], num(r.diff, "+.3f"), ci(r.adj_lo, r.adj_hi), r.decision,
-                 "" if r.condition == shift.CLEAN else num(r.change, "+.3f"),
-                 "" if r.condition == shift.CLEAN else ci(r.change_lo, r.change_hi), r.reading or "–"]
-                for r in g.itertuples()]
+        rows = [
+            [
+                r.condition,
+                L[r.arm],
+                num(r.diff, "+.3f"),
+                ci(r.adj_lo, r.adj_hi),
+                r.decision,
+                "" if r.condition == shift.CLEAN else num(r.change, "+.3f"),
+                "" if r.condition == shift.CLEAN else ci(r.change_lo, r.change_hi),
+                r.reading or "–",
+            ]
+            for r in g.itertuples()
+        ]
         blocks.append(Heading(f"{dataset} @ {size} px, fraction {fraction:g}", 2))
-        blocks.append(Table(["condition", "large arm", f"Δ {res.metric}", "simultaneous CI", "decision", "change",
-                             "change CI", "reading"], rows, widths=[1.3, 1.6, 0.6, 1.3, 0.9, 0.6, 1.3, 1.6], size=7,
-                            caption=text("shift", "table_caption", metric=res.metric, confidence=v["confidence"])))
+        blocks.append(
+            Table(
+                [
+                    "condition",
+                    "large arm",
+                    f"Δ {res.metric}",
+                    "simultaneous CI",
+                    "decision",
+                    "change",
+                    "change CI",
+                    "reading",
+                ],
+                rows,
+                widths=[1.3, 1.6, 0.6, 1.3, 0.9, 0.6, 1.3, 1.6],
+                size=7,
+                caption=text("shift", "table_caption", metric=res.metric, confidence=v["confidence"]),
+            )
+        )
     return blocks
 
 
 def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = None) -> Document:
     """The report's blocks, section by section in reading order."""
     code = provenance.code_version()
-    doc = Document(res.config["title"],
-                   f"study {res.config['study']}: {len(res.runs)} runs; report code {code['commit'][:12]}")
+    doc = Document(
+        res.config["title"], f"study {res.config['study']}: {len(res.runs)} runs; report code {code['commit'][:12]}"
+    )
     sections = [
         summary_section(res),
         methods_section(res),
