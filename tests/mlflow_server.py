@@ -28,7 +28,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{free_port()}"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "MlflowServer":
+    def start(self, timeout: float = 120) -> MlflowServer:
         cmd = [
             str(BIN / "mlflow"),
             "server",
@@ -55,7 +55,7 @@ class MlflowServer:
                     self.stop()
                     raise RuntimeError(
                         f"mlflow server did not start: {(self.folder / 'mlflow-server.log').read_text()[-2000:]}"
-                    )
+                    ) from None
                 time.sleep(0.5)
 
     def stop(self) -> None:

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from runtable import make_config, make_runs
 
-from scaleaudit import adaptive, config as study_config
+from scaleaudit import adaptive
+from scaleaudit import config as study_config
 
 SEEDS = {"initial": 3, "step": 2, "max": 7, "spending": "pocock"}  # looks at 3, 5, 7 seeds
 DATASETS = (("breastmnist", 28), ("pneumoniamnist", 28))

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-
 import tiny_study
+import yaml
 from conftest import make_npz, write_sums
+
 from scaleaudit import jobcontrol
 
 SEEDS = {"initial": 3, "step": 1, "max": 4}  # rounds at 3 and 4 seeds

@@ -8,11 +8,11 @@ import socket
 import subprocess
 
 import pytest
+import tiny_study
 import torch
 import yaml
-
-import tiny_study
 from conftest import write_sums
+
 from scaleaudit import cli, models, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.files import file_digest

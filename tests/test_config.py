@@ -1,7 +1,7 @@
 import pytest
 import yaml
-
 from conftest import REPO
+
 from scaleaudit import config
 from scaleaudit.errors import ScaleauditError
 

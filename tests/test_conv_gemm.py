@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from conftest import REPO
 from torch import nn
 
 import scaleaudit.models  # noqa: F401 - registers the scaleaudit_* architectures
-from conftest import REPO
 from scaleaudit import config, conv_gemm, data, train
 
 

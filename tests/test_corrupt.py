@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from scaleaudit import corrupt
-from conftest import REPO
 
 MC_PYTHON = REPO / ".venv-medmnistc" / "bin" / "python"
 BREAST_CORRUPTIONS = [

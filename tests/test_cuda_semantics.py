@@ -7,12 +7,12 @@ import copy
 import warnings
 
 import pytest
+import tiny_study
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import tiny_study
-from conftest import REPO
 from scaleaudit import config, models, train
 from scaleaudit.errors import ScaleauditError
 

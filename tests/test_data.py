@@ -5,8 +5,8 @@ from functools import partial
 
 import numpy as np
 import pytest
-
 from conftest import make_npz, write_sums
+
 from scaleaudit import data
 from scaleaudit.errors import ScaleauditError
 

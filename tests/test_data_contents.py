@@ -10,9 +10,9 @@ import json
 
 import numpy as np
 import pytest
-
 import tiny_study
 from conftest import make_npz, write_sums
+
 from scaleaudit import cli, data, train
 from scaleaudit.errors import ScaleauditError
 

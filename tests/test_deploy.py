@@ -16,11 +16,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import tiny_study
 import yaml
+from conftest import REPO
 
 import scaleaudit
-import tiny_study
-from conftest import REPO
 
 NOT_SOURCE = shutil.ignore_patterns(
     ".git",

@@ -13,11 +13,11 @@ import os
 import subprocess
 
 import pytest
+import tiny_study
 import torch
 from mlflow import MlflowClient
-
-import tiny_study
 from runtable import make_config, make_runs
+
 from scaleaudit import cli, records, tracking, train
 from scaleaudit.files import read_json, write_json
 

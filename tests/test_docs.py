@@ -3,6 +3,7 @@
 import re
 
 from conftest import REPO
+
 from scaleaudit import config, settings
 
 

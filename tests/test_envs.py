@@ -4,9 +4,9 @@ import re
 import tomllib
 
 import yaml
+from conftest import REPO
 
 import scaleaudit
-from conftest import REPO
 
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 

@@ -6,7 +6,6 @@ import importlib
 import sys
 from pathlib import Path
 
-
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 import pytest
+import tiny_study
 import yaml
 
-import tiny_study
 from scaleaudit import cli, files, train
 from scaleaudit.files import read_json, write_json
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import copy
 
 import pytest
+import tiny_study
 import torch
 
-import tiny_study
 from scaleaudit import config, features, train
 
 PROBE = {"model": "vit_tiny_patch16_224", "input_size": 32, "recipe": "tiny", "group": "large", "train": "linear_probe"}

@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as transforms
+from conftest import REPO
 from PIL import Image
 
 from scaleaudit import config, data, train
-from conftest import REPO
 
 
 def full_config() -> dict:
@@ -95,7 +95,7 @@ def test_medmnist_plus_optimizer_is_their_timm_adamw_with_its_default_weight_dec
     theirs_p = torch.nn.Parameter(ours_p.detach().clone())
     ours, theirs = train._optimizer(recipe, [ours_p]), AdamW([theirs_p], lr=recipe["lr"])
     assert ours.param_groups[0]["weight_decay"] == theirs.param_groups[0]["weight_decay"] == 0.01
-    for step in range(20):
+    for _ in range(20):
         grad = torch.randn(5, 3)
         for p, opt in ((ours_p, ours), (theirs_p, theirs)):
             p.grad = grad.clone()
@@ -153,7 +153,7 @@ class TheirBasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_planes, planes, stride=1):
-        super(TheirBasicBlock, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
 
@@ -177,7 +177,7 @@ class TheirBasicBlock(nn.Module):
 
 class TheirResNet(nn.Module):
     def __init__(self, block, num_blocks, in_channels=1, num_classes=2):
-        super(TheirResNet, self).__init__()
+        super().__init__()
         self.in_planes = 64
 
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)

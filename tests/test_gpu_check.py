@@ -6,14 +6,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
-
 import tiny_study
+import torch
 from conftest import REPO
+
 from scaleaudit import devices
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-import gpu_check  # noqa: E402
+import gpu_check
 
 
 @pytest.mark.parametrize(

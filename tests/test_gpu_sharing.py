@@ -9,9 +9,9 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
-
 import tiny_study
 from conftest import REPO
+
 from scaleaudit import cost
 
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny_study
 import yaml
 from mlflow import MlflowClient
 
-import tiny_study
 from scaleaudit import cli, config, tracking, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.files import write_json, write_text

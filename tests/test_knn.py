@@ -6,10 +6,10 @@ import copy
 
 import numpy as np
 import pytest
+import tiny_study
 import torch
 from scipy import stats
 
-import tiny_study
 from scaleaudit import config, features, knn, train
 from scaleaudit.records import RunResult
 

@@ -1,8 +1,7 @@
+import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-
-import pytest
 
 from scaleaudit import models
 from scaleaudit.errors import ScaleauditError

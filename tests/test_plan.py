@@ -7,11 +7,11 @@ import math
 import subprocess
 
 import pytest
-import yaml
-
 import tiny_study
+import yaml
 from conftest import REPO
 from runtable import make_config, make_runs
+
 from scaleaudit import config, data, ledger, plan, report
 
 

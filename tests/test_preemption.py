@@ -20,8 +20,8 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, make_npz, write_sums
+
 from scaleaudit import config as study_config
 from scaleaudit import data, tracking
 from scaleaudit.files import write_json

@@ -1,8 +1,8 @@
 """metrics.json has one layout (records.RunResult) that train writes and aggregate reads."""
 
 import pytest
-
 import tiny_study
+
 from scaleaudit import aggregate, records, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.files import read_json, write_json

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import tiny_study
+
 from scaleaudit import provenance, train
 from scaleaudit.files import read_json
 

@@ -190,6 +190,7 @@ def test_data_scale_fits_the_gain_per_10x_training_images_per_arm():
 
 def test_shipped_ladders_have_three_rungs_that_differ_in_size_only():
     from conftest import REPO
+
     from scaleaudit import config
 
     full = config.load(REPO / "config" / "config.yaml")
@@ -214,6 +215,7 @@ def test_shipped_ladders_have_three_rungs_that_differ_in_size_only():
 
 def test_a_rung_that_differs_in_more_than_size_is_a_clear_error():
     from conftest import REPO
+
     from scaleaudit import config
     from scaleaudit.errors import ScaleauditError
 

@@ -4,8 +4,8 @@ import json
 import subprocess
 
 import pytest
-
 import tiny_study
+
 from scaleaudit import settings
 from scaleaudit.files import read_json
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+import tiny_study
 
 from scaleaudit import corrupt, shift, stats, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.records import RunResult
-import tiny_study
-
 
 # --- kept weights and their evaluation -----------------------------------------------------------------------------
 

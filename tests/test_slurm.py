@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import tiny_study
 from conftest import REPO, make_npz, write_sums
 from mlflow_server import MlflowServer

@@ -7,12 +7,12 @@ import shutil
 import subprocess
 
 import pytest
+import tiny_study
 import torch
 from mlflow import MlflowClient
 
-import tiny_study
 from scaleaudit import cli, config, tracking, train
-from scaleaudit.files import read_json, write_json
+from scaleaudit.files import read_json
 
 
 @pytest.fixture
@@ -229,5 +229,5 @@ def test_weights_file_overwritten_after_it_was_recorded_is_refused(capsys, tiny_
     )
     err = capsys.readouterr().err
     assert code == 2, err
-    assert f"changed since fetch-weights recorded it" in err and recorded in err and "weights/<arm>.json" in err
+    assert "changed since fetch-weights recorded it" in err and recorded in err and "weights/<arm>.json" in err
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / train.CHECKPOINT).exists()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 import pytest
+import tiny_study
 from mlflow import MlflowClient
 
-import tiny_study
 from scaleaudit import provenance, tracking, train
 from scaleaudit.errors import ScaleauditError
 

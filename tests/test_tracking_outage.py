@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
-from mlflow import MlflowClient
-
 import tiny_study
+from mlflow import MlflowClient
 from mlflow_server import MlflowServer
+
 from scaleaudit import cli, tracking, train
 from scaleaudit.files import read_json, write_json
 

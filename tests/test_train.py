@@ -5,9 +5,9 @@ import json
 import mlflow
 import numpy as np
 import pytest
+from conftest import REPO
 
 from scaleaudit import config, data, tracking, train
-from conftest import REPO
 
 EPOCHS = 3
 

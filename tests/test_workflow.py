@@ -8,10 +8,9 @@ import mlflow
 import pandas as pd
 import pytest
 import timm
+import tiny_study
 import yaml
 from safetensors.torch import save_file
-
-import tiny_study
 
 TINY = {
     "study": "tiny",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 import jsonschema
 import yaml

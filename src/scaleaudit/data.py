@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -247,7 +247,7 @@ def fetch(flag: str, size: int, dest: str | os.PathLike, mirror: Path | None = N
         "verified_against": verified,
         "license": info(flag)["license"],
         "shapes": {k: list(v) for k, v in shapes.items()},
-        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

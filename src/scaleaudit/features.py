@@ -10,8 +10,8 @@ a lock makes concurrent runs wait for the first one instead of computing the sam
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -74,7 +74,7 @@ def load_or_compute(path: Path, make: Callable[[], dict[str, torch.Tensor]], log
                 feats = torch.load(path, map_location="cpu", weights_only=True)
                 log(f"frozen-backbone features from {path}")
                 return feats
-            except Exception as exc:  # noqa: BLE001 - an unreadable cache is recomputed
+            except Exception as exc:
                 log(f"features cache {path} is unreadable ({type(exc).__name__}); computing again")
         feats = {split: t.cpu() for split, t in make().items()}
         with atomic_path(path) as tmp:

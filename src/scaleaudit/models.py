@@ -208,7 +208,7 @@ def resolve_weights(
         return record | {"file": str(path), "source": source, "published": True, "sha256": file_digest(path)}
     except ScaleauditError:
         raise
-    except Exception as exc:  # noqa: BLE001 - offline, DNS, HTTP: all mean "not available here"
+    except Exception as exc:
         hub_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if allow_selfmade:
         dest = selfmade_dir / f"{name}.selfmade.safetensors"

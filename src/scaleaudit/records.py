@@ -72,7 +72,7 @@ class RunSpec:
     round: int | None = None  # adaptive seeds: the round that added this seed (bookkeeping, outside the hash)
 
     @classmethod
-    def create(cls, **values: Any) -> "RunSpec":
+    def create(cls, **values: Any) -> RunSpec:
         """A spec from its fields; the hash is computed over all of them (the hash of the spec dict without it)."""
         values = {
             "size": int(values.pop("size")),
@@ -84,7 +84,7 @@ class RunSpec:
         return cls(**ordered, config_hash=canonical_hash(ordered), round=round_)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunSpec":
+    def from_dict(cls, d: dict) -> RunSpec:
         _check_keys(
             cls, d, "the run spec", "pass the spec the workflow resolves (config.run_spec), not a hand-made one"
         )
@@ -118,7 +118,7 @@ class RunInfo:
     round: int = 1  # adaptive seeds: the round that added this seed (1 in a fixed design)
 
     @classmethod
-    def of(cls, spec: RunSpec, input_size: int) -> "RunInfo":
+    def of(cls, spec: RunSpec, input_size: int) -> RunInfo:
         arm = spec.arm_spec
         return cls(
             study=spec.study,
@@ -160,14 +160,14 @@ class RunResult:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"run": asdict(self.run)}
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "metrics") -> "RunResult":
+    def from_dict(cls, d: dict, where: str = "metrics") -> RunResult:
         fix = "it was written by another scaleaudit version or edited: delete the run folder and train it again"
         _check_keys(cls, d, where, fix)
         _check_keys(RunInfo, d["run"], f"{where} (run)", fix)
         return cls(**(d | {"run": RunInfo(**d["run"])}))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RunResult":
+    def load(cls, path: str | os.PathLike) -> RunResult:
         return cls.from_dict(read_json(path), where=str(path))
 
     def save(self, path: str | os.PathLike) -> None:

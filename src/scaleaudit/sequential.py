@@ -39,6 +39,13 @@ def spent(spending: str, alpha: float, t: float) -> float:
     raise ValueError(f"unknown spending function {spending!r}: one of {SPENDING}")
 
 
+def _unspent(c: float, tk: float, sd: float, grid: np.ndarray, mass: np.ndarray, step: float) -> float:
+    """Probability of first crossing +-c at look k (information ``tk``) from the continuation region (``mass`` on
+    ``grid``, the score's increment since the last look of sd ``sd``), less the error ``step`` to spend there."""
+    b = c * math.sqrt(tk)
+    return float(np.sum(mass * (sps.norm.sf((b - grid) / sd) + sps.norm.cdf((-b - grid) / sd)))) - step
+
+
 @lru_cache(maxsize=256)
 def boundaries(looks: tuple[int, ...], alpha: float, spending: str = "pocock") -> tuple[float, ...]:
     """The critical values c_1..c_K (z scale) of two-sided repeated confidence intervals at the planned ``looks``."""
@@ -54,14 +61,8 @@ def boundaries(looks: tuple[int, ...], alpha: float, spending: str = "pocock") -
             c = sps.norm.isf(step / 2)
         else:
             sd = math.sqrt(tk - t[k - 1])
-
-            def exit_prob(c):
-                b = c * math.sqrt(tk)
-                return float(
-                    np.sum(weights * density * (sps.norm.sf((b - grid) / sd) + sps.norm.cdf((-b - grid) / sd)))
-                )
-
-            c = optimize.brentq(lambda c: exit_prob(c) - step, 1e-6, 40.0, xtol=1e-10) if step > 0 else math.inf
+            args = (tk, sd, grid, weights * density, step)
+            c = optimize.brentq(_unspent, 1e-6, 40.0, args=args, xtol=1e-10) if step > 0 else math.inf
         out.append(float(c))
         if k + 1 == len(t):
             break

@@ -10,8 +10,8 @@ study whose config names the place; to override a configured value, override the
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 
 @dataclass(frozen=True)

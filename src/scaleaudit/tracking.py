@@ -21,8 +21,9 @@ import random
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from . import settings
 from .errors import ScaleauditError
@@ -130,7 +131,7 @@ def retry(fn: Callable[[], T], attempts: int = 8, server: str | None = None) -> 
     while True:
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - MLflow wraps SQLAlchemy and requests errors in its own types
+        except Exception as exc:
             attempt += 1
             if server is not None and _server_outage(exc):
                 delay = min(2.0**attempt, 15.0)
@@ -294,7 +295,7 @@ class TrackedRun:
             self.run_id = run_id
             self._call(lambda: self.client.update_run(run_id, status="RUNNING"))
             self.logged = {
-                key: {m.step for m in self._call(lambda: self.client.get_metric_history(run_id, key))}
+                key: {m.step for m in self._call(lambda key=key: self.client.get_metric_history(run_id, key))}
                 for key in old.data.metrics
             }
             return
@@ -353,7 +354,7 @@ class TrackedRun:
 
     def log_artifacts(self, paths: list[Path]) -> None:
         for path in paths:
-            self._call(lambda: self.client.log_artifact(self.run_id, str(path)))
+            self._call(lambda path=path: self.client.log_artifact(self.run_id, str(path)))
 
     def log_model(self, model, staging: Path) -> None:
         """The model as an MLflow model (``mlflow.pytorch`` flavour, artifact ``model``), staged in ``staging``; the

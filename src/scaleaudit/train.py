@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import timm
@@ -53,7 +53,7 @@ def cuda_diagnosis() -> str:
     try:
         torch.cuda.init()
         reason = "no CUDA device is visible"
-    except Exception as exc:  # noqa: BLE001 - torch names the cause: no driver, driver too old, ...
+    except Exception as exc:
         reason = str(exc).splitlines()[0]
     return (
         f"torch {torch.__version__} is built for CUDA {torch.version.cuda}; {reason}; "
@@ -319,7 +319,7 @@ class Trainer:
             # Onto the CPU: RNG states must stay CPU ByteTensors (set_state refuses others); model and
             # optimiser states are copied to their parameters' device by load_state_dict.
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means: start over
+        except Exception as exc:
             self.log(f"checkpoint {path} is unreadable ({type(exc).__name__}); starting from scratch")
             return False
         if ckpt.get("config_hash") != self.spec["config_hash"]:
@@ -716,7 +716,7 @@ def _end_failed(tracked, monitor, exc: BaseException, log: Callable[[str], None]
         return
     try:
         tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
-    except Exception as end_exc:  # noqa: BLE001 - the first error is the one to report
+    except Exception as end_exc:
         log(
             f"could not mark MLflow run {tracked.run_id} as failed ({str(end_exc).splitlines()[0]}); "
             "it is ended when the job runs again"

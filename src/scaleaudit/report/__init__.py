@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 
 from .. import plan
-from . import curves
 from ..files import atomic_path, read_json, write_text
+from . import curves
 from .document import Document, Figure, Heading, PageBreak, Para, Table, esc, to_markdown, to_typst
 from .results import (
     NOT_PUBLISHED,

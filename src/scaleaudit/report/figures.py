@@ -16,15 +16,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from .. import ledger, scaling, stats  # noqa: E402
-from .document import FIGURE_DPI  # noqa: E402
-from .results import Results  # noqa: E402
+from .. import ledger, scaling, stats
+from .document import FIGURE_DPI
+from .results import Results
 
 PALETTE = "colorblind"
 DATASETS_PER_FIGURE = 4
