@@ -250,14 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         tmp = Path(tmp)
-        from scaleaudit import plan
+        from scaleaudit import synthetic
 
-        synthetic = plan.synthetic_npz(tmp / "breastmnist.npz", "breastmnist", args.images)
+        synthetic_npz = synthetic.write_npz(tmp / "breastmnist.npz", splits=synthetic.small_splits(args.images))
         rows = driver_rows(args.device) if args.device == "cuda" else []
-        rows.append(resume_check(args.device, synthetic, tmp))
+        rows.append(resume_check(args.device, synthetic_npz, tmp))
         if args.bench:
             mirror = Path(os.environ.get("SCALEAUDIT_MIRROR") or bench_train.DEFAULT_MIRROR) / "breastmnist.npz"
-            stand_in = plan.synthetic_npz(tmp / "breastmnist_bench.npz", "breastmnist")  # the real split lengths
+            stand_in = synthetic.write_npz(tmp / "breastmnist_bench.npz")  # the real split lengths
             rows += bench_rows(args.device, mirror if mirror.exists() else stand_in, tmp, args.epochs, args.vit_steps)
     print_table(rows)
     return 0 if all(ok for _, _, ok in rows) else 1

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import tiny_study
 import yaml
-from conftest import make_npz, write_sums
+from conftest import write_sums
 
 from scaleaudit import jobcontrol
+from scaleaudit.synthetic import write_npz
 
 SEEDS = {"initial": 3, "step": 1, "max": 4}  # rounds at 3 and 4 seeds
 
@@ -32,7 +33,7 @@ def study(tmp_path):
     """The workflow in a scratch folder, on a synthetic BreastMNIST with a quarter of the labels flipped (so that
     scores differ between seeds and arms)."""
     mirror = tmp_path / "mirror"
-    path = make_npz(mirror / "breastmnist.npz")
+    path = write_npz(mirror / "breastmnist.npz")
     arrays = dict(np.load(path))
     rng = np.random.default_rng(0)
     for split in ("train", "val", "test"):

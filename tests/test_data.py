@@ -5,10 +5,11 @@ from functools import partial
 
 import numpy as np
 import pytest
-from conftest import make_npz, write_sums
+from conftest import write_sums
 
 from scaleaudit import data
 from scaleaudit.errors import ScaleauditError
+from scaleaudit.synthetic import write_npz
 
 
 def test_fetch_from_mirror_verifies_and_records_provenance(tiny_mirror, tmp_path):
@@ -75,7 +76,7 @@ def http_server(tmp_path):
 
 def test_download_is_verified_against_the_official_md5(http_server, tmp_path, monkeypatch):
     root, url = http_server
-    payload = make_npz(root / "breastmnist.npz")
+    payload = write_npz(root / "breastmnist.npz")
     md5 = hashlib.md5(payload.read_bytes()).hexdigest()
     monkeypatch.setattr(data, "official_source", lambda flag, size: {"url": f"{url}/breastmnist.npz", "md5": md5})
     record = data.fetch("breastmnist", 28, tmp_path / "b.npz")
@@ -99,7 +100,7 @@ def test_config_mirror_wins_over_env(tiny_mirror, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("shape", [(-1,), (-1, 1)])
 def test_both_label_shapes_load_as_vectors(tmp_path, shape):
-    path = make_npz(tmp_path / "b.npz", label_shape=shape)
+    path = write_npz(tmp_path / "b.npz", label_shape=shape)
     splits = data.load_splits(path, "breastmnist", 28)
     assert splits["train"][1].shape == (546,)
     assert splits["train"][0].dtype == np.uint8 and splits["train"][0].shape == (546, 28, 28, 1)
@@ -136,7 +137,7 @@ def test_multilabel_subset():
 
 
 def test_write_sums_roundtrip(tmp_path):
-    make_npz(tmp_path / "breastmnist_64.npz", size=64)
+    write_npz(tmp_path / "breastmnist_64.npz", size=64)
     write_sums(tmp_path)
     record = data.fetch("breastmnist", 64, tmp_path / "out.npz", tmp_path)
     assert record["shapes"]["val_images"] == [78, 64, 64]

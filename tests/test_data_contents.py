@@ -11,10 +11,11 @@ import json
 import numpy as np
 import pytest
 import tiny_study
-from conftest import make_npz, write_sums
+from conftest import write_sums
 
 from scaleaudit import cli, data, train
 from scaleaudit.errors import ScaleauditError
+from scaleaudit.synthetic import write_npz
 
 
 def _rewrite(path, **changes):
@@ -93,7 +94,7 @@ def test_file_changed_after_fetch_is_refused_before_training(capsys, tiny_mirror
 
 @pytest.mark.parametrize("label_shape", [(-1,), (-1, 1)])
 def test_both_official_label_layouts_and_grey_channel_axis_pass(tmp_path, label_shape):
-    path = make_npz(tmp_path / "breastmnist.npz", label_shape=label_shape)
+    path = write_npz(tmp_path / "breastmnist.npz", label_shape=label_shape)
     assert data.check_npz(path, "breastmnist", 28)["train_images"] == (546, 28, 28)
     _rewrite(path, train_images=lambda x: x[..., None])  # (N, H, W, 1) is the same grey image
     assert data.check_npz(path, "breastmnist", 28)["train_images"] == (546, 28, 28, 1)
@@ -119,10 +120,8 @@ def test_multilabel_and_rgb_datasets_are_checked_against_their_own_info(tmp_path
     with pytest.raises(ScaleauditError, match="train_labels range from 0 to 2"):
         data.check_npz(path, "chestmnist", 28)
 
-    blood = data.info("bloodmnist")
-    rgb = make_npz(
-        tmp_path / "bloodmnist.npz", n=tuple(blood["n_samples"][s] for s in data.SPLITS), channels=3, n_classes=8
-    )
+    assert data.info("bloodmnist")["n_channels"] == 3
+    rgb = write_npz(tmp_path / "bloodmnist.npz", "bloodmnist")  # its own split lengths, 3 channels and 8 classes
     assert data.check_npz(rgb, "bloodmnist", 28)["val_images"][1:] == (28, 28, 3)
     _rewrite(rgb, val_images=lambda x: x[..., 0])
     with pytest.raises(

@@ -49,9 +49,9 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
 
 def test_resume_check_finds_sigterm_and_resume_equal_to_an_uninterrupted_run(tmp_path):
     """The gpu-check's resume path, on the CPU: the same code runs on CUDA there."""
-    from scaleaudit import plan
+    from scaleaudit import synthetic
 
-    data = plan.synthetic_npz(tmp_path / "breastmnist.npz", "breastmnist", 2000)
+    data = synthetic.write_npz(tmp_path / "breastmnist.npz", splits=synthetic.small_splits(2000))
     label, result, ok = gpu_check.resume_check(
         "cpu", data, tmp_path, model="scaleaudit_cnn_small", epochs=3, stop_after=1
     )

@@ -20,11 +20,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_npz, write_sums
+from conftest import REPO, write_sums
 
 from scaleaudit import config as study_config
 from scaleaudit import data, tracking
 from scaleaudit.files import write_json
+from scaleaudit.synthetic import write_npz
 
 EPOCHS = 6
 
@@ -34,7 +35,7 @@ def job(tmp_path):
     """Everything `scaleaudit train` needs: data record, run spec and an MLflow experiment (SQLite)."""
     mirror = tmp_path / "mirror"
     # BreastMNIST's 546 training images: an epoch takes a noticeable time, so the kills land mid-run.
-    make_npz(mirror / "breastmnist.npz")
+    write_npz(mirror / "breastmnist.npz")
     write_sums(mirror)
     npz = tmp_path / "data" / "breastmnist_28.npz"
     record = data.fetch("breastmnist", 28, npz, mirror)

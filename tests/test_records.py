@@ -11,10 +11,12 @@ from scaleaudit.files import read_json, write_json
 @pytest.fixture(scope="module")
 def one_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("records")
-    from conftest import make_npz, write_sums
+    from conftest import write_sums
+
+    from scaleaudit.synthetic import write_npz
 
     mirror = tmp / "mirror"
-    make_npz(mirror / "breastmnist.npz")
+    write_npz(mirror / "breastmnist.npz")
     write_sums(mirror)
     record = tiny_study.fetch(mirror, tmp / "data")
     train.run(tiny_study.spec(epochs=1), record, tmp / "run", tracking=None, weights=None, threads=1)

@@ -16,10 +16,12 @@ from scaleaudit.records import RunResult
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from conftest import make_npz, write_sums
+    from conftest import write_sums
+
+    from scaleaudit.synthetic import write_npz
 
     tmp = tmp_path_factory.mktemp("shift")
-    make_npz(tmp / "mirror" / "breastmnist.npz")
+    write_npz(tmp / "mirror" / "breastmnist.npz")
     write_sums(tmp / "mirror")
     record = tiny_study.fetch(tmp / "mirror", tmp / "data")
     out = tmp / "run"

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import tiny_study
-from conftest import REPO, make_npz, write_sums
+from conftest import REPO, write_sums
 from mlflow_server import MlflowServer
+
+from scaleaudit.synthetic import write_npz
 
 pytestmark = pytest.mark.slurm
 
@@ -56,7 +58,7 @@ def mlflow_server(tmp_path):
 def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
     work = tiny_study.copy_workflow(tmp_path / "repo")  # results do not land in the repository
     mirror = tmp_path / "mirror"
-    make_npz(mirror / "breastmnist.npz")
+    write_npz(mirror / "breastmnist.npz")
     write_sums(mirror)
     env = os.environ | {
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",

@@ -17,10 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import config as study_config
-from . import data, devices
+from . import data, devices, synthetic
 from .errors import ScaleauditError
 
 LAUNCH_S = 8e-6  # eager PyTorch: host time per dispatched op, the floor of a launch-bound GPU step
@@ -30,40 +28,6 @@ DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
 DEFAULT_UTILIZATION = 0.35
 CPU_CALIBRATION_BATCH = 16  # keeps a CPU calibration of a ViT-B short; GPUs use the recipe's batch
 PLAN_FILE = "plan.json"
-
-
-def synthetic_npz(path: Path, flag: str, n_train: int | None = None, size: int = 28, seed: int = 0) -> Path:
-    """A learnable file shaped like ``flag`` (channels, classes, task): the class sets a central square's brightness.
-    With ``n_train`` None it has the dataset's split lengths and passes its content check; otherwise ``n_train``
-    training images (val and test an eighth of that), for code that loads it with ``synthetic=True``."""
-    meta = data.info(flag)
-    rng = np.random.default_rng(seed)
-    channels, n_classes = meta["n_channels"], meta["n_classes"]
-    arrays = {}
-    counts = (
-        dict(meta["n_samples"])
-        if n_train is None
-        else {"train": n_train, "val": max(n_train // 8, 20), "test": max(n_train // 8, 20)}
-    )
-    for split, count in counts.items():
-        if meta["task"] == "multi-label":
-            labels = rng.integers(0, 2, size=(count, n_classes))
-            level = labels[:, 0]
-        else:
-            labels = rng.integers(0, n_classes, size=(count, 1))
-            level = labels[:, 0]
-        shape = (count, size, size) + ((channels,) if channels > 1 else ())
-        images = rng.integers(0, 90, size=shape, dtype=np.uint8)
-        lo, hi = size // 4, 3 * size // 4
-        images[:, lo:hi, lo:hi] += (
-            (level * (120 // max(n_classes - 1, 1)))
-            .astype(np.uint8)
-            .reshape((-1, 1, 1) + ((1,) if channels > 1 else ()))
-        )
-        arrays |= {f"{split}_images": images, f"{split}_labels": labels}
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-    return path
 
 
 def evaluations(recipe: dict) -> int:
@@ -93,7 +57,9 @@ def calibrate(spec: dict, device, steps: int, batch: int) -> dict:
     from . import features, train
 
     with tempfile.TemporaryDirectory(prefix="scaleaudit-plan-") as tmp:
-        path = synthetic_npz(Path(tmp) / "calibration.npz", spec["dataset"], batch, spec["size"])
+        path = synthetic.write_npz(
+            Path(tmp) / "calibration.npz", spec["dataset"], synthetic.small_splits(batch), spec["size"]
+        )
         spec = dict(
             spec,
             fraction=1.0,
