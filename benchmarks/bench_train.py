@@ -162,7 +162,7 @@ def side_reference(args) -> dict:
 def side_scaleaudit(args) -> dict:
     import torch
 
-    from scaleaudit import config, train
+    from scaleaudit import config, runtime, train
 
     cfg = study_config(
         args.dataset,
@@ -176,8 +176,8 @@ def side_scaleaudit(args) -> dict:
         args.determinism,
     )
     spec = config.run_spec(cfg, args.dataset, 28, "arm", 1.0, args.seed)
-    train.configure_torch(args.seed, args.threads, args.determinism)
-    device = train.pick_device(args.device)
+    runtime.configure_torch(args.seed, args.threads, args.determinism)
+    device = runtime.pick_device(args.device)
     trainer = train.Trainer(spec, args.data, None, device, log=lambda msg: None)
     history, train_seconds = [], []
     step = trainer.train_epoch
@@ -222,7 +222,7 @@ def side_steps(args) -> dict:
     """``args.steps`` training steps of ``args.model`` on one fixed batch after ``args.warmup``; one sync at the end."""
     import torch
 
-    from scaleaudit import config, cost, devices, train
+    from scaleaudit import config, cost, devices, runtime, train
 
     cfg = study_config(
         args.dataset,
@@ -236,8 +236,8 @@ def side_steps(args) -> dict:
         args.determinism,
     )
     spec = config.run_spec(cfg, args.dataset, 28, "arm", 1.0, args.seed)
-    train.configure_torch(args.seed, args.threads, args.determinism)
-    device = train.pick_device(args.device)
+    runtime.configure_torch(args.seed, args.threads, args.determinism)
+    device = runtime.pick_device(args.device)
     trainer = train.Trainer(spec, args.data, None, device, log=lambda msg: None)
     images, labels = trainer.tensors["train"]
     idx = torch.arange(args.batch_size, device=device) % len(images)
@@ -324,7 +324,7 @@ def startup_seconds(flag: str, data_path: Path, tracked: bool) -> float:
         }
         files.write_json(tmp / "data.json", record)
         cfg = study_config(flag, "scaleaudit_resnet18_cifar", None, 1, 128, 0, "auto", "auto")
-        files.write_json(tmp / "spec.json", config.run_spec(cfg, flag, 28, "arm", 1.0, 0))
+        files.write_json(tmp / "spec.json", config.run_spec(cfg, flag, 28, "arm", 1.0, 0).to_dict())
         argv = [
             "train",
             "--spec",

@@ -137,7 +137,7 @@ def resume_check(
     }
     files.write_json(job / "data.json", record)
     cfg = bench_train.study_config("breastmnist", model, None, epochs, 128, 0, device, "auto")
-    files.write_json(job / "spec.json", config.run_spec(cfg, "breastmnist", 28, "arm", 1.0, 0))
+    files.write_json(job / "spec.json", config.run_spec(cfg, "breastmnist", 28, "arm", 1.0, 0).to_dict())
     env = bench_train._env()
     label = f"SIGTERM after epoch {stop_after} of {epochs}, resume"
 
@@ -242,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from scaleaudit import train
+    from scaleaudit import runtime
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"gpu-check: no CUDA on this machine, nothing to check ({train.cuda_diagnosis()})")
+        print(f"gpu-check: no CUDA on this machine, nothing to check ({runtime.cuda_diagnosis()})")
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from runtable import make_config, make_runs
 
-from scaleaudit import adaptive
+from scaleaudit import adaptive, design
 from scaleaudit import config as study_config
 
 SEEDS = {"initial": 3, "step": 2, "max": 7, "spending": "pocock"}  # looks at 3, 5, 7 seeds
@@ -30,10 +30,10 @@ def upto(runs, seeds):
 
 
 def test_schedule_of_rounds():
-    assert adaptive.looks({"initial": 3, "step": 2, "max": 8}) == (3, 5, 7, 8)
-    assert adaptive.looks({"initial": 4, "step": 4, "max": 4}) == (4,)
-    assert [adaptive.round_of(SEEDS, s) for s in range(1, 8)] == [1, 1, 1, 2, 2, 3, 3]
-    assert adaptive.round_seeds(SEEDS, 2) == [4, 5] and adaptive.round_seeds(SEEDS, 4) == []
+    assert design.looks({"initial": 3, "step": 2, "max": 8}) == (3, 5, 7, 8)
+    assert design.looks({"initial": 4, "step": 4, "max": 4}) == (4,)
+    assert [design.round_of(SEEDS, s) for s in range(1, 8)] == [1, 1, 1, 2, 2, 3, 3]
+    assert design.round_seeds(SEEDS, 2) == [4, 5] and design.round_seeds(SEEDS, 4) == []
 
 
 def test_only_the_undecided_cell_gets_the_next_round_for_all_its_arms():
@@ -98,9 +98,9 @@ def test_the_round_is_recorded_but_leaves_the_run_hash_alone():
     fixed = dict(cfg, design=dict(cfg["design"], seeds=7))
     a = study_config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 6)
     b = study_config.run_spec(fixed, "breastmnist", 28, "cnn_small", 1.0, 6)
-    assert a["round"] == 3 and "round" not in b and a["config_hash"] == b["config_hash"]
+    assert a.round == 3 and b.round is None and a.config_hash == b.config_hash
     # the first round is the design's run grid
-    assert {r["seed"] for r in study_config.runs(cfg)} == {1, 2, 3}
+    assert {r["seed"] for r in design.runs(cfg)} == {1, 2, 3}
 
 
 def test_max_below_initial_is_rejected():

@@ -13,7 +13,7 @@ import torch
 import yaml
 from conftest import write_sums
 
-from scaleaudit import cli, models, train
+from scaleaudit import cli, job, models, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.files import file_digest
 
@@ -82,7 +82,7 @@ def test_dataset_damaged_after_fetch_fails_before_training(capsys, tiny_mirror, 
         capsys,
         "train",
         "--spec",
-        json.dumps(tiny_study.spec()),
+        json.dumps(tiny_study.spec().to_dict()),
         "--data",
         str(path.with_suffix(".json")),
         "--out",
@@ -248,8 +248,8 @@ def test_pickled_checkpoint_is_not_executed(capsys, tiny_mirror, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     marker = tmp_path / "pwned"
-    _pickle_bomb(out / train.CHECKPOINT, marker, {"config_hash": spec["config_hash"]})
-    result = train.run(spec, record, out, None, None, threads=1)
+    _pickle_bomb(out / train.CHECKPOINT, marker, {"config_hash": spec.config_hash})
+    result = job.run(spec, record, out, None, None, threads=1)
     assert not marker.exists()
     assert "is unreadable" in capsys.readouterr().err
     assert result["epochs_run"] == 1 and (out / "metrics.json").exists()

@@ -2,7 +2,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from scaleaudit import config
+from scaleaudit import config, design
 from scaleaudit.errors import ScaleauditError
 
 FULL, DEMO = REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml"
@@ -10,9 +10,9 @@ FULL, DEMO = REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml"
 
 def test_shipped_configs_are_valid():
     full = config.load(FULL)
-    assert len(full["design"]["arms"]) >= 7 and config.seeds(full) == [1, 2, 3, 4, 5]
+    assert len(full["design"]["arms"]) >= 7 and design.seeds(full) == [1, 2, 3, 4, 5]
     demo = config.load(FULL, DEMO)
-    assert demo["study"] == "demo" and len(list(config.runs(demo))) == 12
+    assert demo["study"] == "demo" and len(list(design.runs(demo))) == 12
     assert demo["recipes"]["demo_v2"]["scheduler"] == "multistep"
     assert demo["arms"]["cnn_small"]["input_size"] is None  # schema defaults filled in
 
@@ -48,8 +48,8 @@ def test_run_spec_hash_identifies_the_configuration():
     cfg = config.load(FULL, DEMO)
     a = config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
     assert a == config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
-    assert a["config_hash"] != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 2)["config_hash"]
+    assert a.config_hash != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 2).config_hash
     cfg["arms"]["cnn_small"] |= {"label": "renamed", "resources": {"mem_mb": 999}}
     assert a == config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)  # no re-training for these
     cfg["recipes"]["demo_v2"]["lr"] = 0.1
-    assert a["config_hash"] != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)["config_hash"]
+    assert a.config_hash != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1).config_hash

@@ -4,6 +4,7 @@ their tensors were mapped to, the determinism policy, and the refusal of a GPU r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from conftest import REPO
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from scaleaudit import config, models, train
+from scaleaudit import config, job, models, runtime, train
 from scaleaudit.errors import ScaleauditError
 
 # ATen ops that raise under use_deterministic_algorithms(True) on CUDA (torch's list of ops without a
@@ -65,12 +66,12 @@ def test_checkpoint_resumes_whatever_device_its_tensors_were_mapped_to(tiny_data
     as a CPU RNG state moved to a GPU is unusable for the CPU generator.
     """
     spec = tiny_study.spec(epochs=2)
-    train.configure_torch(spec["seed"], 1)
+    runtime.configure_torch(spec.seed, 1)
     straight = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
     straight.fit(tmp_path / "straight.pt")
 
     first = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
-    spec1 = dict(spec, recipe=dict(spec["recipe"], epochs=1))
+    spec1 = dataclasses.replace(spec, recipe=dict(spec.recipe, epochs=1))  # the same run, stopped after 1
     first.spec = spec1
     first.fit(tmp_path / "ckpt.pt")
     resumed = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
@@ -86,25 +87,25 @@ def test_checkpoint_resumes_whatever_device_its_tensors_were_mapped_to(tiny_data
 def test_deterministic_policy_raises_instead_of_warning_and_sets_the_cublas_workspace(torch_policy):
     import os
 
-    train.configure_torch(0, None, "deterministic")
-    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == train.CUBLAS_WORKSPACE
+    runtime.configure_torch(0, None, "deterministic")
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == runtime.CUBLAS_WORKSPACE
     assert torch.are_deterministic_algorithms_enabled()
     assert not torch.is_deterministic_algorithms_warn_only_enabled()  # warn_only warns on every cuBLAS call
     assert not torch.backends.cudnn.benchmark
 
-    train.configure_torch(0, None, "fast")
+    runtime.configure_torch(0, None, "fast")
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
 
 
 def test_a_foreign_cublas_workspace_is_refused(torch_policy, monkeypatch):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
     with pytest.raises(ScaleauditError, match="CUBLAS_WORKSPACE_CONFIG"):
-        train.configure_torch(0, None, "deterministic")
+        runtime.configure_torch(0, None, "deterministic")
 
 
 def test_training_steps_warn_nothing(tiny_data, tmp_path, torch_policy):
     spec = tiny_study.spec(epochs=2)
-    train.configure_torch(spec["seed"], 1, spec["hardware"]["determinism"])
+    runtime.configure_torch(spec.seed, 1, spec.hardware["determinism"])
     trainer = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -141,9 +142,9 @@ def test_an_arm_that_books_a_gpu_fails_at_once_with_the_reason(tiny_data, tmp_pa
     raw["arms"]["cnn_a"]["resources"] = {"gpu": 1}
     cfg = config.validate(raw)
     spec = config.run_spec(cfg, "breastmnist", 28, "cnn_a", 1.0, 1)
-    assert spec["device"] == "cuda"
+    assert spec.device == "cuda"
     with pytest.raises(ScaleauditError) as err:
-        train.run(spec, tiny_data, tmp_path / "run", None, None, threads=1)
+        job.run(spec, tiny_data, tmp_path / "run", None, None, threads=1)
     assert f"CUDA {torch.version.cuda}" in str(err.value) or "CPU-only" in str(err.value)
     assert "hardware.device: cpu" in str(err.value)
     assert not (tmp_path / "run" / train.CHECKPOINT).exists()
@@ -151,14 +152,14 @@ def test_an_arm_that_books_a_gpu_fails_at_once_with_the_reason(tiny_data, tmp_pa
 
 def test_device_request_follows_the_gpu_booking_and_the_test_config_trains_on_cpu():
     full = config.load(REPO / "config" / "config.yaml")
-    assert config.run_spec(full, "breastmnist", 28, "resnet18_scratch", 1.0, 1)["device"] == "cuda"
-    assert config.run_spec(full, "breastmnist", 28, "cnn_small", 1.0, 1)["device"] == "cpu"
+    assert config.run_spec(full, "breastmnist", 28, "resnet18_scratch", 1.0, 1).device == "cuda"
+    assert config.run_spec(full, "breastmnist", 28, "cnn_small", 1.0, 1).device == "cpu"
     # The Slurm test's cluster declares a GPU that is not real: its GPU arm books it and trains on the CPU.
     test = config.load(REPO / "config" / "config.yaml", REPO / "config" / "test.yaml")
     assert test["arms"]["resnet18_scratch"]["resources"]["gpu"] == 1
-    assert {config.run_spec(test, "breastmnist", 28, a, 1.0, 1)["device"] for a in test["design"]["arms"]} == {"cpu"}
+    assert {config.run_spec(test, "breastmnist", 28, a, 1.0, 1).device for a in test["design"]["arms"]} == {"cpu"}
     demo = config.load(REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml")
-    assert {config.run_spec(demo, "breastmnist", 28, a, 1.0, 1)["device"] for a in demo["design"]["arms"]} == {"cpu"}
+    assert {config.run_spec(demo, "breastmnist", 28, a, 1.0, 1).device for a in demo["design"]["arms"]} == {"cpu"}
 
 
 # -- checkpoints sized to the model ------------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_device_request_follows_the_gpu_booking_and_the_test_config_trains_on_cp
 
 def test_linear_probe_checkpoints_hold_no_frozen_weights_and_resume_exactly(tiny_data, tmp_path, torch_policy):
     spec = tiny_study.spec(arm="cnn_b", epochs=2)  # cnn_b: a linear probe
-    train.configure_torch(spec["seed"], 1)
+    runtime.configure_torch(spec.seed, 1)
     straight = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
     straight.fit(tmp_path / "straight.pt")
     frozen = {n for n, p in straight.model.named_parameters() if not p.requires_grad}
@@ -175,7 +176,7 @@ def test_linear_probe_checkpoints_hold_no_frozen_weights_and_resume_exactly(tiny
     assert set(saved["model"]) >= {n for n, p in straight.model.named_parameters() if p.requires_grad}
 
     first = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
-    first.spec = dict(spec, recipe=dict(spec["recipe"], epochs=1))
+    first.spec = dataclasses.replace(spec, recipe=dict(spec.recipe, epochs=1))
     first.fit(tmp_path / "ckpt.pt")
     resumed = train.Trainer(spec, tiny_data["file"], None, torch.device("cpu"), log=lambda m: None)
     assert resumed.load(tmp_path / "ckpt.pt")

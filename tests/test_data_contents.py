@@ -80,7 +80,7 @@ def test_file_changed_after_fetch_is_refused_before_training(capsys, tiny_mirror
         [
             "train",
             "--spec",
-            json.dumps(tiny_study.spec()),
+            json.dumps(tiny_study.spec().to_dict()),
             "--data",
             str(tmp_path / "data" / "breastmnist_28.json"),
             "--out",

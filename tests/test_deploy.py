@@ -98,7 +98,7 @@ def test_wheel_works_outside_the_checkout(tmp_path, tiny_mirror):
         cwd=work,
         env=env,
     )
-    (work / "spec.json").write_text(json.dumps(tiny_study.spec(epochs=1)))
+    (work / "spec.json").write_text(json.dumps(tiny_study.spec(epochs=1).to_dict()))
     run(
         [
             "scaleaudit",

@@ -55,7 +55,7 @@ def job(tiny_mirror, tmp_path):
         return [
             "train",
             "--spec",
-            json.dumps(tiny_study.spec(epochs=2)),
+            json.dumps(tiny_study.spec(epochs=2).to_dict()),
             "--data",
             str(tmp_path / "data" / "breastmnist_28.json"),
             "--tracking",

@@ -6,6 +6,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from scaleaudit import runtime
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -33,7 +35,7 @@ def test_fast_path_and_reference_loop_both_learn_breastmnist(real_mirror, tmp_pa
 
     cfg = bench.study_config(flag, "scaleaudit_cnn_small", None, epochs, 128, seed, "cpu", "auto")
     spec = config.run_spec(cfg, flag, 28, "arm", 1.0, seed)
-    train.configure_torch(seed, None)
+    runtime.configure_torch(seed, None)
     trainer = train.Trainer(spec, path, None, torch.device("cpu"), log=lambda msg: None)
     trainer.fit(tmp_path / train.CHECKPOINT)
     _, fast, _ = trainer.test()

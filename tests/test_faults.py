@@ -15,7 +15,7 @@ import pytest
 import tiny_study
 import yaml
 
-from scaleaudit import cli, files, train
+from scaleaudit import cli, files, job, runtime, train
 from scaleaudit.files import read_json, write_json
 
 # Runs `scaleaudit train`, but SIGKILLs itself right after the first optimiser step of epoch 2:
@@ -60,13 +60,13 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_result_and_one_mlflow_
     record = tracking.init_experiment(uri, "faults", tmp_path / "artifacts")
     write_json(tmp_path / "tracking.json", record)
     spec = tiny_study.spec()
-    reference = train.run(spec, tiny_data, tmp_path / "reference", record, None, threads=1)
+    reference = job.run(spec, tiny_data, tmp_path / "reference", record, None, threads=1)
 
     out = tmp_path / "killed"
     args = [
         "train",
         "--spec",
-        json.dumps(spec),
+        json.dumps(spec.to_dict()),
         "--data",
         str(tmp_path / "data" / "breastmnist_28.json"),
         "--tracking",
@@ -114,16 +114,16 @@ def _checkpoint_epoch(path) -> int:
 
 def test_truncated_checkpoint_starts_over(capsys, tiny_data, tmp_path):
     spec = tiny_study.spec(epochs=2)
-    reference = train.run(spec, tiny_data, tmp_path / "reference", None, None, threads=1)
+    reference = job.run(spec, tiny_data, tmp_path / "reference", None, None, threads=1)
 
     out = tmp_path / "run"
-    trainer = train.Trainer(spec, tiny_data["file"], None, train.pick_device("cpu"))
+    trainer = train.Trainer(spec, tiny_data["file"], None, runtime.pick_device("cpu"))
     trainer.save(out / train.CHECKPOINT)
     ckpt = out / train.CHECKPOINT
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     capsys.readouterr()
 
-    result = train.run(spec, tiny_data, out, None, None, threads=1)
+    result = job.run(spec, tiny_data, out, None, None, threads=1)
     assert "is unreadable" in capsys.readouterr().err
     assert _outcome(result) == _outcome(reference)
 
@@ -188,13 +188,13 @@ def test_disk_full_at_the_end_of_training_keeps_no_output_and_resumes(capsys, ti
     out = tmp_path / "run"
     monkeypatch.setattr(np, "savez_compressed", savez_half_then_fill)
     with pytest.raises(OSError):
-        train.run(spec, tiny_data, out, None, None, threads=1)
+        job.run(spec, tiny_data, out, None, None, threads=1)
     assert not (out / "metrics.json").exists() and not (out / "predictions.npz").exists()
     assert _no_temporaries(out) and (out / train.CHECKPOINT).exists()
 
     monkeypatch.undo()  # space freed: the re-run tests the checkpoint's weights without training again
     capsys.readouterr()
-    result = train.run(spec, tiny_data, out, None, None, threads=1)
+    result = job.run(spec, tiny_data, out, None, None, threads=1)
     err = capsys.readouterr().err
     assert "resuming after epoch 2" in err and "epoch 1/2" not in err
     assert result["epochs_run"] == 2 and (out / "predictions.npz").exists()

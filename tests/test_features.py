@@ -9,7 +9,7 @@ import pytest
 import tiny_study
 import torch
 
-from scaleaudit import config, features, train
+from scaleaudit import config, features, runtime, train
 
 PROBE = {"model": "vit_tiny_patch16_224", "input_size": 32, "recipe": "tiny", "group": "large", "train": "linear_probe"}
 
@@ -29,9 +29,9 @@ def probe_spec(seed=1, fraction=1.0, **recipe):
 
 
 def run(spec, data_file, tmp_path, log=lambda m: None):
-    train.configure_torch(spec["seed"], 1)
+    runtime.configure_torch(spec.seed, 1)
     trainer = train.Trainer(spec, data_file, None, torch.device("cpu"), log=log)
-    trainer.fit(tmp_path / f"ckpt-{spec['seed']}-{spec['fraction']}.pt")
+    trainer.fit(tmp_path / f"ckpt-{spec.seed}-{spec.fraction}.pt")
     return trainer, trainer.test()
 
 
@@ -67,10 +67,10 @@ def test_features_are_computed_once_and_shared_by_seeds_and_fractions(tiny_data,
 
 def test_pretrained_backbone_features_do_not_depend_on_the_seed(tiny_data):
     spec = probe_spec()
-    spec["arm_spec"] = dict(spec["arm_spec"], pretrained=True)
+    spec = spec.with_changes(arm_spec=dict(spec.arm_spec, pretrained=True))
     weights = {"sha256": "ab" * 32}
     keys = {
-        features.key(dict(spec, seed=s, fraction=f), tiny_data["file"], weights, 32, "fp32")
+        features.key(spec.with_changes(seed=s, fraction=f), tiny_data["file"], weights, 32, "fp32")
         for s in (1, 2)
         for f in (0.1, 1.0)
     }

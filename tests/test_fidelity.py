@@ -20,7 +20,7 @@ import torchvision.transforms as transforms
 from conftest import REPO
 from PIL import Image
 
-from scaleaudit import config, data, train
+from scaleaudit import config, data, job, models, train
 
 
 def full_config() -> dict:
@@ -72,12 +72,12 @@ def test_medmnist_plus_transform_equals_theirs_on_a_real_image(real_mirror, arm_
     )
     got = ours(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
 
-    ref = their_transform(train.models.pretrained_name(arm), 28)
+    ref = their_transform(models.pretrained_name(arm), 28)
     expected = torch.stack([ref(their_image(img[..., 0])) for img in images])
     assert got.shape == expected.shape == (4, 3, 224, 224)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     # the statistics are the model's own (both arms would pass with one table for all otherwise), the padding is 0
-    mean, std = timm.models.get_pretrained_cfg(train.models.pretrained_name(arm)).mean, ref.transforms[1].std
+    mean, std = timm.models.get_pretrained_cfg(models.pretrained_name(arm)).mean, ref.transforms[1].std
     assert got[:, :, :98].abs().max() == 0 and got[:, :, :, 98 + 28 :].abs().max() == 0
     centre = float(images[0, 14, 14, 0]) / 255
     torch.testing.assert_close(
@@ -242,11 +242,11 @@ def test_runs_record_the_model_definition():
     """The run spec (run_config.json, its hash) and the MLflow params name the definition that trained the model."""
     cfg = full_config()
     spec = config.run_spec(cfg, "breastmnist", 28, "resnet18_scratch", 1.0, 1)
-    assert "MedMNIST/experiments@70b6b3a" in spec["arm_spec"]["definition"]
-    params = train._params(spec, {"sha256": "x"}, None, 10)
-    assert params["model_definition"] == spec["arm_spec"]["definition"]
+    assert "MedMNIST/experiments@70b6b3a" in spec.arm_spec["definition"]
+    params = job._params(spec, {"sha256": "x"}, None, 10)
+    assert params["model_definition"] == spec.arm_spec["definition"]
     vit = config.run_spec(cfg, "breastmnist", 28, "vit_b16_pretrained", 1.0, 1)
-    assert "definition" not in vit["arm_spec"] and train._params(vit, {"sha256": "x"}, None, 10)[
+    assert "definition" not in vit.arm_spec and job._params(vit, {"sha256": "x"}, None, 10)[
         "model_definition"
     ].startswith("timm ")
 
@@ -276,7 +276,7 @@ def test_fidelity_table_lists_what_a_recipe_changes_from_its_protocol():
     cfg = full_config()
     spec = config.run_spec(cfg, "breastmnist", 28, "vit_b16_pretrained", 1.0, 1)
     del cfg["recipes"]["medmnist_plus"]["protocol"]
-    assert config.run_spec(cfg, "breastmnist", 28, "vit_b16_pretrained", 1.0, 1)["config_hash"] == spec["config_hash"]
+    assert config.run_spec(cfg, "breastmnist", 28, "vit_b16_pretrained", 1.0, 1).config_hash == spec.config_hash
 
 
 def test_report_methods_carry_the_fidelity_table():
@@ -312,7 +312,7 @@ def test_every_pretrained_arm_with_the_papers_weights_reproduces_its_row():
     for name, arm in cfg["arms"].items():
         if not arm["pretrained"] or cfg["recipes"][arm["recipe"]].get("protocol") != "medmnist_plus":
             continue
-        weights = train.models.pretrained_name(arm)
+        weights = models.pretrained_name(arm)
         expected = {
             r["id"]
             for r in published.rows()

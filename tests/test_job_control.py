@@ -30,7 +30,7 @@ def job(tiny_mirror, tmp_path):
     args = [
         "train",
         "--spec",
-        json.dumps(tiny_study.spec(epochs=500)),
+        json.dumps(tiny_study.spec(epochs=500).to_dict()),
         "--data",
         str(tmp_path / "data" / "breastmnist_28.json"),
         "--tracking",

@@ -10,7 +10,7 @@ import tiny_study
 import torch
 from scipy import stats
 
-from scaleaudit import config, features, knn, train
+from scaleaudit import config, features, job, knn, train
 from scaleaudit.records import RunResult
 
 
@@ -76,7 +76,7 @@ def test_knn_arm_writes_a_run_like_any_arm(tiny_mirror, tmp_path, monkeypatch):
     metered = []
     real_compute = features.compute
     monkeypatch.setattr(features, "compute", lambda *a, **k: metered.append(1) or real_compute(*a, **k))
-    result = train.run(spec, record, tmp_path / "run", None, None, threads=1)
+    result = job.run(spec, record, tmp_path / "run", None, None, threads=1)
 
     saved = RunResult.load(tmp_path / "run" / "metrics.json")  # the layout every arm has
     assert saved.run.train_mode == "knn_probe" and saved.epochs_run == 0 and saved.history == []

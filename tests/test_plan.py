@@ -12,14 +12,14 @@ import yaml
 from conftest import REPO
 from runtable import make_config, make_runs
 
-from scaleaudit import config, data, ledger, plan, report
+from scaleaudit import config, cost, data, design, ledger, plan, report
 
 
 def test_images_and_flops_of_a_run_follow_the_recipe():
     recipe = {"epochs": 10, "eval_every": 3}
-    assert plan.evaluations(recipe) == 4  # epochs 3, 6, 9 and the last
-    assert plan.images_per_run(recipe, n_train=100, n_val=20, n_test=30) == (1000, 20 * 5 + 30)
-    assert plan.train_factor({"train": "finetune"}) == 3 and plan.train_factor({"train": "linear_probe"}) == 1
+    assert cost.evaluations(recipe) == 4  # epochs 3, 6, 9 and the last
+    assert cost.images_per_run(recipe, n_train=100, n_val=20, n_test=30) == (1000, 20 * 5 + 30)
+    assert cost.train_factor({"train": "finetune"}) == 3 and cost.train_factor({"train": "linear_probe"}) == 1
     assert plan.n_train_of("pathmnist", 0.1) == round(data.info("pathmnist")["n_samples"]["train"] * 0.1)
 
 
@@ -28,7 +28,7 @@ def test_plan_of_the_full_study_counts_every_run_and_its_flops():
     cfg = config.load(REPO / "config" / "config.yaml")
     cfg["design"]["arms"] = ["resnet18_scratch", "vit_b16_pretrained", "vit_b16_linear_probe"]
     est = plan.make(cfg, calibrate_steps=0, gpu_name="NVIDIA H100 80GB HBM3", utilization=0.5, log=lambda m: None)
-    assert est["total"]["runs"] == sum(1 for _ in config.runs(cfg))
+    assert est["total"]["runs"] == sum(1 for _ in design.runs(cfg))
     row = next(r for r in est["rows"] if r["arm"] == "vit_b16_pretrained" and r["dataset"] == "pathmnist")
     spec = config.run_spec(cfg, "pathmnist", 28, "vit_b16_pretrained", 1.0, 1)
     fpi = plan.count_step(spec)["flops_per_image"]
@@ -79,7 +79,6 @@ def test_report_sets_the_estimate_against_the_measured_cost():
     runs = make_runs(
         {"vit_b16_pretrained": 0.05}, seeds=3, datasets=(("breastmnist", 28),), fractions=(1.0,), published=False
     )
-    res = report.Results.of(runs, make_config(runs))
     measured = ledger.study_total(runs)
     estimate = {
         "study": "synthetic",
@@ -91,8 +90,9 @@ def test_report_sets_the_estimate_against_the_measured_cost():
             "flops": 1e15,
         },
     }
+    res = report.Results.of(runs, make_config(runs), estimate=estimate)
     text = report.to_markdown(
-        report.document(res, {k: [] for k in ("scores", "calibration", "pareto", "forest")}, estimate), REPO
+        report.document(res, {k: [] for k in ("scores", "calibration", "pareto", "forest")}), REPO
     )
     assert "scaleaudit plan estimated" in text
     assert "estimate / measured: 2.00x in time, 0.50x in energy" in text

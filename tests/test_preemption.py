@@ -60,7 +60,7 @@ def job(tmp_path):
         },
     )
     spec = study_config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)
-    write_json(tmp_path / "spec.json", spec)
+    write_json(tmp_path / "spec.json", spec.to_dict())
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_json(tmp_path / "tracking.json", tracking.init_experiment(uri, "preempt", tmp_path / "mlartifacts"))
     return tmp_path

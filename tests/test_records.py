@@ -3,7 +3,7 @@
 import pytest
 import tiny_study
 
-from scaleaudit import aggregate, records, train
+from scaleaudit import aggregate, job, records
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.files import read_json, write_json
 
@@ -19,14 +19,14 @@ def one_run(tmp_path_factory):
     write_npz(mirror / "breastmnist.npz")
     write_sums(mirror)
     record = tiny_study.fetch(mirror, tmp / "data")
-    train.run(tiny_study.spec(epochs=1), record, tmp / "run", tracking=None, weights=None, threads=1)
+    job.run(tiny_study.spec(epochs=1), record, tmp / "run", tracking=None, weights=None, threads=1)
     return tmp / "run" / "metrics.json"
 
 
 def test_metrics_json_round_trips_and_aggregates(one_run):
     result = records.RunResult.load(one_run)
     assert result.to_dict() == read_json(one_run)
-    assert result.run.config_hash == tiny_study.spec(epochs=1)["config_hash"] and result.epochs_run == 1
+    assert result.run.config_hash == tiny_study.spec(epochs=1).config_hash and result.epochs_run == 1
     table = aggregate.collect([one_run])
     assert table.loc[0, "test_auc"] == result.test["auc"] and table.loc[0, "arm"] == "cnn_a"
     assert table.loc[0, "weights_source"] == "none (trained from scratch)"
@@ -44,12 +44,12 @@ def test_a_foreign_metrics_file_is_a_clear_error(one_run, tmp_path):
 
 def test_spec_hash_covers_every_field_and_bad_specs_are_rejected():
     spec = tiny_study.spec()
-    assert records.RunSpec.from_dict(spec).to_dict() == spec
-    fields = {k: v for k, v in spec.items() if k != "config_hash"}
-    assert records.RunSpec.create(**fields).config_hash == spec["config_hash"]
-    assert records.RunSpec.create(**(fields | {"seed": 2})).config_hash != spec["config_hash"]
+    assert records.RunSpec.from_dict(spec.to_dict()) == spec
+    fields = {k: v for k, v in spec.to_dict().items() if k != "config_hash"}
+    assert records.RunSpec.create(**fields).config_hash == spec.config_hash
+    assert records.RunSpec.create(**(fields | {"seed": 2})).config_hash != spec.config_hash
     with pytest.raises(ScaleauditError, match="missing seed"):
-        records.RunSpec.from_dict({k: v for k, v in spec.items() if k != "seed"})
+        records.RunSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "seed"})
 
 
 def test_training_flops_are_recorded_and_a_run_recorded_before_them_reads_as_unknown(one_run, tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import tiny_study
 
-from scaleaudit import provenance, train
+from scaleaudit import job, provenance
 from scaleaudit.files import read_json
 
 
@@ -18,22 +18,22 @@ def _outcome(result: dict) -> dict:
 def test_same_config_and_seed_give_bit_identical_metrics(tiny_mirror, tmp_path):
     data = tiny_study.fetch(tiny_mirror, tmp_path / "data")
     spec = tiny_study.spec(augment="flip")  # the augmentation draws from the seeded generator too
-    first = train.run(spec, data, tmp_path / "a", None, None, threads=1)
-    second = train.run(spec, data, tmp_path / "b", None, None, threads=1)
+    first = job.run(spec, data, tmp_path / "a", None, None, threads=1)
+    second = job.run(spec, data, tmp_path / "b", None, None, threads=1)
     # Compared as JSON text: equal floats down to the last bit, as written to metrics.json.
     assert json.dumps(_outcome(first), sort_keys=True) == json.dumps(_outcome(second), sort_keys=True)
     assert (tmp_path / "a" / "predictions.npz").read_bytes() == (tmp_path / "b" / "predictions.npz").read_bytes()
-    other = train.run(tiny_study.spec(seed=2, augment="flip"), data, tmp_path / "c", None, None, threads=1)
+    other = job.run(tiny_study.spec(seed=2, augment="flip"), data, tmp_path / "c", None, None, threads=1)
     assert other["test"]["loss"] != first["test"]["loss"]  # the seed matters, so the equality above means something
 
 
 def test_every_run_records_what_made_it(tiny_mirror, tmp_path):
     data = tiny_study.fetch(tiny_mirror, tmp_path / "data")
     spec = tiny_study.spec(epochs=1)
-    train.run(spec, data, tmp_path / "run", None, None, threads=1)
+    job.run(spec, data, tmp_path / "run", None, None, threads=1)
     metrics = read_json(tmp_path / "run" / "metrics.json")
     prov = metrics["provenance"]
-    assert metrics["run"]["config_hash"] == spec["config_hash"] and len(spec["config_hash"]) == 16
+    assert metrics["run"]["config_hash"] == spec.config_hash and len(spec.config_hash) == 16
     assert set(prov["code"]) == {"commit", "dirty"} and prov["code"] == provenance.code_version()
     assert len(prov["code"]["commit"]) == 40 and isinstance(prov["code"]["dirty"], bool)
     for package in ("python", "torch", "timm", "numpy", "mlflow", "scaleaudit"):

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import tiny_study
 
-from scaleaudit import settings
+from scaleaudit import job, settings
 from scaleaudit.files import read_json
 
 
@@ -55,7 +55,7 @@ def test_fetch_data_records_where_its_mirror_came_from(tmp_path, tiny_mirror):
 def test_each_tracked_run_carries_the_settings_its_inputs_were_resolved_with(tmp_path, tiny_mirror, monkeypatch):
     import mlflow
 
-    from scaleaudit import data, tracking, train
+    from scaleaudit import data, tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     record = data.fetch("breastmnist", 28, tmp_path / "b.npz", tiny_mirror)
@@ -64,7 +64,7 @@ def test_each_tracked_run_carries_the_settings_its_inputs_were_resolved_with(tmp
     experiment = tracking.init_experiment(uri, "unit", tmp_path / "artifacts") | {
         "settings": settings.record("tracking.uri", None, {})
     }
-    result = train.run(tiny_study.spec(epochs=1), record, tmp_path / "run", experiment, weights=None, threads=1)
+    result = job.run(tiny_study.spec(epochs=1), record, tmp_path / "run", experiment, weights=None, threads=1)
     params = mlflow.MlflowClient(uri).get_run(result["tracking"]["run_id"]).data.params
     assert (
         params["setting.data.mirror"] == str(tiny_mirror)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tiny_study
 
-from scaleaudit import corrupt, shift, stats, train
+from scaleaudit import corrupt, files, job, shift, stats, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.records import RunResult
 
@@ -25,7 +25,7 @@ def finished_run(tmp_path_factory):
     write_sums(tmp / "mirror")
     record = tiny_study.fetch(tmp / "mirror", tmp / "data")
     out = tmp / "run"
-    train.run(tiny_study.spec(seed=1), record, out, None, None, threads=1)
+    job.run(tiny_study.spec(seed=1), record, out, None, None, threads=1)
     return out, record
 
 
@@ -53,15 +53,15 @@ def test_training_keeps_the_selected_weights_and_records_them(finished_run):
     out, _ = finished_run
     result = RunResult.load(out / "metrics.json")
     assert result.best_weights["file"] == "best.safetensors" and (out / "best.safetensors").exists()
-    assert result.best_weights["sha256"] == train.file_digest(out / "best.safetensors", "sha256")
+    assert result.best_weights["sha256"] == files.file_digest(out / "best.safetensors", "sha256")
     assert not (out / train.CHECKPOINT).exists()  # the checkpoint goes, the selected weights stay
 
 
 def test_shift_eval_reproduces_the_clean_test_score_then_scores_each_severity(finished_run, tmp_path):
     out, record = finished_run
     result = RunResult.load(out / "metrics.json")
-    rec = shift.evaluate(out, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
-    assert rec["clean"] == {k: result.test[k] for k in shift.METRICS}
+    rec = job.evaluate_shift(out, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
+    assert rec["clean"] == {k: result.test[k] for k in job.SHIFT_METRICS}
     assert len(rec["corrupted"]["darken"]) == 5
     assert rec["corrupted"]["darken"][-1]["auc"] == 0.5  # black images: the corrupted images were scored
     rows = pd.DataFrame(shift.rows(rec))
@@ -82,10 +82,10 @@ def test_shift_eval_of_a_probe_scores_through_its_features_like_training(kind, f
     raw["arms"]["cnn_a"]["train"] = kind
     spec = config.run_spec(config.validate(raw), "breastmnist", 28, "cnn_a", 1.0, 1)
     out = tmp_path / kind
-    train.run(spec, record, out, None, None, threads=1)
+    job.run(spec, record, out, None, None, threads=1)
     result = RunResult.load(out / "metrics.json")
-    rec = shift.evaluate(out, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
-    assert rec["clean"] == {k: result.test[k] for k in shift.METRICS}
+    rec = job.evaluate_shift(out, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
+    assert rec["clean"] == {k: result.test[k] for k in job.SHIFT_METRICS}
     assert rec["corrupted"]["darken"][-1]["auc"] == 0.5  # black images: every image gets the same score
 
 
@@ -100,7 +100,7 @@ def test_shift_eval_refuses_other_weights(finished_run, tmp_path):
     state = load_file(str(out / "best.safetensors"))
     save_file({k: (v + 1 if v.is_floating_point() else v) for k, v in state.items()}, str(copy / "best.safetensors"))
     with pytest.raises(ScaleauditError, match="SHA-256"):
-        shift.evaluate(copy, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
+        job.evaluate_shift(copy, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
 
 
 # --- the verdict ---------------------------------------------------------------------------------------------------

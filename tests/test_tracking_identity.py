@@ -11,7 +11,7 @@ import tiny_study
 import torch
 from mlflow import MlflowClient
 
-from scaleaudit import cli, config, tracking, train
+from scaleaudit import cli, config, job, tracking, train
 from scaleaudit.files import read_json
 
 
@@ -34,16 +34,16 @@ def test_changed_spec_starts_a_new_run_and_marks_the_old_one(tiny_data, store, t
     """Defect 2: recipe.epochs 2 -> 3 retrains; the new run's params say 3, the old run is kept and marked."""
     uri, record = store
     out = tmp_path / "run"
-    first = train.run(tiny_study.spec(epochs=2), tiny_data, out, record, None, threads=1)
+    first = job.run(tiny_study.spec(epochs=2), tiny_data, out, record, None, threads=1)
     (out / "metrics.json").unlink()  # what Snakemake does before it re-runs a job whose params changed
     spec = tiny_study.spec(epochs=3)
-    second = train.run(spec, tiny_data, out, record, None, threads=1)
+    second = job.run(spec, tiny_data, out, record, None, threads=1)
 
     old, new = first["tracking"]["run_id"], second["tracking"]["run_id"]
     assert new != old
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(new)
-    assert run.data.params["recipe.epochs"] == "3" and run.data.tags["config_hash"] == spec["config_hash"]
+    assert run.data.params["recipe.epochs"] == "3" and run.data.tags["config_hash"] == spec.config_hash
     assert run.data.tags["scaleaudit.supersedes"] == old
     assert _steps(client, new) == [1, 2, 3]
     old_run = client.get_run(old)
@@ -65,13 +65,13 @@ def test_resumed_run_logs_each_step_once(tiny_data, store, tmp_path, monkeypatch
 
     monkeypatch.setattr(train.Trainer, "train_epoch", crash_in_epoch_3)
     with pytest.raises(RuntimeError):  # checkpointed after epoch 1 only; epochs 1 and 2 were logged
-        train.run(spec, tiny_data, out, record, None, threads=1, checkpoint_every_s=1e9)
+        job.run(spec, tiny_data, out, record, None, threads=1, checkpoint_every_s=1e9)
     run_id = (out / "mlflow_run_id").read_text().strip()
     client = MlflowClient(tracking_uri=uri)
     assert _steps(client, run_id) == [1, 2] and client.get_run(run_id).info.status == "FAILED"
 
     monkeypatch.undo()
-    result = train.run(spec, tiny_data, out, record, None, threads=1)
+    result = job.run(spec, tiny_data, out, record, None, threads=1)
     assert result["tracking"]["run_id"] == run_id
     assert _steps(client, run_id) == [1, 2, 3]
     assert _steps(client, run_id, "val_auc") == [1, 2, 3]
@@ -108,7 +108,7 @@ def test_stale_experiment_id_does_not_misfile_runs(tiny_data, tmp_path):
     other = _init_in_subprocess(uri, "scaleaudit/other", tmp_path)
     assert other["experiment_id"] == first["experiment_id"]  # the cached id now names the other study
 
-    result = train.run(tiny_study.spec(epochs=1), tiny_data, tmp_path / "run", first, None, threads=1)
+    result = job.run(tiny_study.spec(epochs=1), tiny_data, tmp_path / "run", first, None, threads=1)
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(result["tracking"]["run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "scaleaudit/first"
@@ -134,7 +134,7 @@ def test_copied_or_moved_study_logs_into_its_own_store(capsys, tiny_data, tmp_pa
         [
             "train",
             "--spec",
-            json.dumps(tiny_study.spec(epochs=1)),
+            json.dumps(tiny_study.spec(epochs=1).to_dict()),
             "--data",
             str(tmp_path / "data" / "breastmnist_28.json"),
             "--tracking",
@@ -152,7 +152,7 @@ def test_copied_or_moved_study_logs_into_its_own_store(capsys, tiny_data, tmp_pa
         [
             "train",
             "--spec",
-            json.dumps(spec),
+            json.dumps(spec.to_dict()),
             "--data",
             str(tmp_path / "data" / "breastmnist_28.json"),
             "--tracking",
@@ -179,8 +179,8 @@ def test_changed_data_file_starts_a_new_run(tiny_data, store, tmp_path):
     uri, record = store
     out = tmp_path / "run"
     spec = tiny_study.spec(epochs=1)
-    first = train.run(spec, tiny_data, out, record, None, threads=1)
-    second = train.run(spec, tiny_data | {"sha256": "0" * 64}, out, record, None, threads=1)
+    first = job.run(spec, tiny_data, out, record, None, threads=1)
+    second = job.run(spec, tiny_data | {"sha256": "0" * 64}, out, record, None, threads=1)
     assert second["tracking"]["run_id"] != first["tracking"]["run_id"]
     assert MlflowClient(tracking_uri=uri).get_run(second["tracking"]["run_id"]).data.tags["data_sha256"] == "0" * 64
 
@@ -218,7 +218,7 @@ def test_weights_file_overwritten_after_it_was_recorded_is_refused(capsys, tiny_
         [
             "train",
             "--spec",
-            json.dumps(spec),
+            json.dumps(spec.to_dict()),
             "--data",
             str(tmp_path / "data" / "breastmnist_28.json"),
             "--weights",

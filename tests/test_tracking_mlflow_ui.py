@@ -8,7 +8,7 @@ import pytest
 import tiny_study
 from mlflow import MlflowClient
 
-from scaleaudit import provenance, tracking, train
+from scaleaudit import job, provenance, tracking
 from scaleaudit.errors import ScaleauditError
 
 
@@ -30,7 +30,7 @@ def test_run_carries_standard_tags_cell_tags_dataset_input_and_system_metrics(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     record = tracking.init_experiment(uri, tracking.experiment_name(None, "tiny"), tmp_path / "artifacts")
     spec = tiny_study.spec(seed=2, epochs=4)
-    result = train.run(spec, tiny_data, tmp_path / "run", record | {"system_metrics": system_metrics}, None, threads=1)
+    result = job.run(spec, tiny_data, tmp_path / "run", record | {"system_metrics": system_metrics}, None, threads=1)
 
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(result["tracking"]["run_id"])
@@ -47,7 +47,7 @@ def test_run_carries_standard_tags_cell_tags_dataset_input_and_system_metrics(
         "study": "tiny",
     }
     assert tags["cell"] == "breastmnist_28/cnn_a/f1"  # one value for all seeds of a cell: the UI groups by it
-    assert tags["config_hash"] == spec["config_hash"] and tags["data_sha256"] == tiny_data["sha256"]
+    assert tags["config_hash"] == spec.config_hash and tags["data_sha256"] == tiny_data["sha256"]
 
     (data_input,) = run.inputs.dataset_inputs
     assert data_input.dataset.name == "breastmnist_28" and data_input.dataset.digest == tiny_data["sha256"][:36]

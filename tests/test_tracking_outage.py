@@ -35,7 +35,7 @@ def job(server, tiny_mirror, tmp_path):
     return [
         "train",
         "--spec",
-        json.dumps(spec),
+        json.dumps(spec.to_dict()),
         "--data",
         str(tmp_path / "data" / "breastmnist_28.json"),
         "--tracking",

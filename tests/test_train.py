@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from scaleaudit import config, data, tracking, train
+from scaleaudit import config, data, job, tracking, train
 
 EPOCHS = 3
 
@@ -36,7 +36,7 @@ def experiment(tmp_path, monkeypatch):
 
 def test_training_writes_metrics_predictions_and_tracks_the_run(spec, data_record, experiment, tmp_path):
     out = tmp_path / "run"
-    result = train.run(spec, data_record, out, experiment, weights=None, threads=1)
+    result = job.run(spec, data_record, out, experiment, weights=None, threads=1)
 
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test"] == result["test"] and saved["epochs_run"] == EPOCHS
@@ -55,7 +55,7 @@ def test_training_writes_metrics_predictions_and_tracks_the_run(spec, data_recor
     assert [r.info.run_id for r in runs] == [saved["tracking"]["run_id"]]
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["config_hash"] == spec["config_hash"]
+    assert run.data.params["config_hash"] == spec.config_hash
     assert run.data.params["data_sha256"] == data_record["sha256"]
     assert {"git_commit", "dataset", "arm", "fraction", "seed"} <= set(run.data.params)
     assert run.data.metrics["test_auc"] == pytest.approx(saved["test"]["auc"])
@@ -65,12 +65,14 @@ def test_training_writes_metrics_predictions_and_tracks_the_run(spec, data_recor
 
 
 def test_validation_cadence_and_early_stop(spec, data_record, tmp_path):
-    spec["recipe"] |= {"epochs": 4, "eval_every": 2}
-    result = train.run(spec, data_record, tmp_path / "run", None, None, threads=1)
+    spec = spec.with_changes(recipe=spec.recipe | {"epochs": 4, "eval_every": 2})
+    result = job.run(spec, data_record, tmp_path / "run", None, None, threads=1)
     assert [("val_auc" in row) for row in result["history"]] == [False, True, False, True]
 
-    spec["recipe"] |= {"epochs": 30, "eval_every": 1, "early_stop_patience": 1, "select": "val_loss", "lr": 0.5}
-    result = train.run(spec, data_record, tmp_path / "run2", None, None, threads=1)
+    spec = spec.with_changes(
+        recipe=spec.recipe | {"epochs": 30, "eval_every": 1, "early_stop_patience": 1, "select": "val_loss", "lr": 0.5}
+    )
+    result = job.run(spec, data_record, tmp_path / "run2", None, None, threads=1)
     assert result["stopped_early"] and result["epochs_run"] < 30
 
 

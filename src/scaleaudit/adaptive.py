@@ -1,13 +1,12 @@
 """Adaptive seeds: rounds of seeds spent only on the comparisons whose verdict is still undecided.
 
-``design.seeds: {initial, step, max, spending}``. Round 1 trains seeds 1..initial of every run of the design; round
-r >= 2 the next ``step`` seeds (the last round cut to ``max``). After each round every comparison (a cell and one
-large arm) is judged on the runs of the rounds so far with the repeated confidence intervals of ``sequential``
-(looks at the round sizes, the per-cell Bonferroni family as in a fixed study). A comparison keeps the first decision
-it reaches, frozen at that round, and gets no more runs; each one still undecided below ``max`` gets the next round's
-seeds for its large arm and for every small arm of its cell, so its pairs stay complete and its small partner is
-chosen as in a fixed study. A run's round follows from its seed (``round_of``), so the run table is all it takes
-to re-derive every round's decisions, the plan and the compute saved.
+The rounds and their seeds are the design's (``design.looks``, ``design.round_of``). After each round every
+comparison (a cell and one large arm) is judged on the runs of the rounds so far with the repeated confidence
+intervals of ``sequential`` (looks at the round sizes, the per-cell Bonferroni family as in a fixed study). A
+comparison keeps the first decision it reaches, frozen at that round, and gets no more runs; each one still undecided
+below ``max`` gets the next round's seeds for its large arm and for every small arm of its cell, so its pairs stay
+complete and its small partner is chosen as in a fixed study. The run table is all it takes to re-derive every
+round's decisions, the plan and the compute saved.
 
 Across datasets the study-level summaries use the first round only: those seeds ran in every cell whatever the data,
 so the fixed-n t-interval stays valid there; later rounds were chosen by the data and only serve their own cell.
@@ -19,57 +18,37 @@ import math
 
 import pandas as pd
 
-from . import config as study_config
-from . import sequential, stats
-from .aggregate import RUN_KEY
+from . import design, ledger, sequential, stats
+from .design import RUN_KEY
 
-KEY = stats.CELL + ["arm"]
-
-
-def settings(config: dict) -> dict | None:
-    """The adaptive form of ``design.seeds``, None for a fixed seed count or list."""
-    s = config["design"]["seeds"]
-    return s if isinstance(s, dict) else None
-
-
-def looks(s: dict) -> tuple[int, ...]:
-    """Seeds of a cell after each round: initial, initial + step, ..., max."""
-    n = list(range(s["initial"], s["max"], s.get("step", 2))) + [s["max"]]
-    return tuple(dict.fromkeys(n))
-
-
-def round_of(s: dict, seed: int) -> int:
-    """The round that trains ``seed`` (seeds 1..initial: round 1)."""
-    return 1 + sum(seed > n for n in looks(s))
-
-
-def round_seeds(s: dict, r: int) -> list[int]:
-    """The seeds round ``r`` adds."""
-    n = (0,) + looks(s)
-    return list(range(n[r - 1] + 1, n[r] + 1)) if 1 <= r < len(n) else []
+KEY = design.CELL + ["arm"]
 
 
 def interval(config: dict) -> stats.Interval:
-    s = settings(config)
-    return sequential.interval(looks(s), s.get("spending", "pocock"))
+    s = design.adaptive_seeds(config)
+    return sequential.interval(design.looks(s), s.get("spending", "pocock"))
 
 
 def with_rounds(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
-    return runs.assign(round=[round_of(settings(config), int(x)) for x in runs["seed"]])
+    s = design.adaptive_seeds(config)
+    return runs.assign(round=[design.round_of(s, int(x)) for x in runs["seed"]])
+
+
+def first_round(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The runs of round 1: the seeds every cell ran whatever the data (all runs of a fixed design)."""
+    return runs[with_rounds(runs, config)["round"] == 1] if design.is_adaptive(config) else runs
 
 
 def history(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Every round's look: ``stats.compare`` on the runs of rounds 1..r with the repeated confidence intervals,
     one block per round r present in the table (column ``round``)."""
-    from .report import families  # the design's per-cell family, counted in one place
-
     v = config["verdict"]
     runs = with_rounds(runs, config)
     kw = dict(
         metric=v["metric"],
         rope=v["rope"],
         confidence=v["confidence"],
-        family=families(config)[0],
+        family=design.families(config)[0],
         interval=interval(config),
     )
     last = int(runs["round"].max()) if len(runs) else 0
@@ -99,7 +78,7 @@ def verdict(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     out = pd.DataFrame(rows).reset_index(drop=True)
     out["rounds"] = out["round"].astype(int)
     out["decided_round"] = out["round"].where(out["decision"] != "undecided").astype("Int64")
-    full = len(looks(settings(config)))
+    full = len(design.looks(design.adaptive_seeds(config)))
     out["stopped"] = [
         "decided" if d != "undecided" else ("max" if r >= full else "") for d, r in zip(out["decision"], out["rounds"])
     ]
@@ -120,8 +99,7 @@ def _open(h: pd.DataFrame) -> pd.Series:
 def undecided(runs: pd.DataFrame, config: dict, r: int) -> pd.DataFrame:
     """The comparisons (cell, large arm) that round ``r`` continues: undecided after round r - 1 (and at every round
     before), still below ``max``. ``runs`` may hold later rounds too; only rounds < r are looked at."""
-    s = settings(config)
-    if r > len(looks(s)):
+    if r > len(design.looks(design.adaptive_seeds(config))):
         return pd.DataFrame(columns=KEY)
     earlier = with_rounds(runs, config)
     v = verdict(earlier[earlier["round"] < r], config)
@@ -132,8 +110,8 @@ def next_round(runs: pd.DataFrame, config: dict, r: int) -> list[dict]:
     """The runs of round ``r`` (r >= 2), as wildcard values: its seeds for the large arm of every comparison still
     undecided and for all the small arms of that comparison's cell."""
     go = undecided(runs, config, r)
-    small = [a for a in config["design"]["arms"] if config["arms"][a]["group"] == "small"]
-    seeds = round_seeds(settings(config), r)
+    small = design.arms(config, "small")
+    seeds = design.round_seeds(design.adaptive_seeds(config), r)
     out: dict[tuple, dict] = {}
     for c in go.itertuples(index=False):
         for arm in small + [c.arm]:
@@ -152,7 +130,7 @@ def next_round(runs: pd.DataFrame, config: dict, r: int) -> list[dict]:
 def planned(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Every run the procedure asked for, given the runs of the table: round 1 of the design, then each later round
     that the table's decisions called for (up to one round past the table's last)."""
-    plan = [dict(run, round=1) for run in study_config.runs(config)]
+    plan = [dict(run, round=1) for run in design.runs(config)]
     r = 2
     while new := next_round(runs, config, r):
         plan += [dict(run, round=r) for run in new]
@@ -163,9 +141,7 @@ def planned(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
 def savings(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Per cell and arm: rounds run, seeds used against ``max``, and the device- (or accelerator-) hours used and
     saved against running ``max`` seeds everywhere (saved runs priced at the arm's mean hours per run in the cell)."""
-    from .ledger import hours_column
-
-    s, hours = settings(config), hours_column(runs)
+    s, hours = design.adaptive_seeds(config), ledger.hours_column(runs)
     g = (
         with_rounds(runs, config)
         .groupby(KEY, sort=True)

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .design import RUN_KEY
 from .errors import ScaleauditError
 from .files import atomic_path
 from .records import RunResult
-
-RUN_KEY = ["dataset", "size", "fraction", "arm", "seed"]
 
 
 def check(table: pd.DataFrame) -> None:

@@ -16,7 +16,7 @@ from importlib import resources
 
 import numpy as np
 
-from . import scaling, stats
+from . import design, scaling, sequential, stats
 
 NOISE = ("normal", "t4")
 SEED_SD = 0.02  # sd of a paired difference between two runs (seed noise of 0.01-0.03 AUC per run is typical)
@@ -187,14 +187,12 @@ def simulate_sequential(
     rechecked_fixed: bool = False,
 ) -> dict:
     """Adaptive seeds as the workflow runs them: a family of ``family`` comparisons, each with paired differences of
-    sd SEED_SD around ``true_diff``, looked at after every round (seeds ``adaptive.looks``) and stopped at its first
+    sd SEED_SD around ``true_diff``, looked at after every round (seeds ``design.looks``) and stopped at its first
     decision. The repeated confidence intervals of ``sequential``, or (``rechecked_fixed``) the fixed-n t-interval
     re-checked each round, the error this procedure must not make. Returns the decisions' rates and the coverage of
     the interval at stopping (first comparison of the family), the rate of any false "better" in the family (with
     the truth on the ROPE edge, every "better" is false) and the mean number of seeds per comparison."""
-    from . import adaptive, sequential
-
-    looks = adaptive.looks(seeds)
+    looks = design.looks(seeds)
     interval = stats.t_interval if rechecked_fixed else sequential.interval(looks, seeds.get("spending", "pocock"))
     d = true_diff + SEED_SD * noise(kind, (replicates, family, looks[-1]), rng)
     decision = np.full((replicates, family), "undecided", dtype=object)

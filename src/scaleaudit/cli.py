@@ -13,8 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, design
 from .errors import ScaleauditError
+from .files import read_json, write_json
 from .provenance import package_versions
 
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
@@ -31,19 +32,17 @@ def cmd_validate_config(args) -> None:
     if not args.configs and args.inline is None:
         raise ScaleauditError("no config given", "name YAML files, or pass --inline JSON")
     cfg = config.load(*args.configs, overrides=args.inline)
-    n = sum(1 for _ in config.runs(cfg))
-    rounds = " in the first round (adaptive seeds)" if isinstance(cfg["design"]["seeds"], dict) else ""
+    n = sum(1 for _ in design.runs(cfg))
+    rounds = " in the first round (adaptive seeds)" if design.is_adaptive(cfg) else ""
     print(f"{', '.join(args.configs) or 'inline config'}: valid; study {cfg['study']!r}, {n} training runs{rounds}")
     if args.resolved:
         from . import settings
-        from .files import write_json
 
         write_json(args.resolved, cfg | {"settings": settings.resolve(cfg)})
 
 
 def cmd_fetch_data(args) -> None:
     from . import data, settings
-    from .files import write_json
 
     out = Path(args.out)
     mirror = data.resolve_mirror(args.mirror)
@@ -55,7 +54,6 @@ def cmd_fetch_data(args) -> None:
 
 def cmd_fetch_weights(args) -> None:
     from . import models, settings
-    from .files import write_json
 
     out = Path(args.out)
     record = models.resolve_weights(
@@ -69,7 +67,6 @@ def cmd_fetch_weights(args) -> None:
 
 def cmd_init_tracking(args) -> None:
     from . import settings, tracking
-    from .files import write_json
 
     if args.system_metrics:
         tracking.check_system_metrics()
@@ -92,17 +89,18 @@ def cmd_init_tracking(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from . import jobcontrol, train
-    from .files import read_json
+    from . import job, jobcontrol
+    from .records import RunSpec
     from .tracking import job_tracking
 
+    spec = RunSpec.from_dict(args.spec)
     weights = read_json(args.weights) if args.weights else None
     tracking = job_tracking(args.tracking) if args.tracking else None
-    train.exit_on_sigterm()
+    jobcontrol.exit_on_sigterm()
     jobcontrol.die_with_parents()
     every = {} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}
-    train.run(
-        args.spec,
+    job.run(
+        spec,
         read_json(args.data),
         Path(args.out),
         tracking,
@@ -115,7 +113,6 @@ def cmd_train(args) -> None:
 
 def cmd_plan(args) -> None:
     from . import config, plan
-    from .files import write_json
 
     cfg = config.load(*args.configs)
     estimate = plan.make(
@@ -141,11 +138,10 @@ def cmd_aggregate(args) -> None:
 
 
 def cmd_shift_eval(args) -> None:
-    from . import shift
-    from .files import read_json, write_json
+    from . import job
 
     weights = read_json(args.weights) if args.weights else None
-    record = shift.evaluate(
+    record = job.evaluate_shift(
         Path(args.run),
         read_json(args.corrupted),
         read_json(args.data),
@@ -162,14 +158,13 @@ def cmd_aggregate_shift(args) -> None:
 
     table = shift.table(args.shift)
     aggregate.write(table, args.out)
-    print(f"{args.out}: {len(table)} rows of {table[aggregate.RUN_KEY].drop_duplicates().shape[0]} runs")
+    print(f"{args.out}: {len(table)} rows of {table[design.RUN_KEY].drop_duplicates().shape[0]} runs")
 
 
 def cmd_shift_verdict(args) -> None:
     import pandas as pd
 
     from . import aggregate, shift
-    from .files import read_json
 
     verdict = read_json(args.config)["verdict"]
     table = shift.verdicts(
@@ -181,10 +176,9 @@ def cmd_shift_verdict(args) -> None:
 
 def cmd_next_round(args) -> None:
     from . import adaptive, aggregate
-    from .files import read_json, write_json
 
     cfg = read_json(args.config)
-    if adaptive.settings(cfg) is None:
+    if not design.is_adaptive(cfg):
         raise ScaleauditError(
             "design.seeds is a fixed count or list: there are no rounds to plan",
             "give design.seeds as {initial, step, max} for adaptive seeds",
@@ -193,7 +187,8 @@ def cmd_next_round(args) -> None:
     runs = adaptive.next_round(table, cfg, args.round)
     cells = sorted({(r["dataset"], r["size"], r["fraction"]) for r in runs})
     write_json(
-        args.out, {"round": args.round, "seeds": adaptive.round_seeds(adaptive.settings(cfg), args.round), "runs": runs}
+        args.out,
+        {"round": args.round, "seeds": design.round_seeds(design.adaptive_seeds(cfg), args.round), "runs": runs},
     )
     print(
         f"round {args.round}: {len(runs)} runs in {len(cells)} undecided cell(s)"
@@ -204,7 +199,15 @@ def cmd_next_round(args) -> None:
 def cmd_report(args) -> None:
     from . import report
 
-    report.build(args.runs, args.config, args.out, assets=args.assets, metrics=args.metrics, shift_csv=args.shift)
+    report.build(
+        args.runs,
+        args.config,
+        args.out,
+        assets=args.assets,
+        metrics=args.metrics,
+        shift_csv=args.shift,
+        plan_json=args.plan,
+    )
     print(f"report written to {args.out}")
 
 
@@ -338,6 +341,10 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", required=True, help="PDF file; the Markdown version goes next to it (.md)")
     s.add_argument("--shift", help="the shift table (runs_shift.csv): adds the robustness section")
+    s.add_argument(
+        "--plan",
+        help="the plan `scaleaudit plan` wrote before the study (plan.json): sets the estimate against the cost",
+    )
     s.set_defaults(func=cmd_report)
     return p
 

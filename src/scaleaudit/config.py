@@ -1,17 +1,15 @@
-"""Study configuration: schema validation with defaults, cross-reference checks, and the run grid."""
+"""Study configuration: schema validation with defaults, the cross-reference checks, and each run's resolved spec."""
 
 from __future__ import annotations
 
 import copy
-import itertools
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-from . import published
+from . import data, design, models, published, scaling
 from .errors import ScaleauditError
 from .records import RunSpec
 
@@ -65,13 +63,11 @@ def validate(config: dict) -> dict:
 
 def check_references(config: dict) -> None:
     """Names that the schema cannot check: datasets, arms, recipes, sizes, timm models and published results."""
-    from . import data, models, scaling  # models pulls in torch/timm; only needed once the schema passed
-
     for entry in config["data"]["datasets"]:
         for size in entry["sizes"]:
             data.official_source(entry["flag"], size)
-    s = config["design"]["seeds"]
-    if isinstance(s, dict) and s["max"] < s["initial"]:
+    s = design.adaptive_seeds(config)
+    if s and s["max"] < s["initial"]:
         raise ScaleauditError(
             f"design.seeds: max ({s['max']}) is below initial ({s['initial']})",
             "set max to at least initial (max = initial runs one round only, like a fixed count)",
@@ -123,23 +119,6 @@ def _merge(base: dict, update: dict) -> None:
             base[key] = copy.deepcopy(value)
 
 
-def seeds(config: dict) -> list[int]:
-    """The seeds of every run; with adaptive seeds, those of the first round (``adaptive`` plans the others)."""
-    s = config["design"]["seeds"]
-    if isinstance(s, dict):
-        return list(range(1, s["initial"] + 1))
-    return list(range(1, s + 1)) if isinstance(s, int) else list(s)
-
-
-def runs(config: dict) -> Iterator[dict]:
-    """Every (dataset, size, arm, fraction, seed) of the study, as wildcard values."""
-    datasets = [(d["flag"], size) for d in config["data"]["datasets"] for size in d["sizes"]]
-    for (flag, size), arm, fraction, seed in itertools.product(
-        datasets, config["design"]["arms"], config["design"]["fractions"], seeds(config)
-    ):
-        yield {"dataset": flag, "size": int(size), "arm": arm, "fraction": float(fraction), "seed": int(seed)}
-
-
 def device_request(device: str, arm: dict) -> str:
     """Where an arm's runs train: ``hardware.device``, or under ``auto`` CUDA exactly for arms that book a GPU."""
     if device != "auto":
@@ -147,23 +126,17 @@ def device_request(device: str, arm: dict) -> str:
     return "cuda" if arm.get("resources", {}).get("gpu") else "cpu"
 
 
-def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, seed: int) -> dict:
+def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, seed: int) -> RunSpec:
     """Everything one training job needs, resolved; its hash identifies the run's configuration."""
     # Display, comparison and scheduling keys do not change what is trained: they must not re-run it.
     arm_spec = {k: v for k, v in config["arms"][arm].items() if k not in NOT_TRAINING_KEYS}
-    from .models import DEFINITIONS, split_name  # loaded already: check_references imports models
-
-    if definition := DEFINITIONS.get(split_name(arm_spec["model"])[0]):
+    if definition := models.DEFINITIONS.get(models.split_name(arm_spec["model"])[0]):
         arm_spec["definition"] = definition  # a model scaleaudit defines: which definition trained it
     # the protocol a recipe follows is documentation for the report, not a training setting
     recipe = {k: v for k, v in config["recipes"][arm_spec["recipe"]].items() if k != "protocol"} | {
         "name": arm_spec["recipe"]
     }
-    round_ = None
-    if isinstance(config["design"]["seeds"], dict):  # adaptive seeds: the round is bookkeeping, not in the hash
-        from .adaptive import round_of
-
-        round_ = round_of(config["design"]["seeds"], int(seed))
+    s = design.adaptive_seeds(config)  # adaptive seeds: the round is bookkeeping, not in the hash
     return RunSpec.create(
         study=config["study"],
         dataset=dataset,
@@ -175,5 +148,5 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
         seed=seed,
         hardware=config["hardware"],
         device=device_request(config["hardware"]["device"], config["arms"][arm]),
-        round=round_,
-    ).to_dict()
+        round=design.round_of(s, int(seed)) if s else None,
+    )

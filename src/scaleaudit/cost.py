@@ -1,4 +1,5 @@
-"""What a run costs: parameters, FLOPs per image, time, peak memory, energy and CO2e."""
+"""The cost model: what a run costs (parameters, FLOPs, time, peak memory, energy and CO2e) as measured during it,
+and the estimates that the plan (``plan.py``) builds from the same terms before a study starts."""
 
 from __future__ import annotations
 
@@ -15,9 +16,53 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import blank_forward
-from .plan import train_factor
 
 T = TypeVar("T")
+
+LAUNCH_S = 8e-6  # eager PyTorch: host time per dispatched op, the floor of a launch-bound GPU step
+EVAL_SHARE = 1 / 3  # an inference image costs about a third of a training image (forward only)
+STARTUP_S = 20.0  # per run: process start, data to the device, model build, first kernels
+
+
+def train_factor(arm: dict) -> int:
+    """Training FLOPs per image in forward passes: 3 (forward + backward), 1 for a frozen backbone (head only)."""
+    return 1 if arm["train"] == "linear_probe" else 3
+
+
+def evaluations(recipe: dict) -> int:
+    """Validation passes during training: every ``eval_every`` epochs and after the last."""
+    epochs, every = recipe["epochs"], recipe["eval_every"]
+    return epochs // every + (epochs % every != 0)
+
+
+def images_per_run(recipe: dict, n_train: int, n_val: int, n_test: int) -> tuple[int, int]:
+    """(training images, inference images) of one run that runs every epoch; the final test re-evaluates val."""
+    return n_train * recipe["epochs"], n_val * (evaluations(recipe) + 1) + n_test
+
+
+def gpu_seconds_per_image(
+    flops_per_image: float, ops_per_step: int, arm: dict, batch: int, peak: float, utilization: float, share: int
+) -> dict:
+    """Estimated seconds per training and per inference image on a GPU not at hand: the arithmetic at ``utilization``
+    of its dense bf16 ``peak``, or the launch floor of the step's ops if that is longer (``share`` runs on one GPU
+    overlap their launches, not their arithmetic)."""
+    arithmetic = train_factor(arm) * flops_per_image / (peak * utilization)
+    launches = ops_per_step * LAUNCH_S / batch / share
+    return {
+        "seconds_per_image": max(arithmetic, launches),
+        "forward_seconds_per_image": flops_per_image / (peak * utilization),
+        "launch_bound": launches > arithmetic,
+    }
+
+
+def run_estimate(per_image: dict, arm: dict, recipe: dict, n_train: int, n_val: int, n_test: int, share: int):
+    """(FLOPs, seconds) of one end-to-end run from the per-image costs, start-up included (shared among ``share``
+    runs on one GPU)."""
+    trained, inferred = images_per_run(recipe, n_train, n_val, n_test)
+    eval_share = 1.0 if arm["train"] == "linear_probe" else EVAL_SHARE
+    flops = per_image["flops_per_image"] * (train_factor(arm) * trained + inferred)
+    seconds = per_image["seconds_per_image"] * (trained + eval_share * inferred) + STARTUP_S / share
+    return flops, seconds
 
 
 def parameters(model: nn.Module) -> dict[str, int]:
@@ -36,7 +81,7 @@ def flops_per_image(model: nn.Module, in_chans: int, input_size: int) -> int:
 
 def training_flops(flops_per_image: int, images: int, epochs: int, arm: dict, cached_features: bool) -> int:
     """FLOPs of a run's training steps (the x-axis of the compute trend; validation passes not counted): the forward
-    passes per training image of ``plan.train_factor`` (3 end to end, the backward pass about two: Kaplan et al.
+    passes per training image of ``train_factor`` (3 end to end, the backward pass about two: Kaplan et al.
     2020; 1 for a linear probe's frozen backbone) in every epoch, or once per image for a probe on cached features
     (``features.usable``). A probe's head is negligible beside its backbone."""
     if cached_features:

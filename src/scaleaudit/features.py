@@ -16,29 +16,30 @@ from pathlib import Path
 import torch
 
 from .files import atomic_path, canonical_hash
+from .records import RunSpec
 
 
-def usable(spec: dict) -> bool:
+def usable(spec: RunSpec) -> bool:
     """A kNN probe always works on features (it never sees an augmented image); a linear probe without augmentation."""
-    train = spec["arm_spec"]["train"]
-    return train == "knn_probe" or (train == "linear_probe" and spec["recipe"]["augment"] == "none")
+    train = spec.arm_spec["train"]
+    return train == "knn_probe" or (train == "linear_probe" and spec.recipe["augment"] == "none")
 
 
-def key(spec: dict, data_path: Path, weights: dict | None, input_size: int, precision: str) -> str:
+def key(spec: RunSpec, data_path: Path, weights: dict | None, input_size: int, precision: str) -> str:
     """What the features depend on: data file, backbone weights (the seed where they are not pretrained),
     preprocessing, precision and torch version."""
-    arm, stat = spec["arm_spec"], Path(data_path).stat()
+    arm, stat = spec.arm_spec, Path(data_path).stat()
     return canonical_hash(
         {
             "data": [str(Path(data_path).resolve()), stat.st_size, stat.st_mtime_ns],
-            "dataset": spec["dataset"],
+            "dataset": spec.dataset,
             "model": arm["model"],
             "weights": weights["sha256"] if weights else None,
-            "seed": None if arm["pretrained"] else spec["seed"],
+            "seed": None if arm["pretrained"] else spec.seed,
             "input_size": input_size,
-            "normalize": spec["recipe"]["normalize"],
-            "rgb": bool(spec["recipe"].get("rgb")),
-            "resize": spec["recipe"]["resize"],
+            "normalize": spec.recipe["normalize"],
+            "rgb": bool(spec.recipe.get("rgb")),
+            "resize": spec.recipe["resize"],
             "precision": precision,
             "torch": torch.__version__,
         }

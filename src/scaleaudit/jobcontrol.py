@@ -1,4 +1,4 @@
-"""A training job's ties to its surroundings: one trainer per run folder, none outliving its workflow.
+"""A job's ties to its surroundings: one trainer per run folder, none outliving its workflow, SIGTERM as an exit.
 
 Snakemake runs a job as ``bash -c "scaleaudit train ... > log"``: when Snakemake is killed outright
 (SIGKILL, an OOM kill, a lost login session) nothing tells the job, which would train on and collide
@@ -113,3 +113,20 @@ def die_with_parents(log=_log) -> None:
                     return
 
     threading.Thread(target=watch, name="watch-workflow", daemon=True).start()
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived: Slurm preempting or cancelling the job (it sends SIGKILL KillWait seconds later)."""
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into an exception, so the job stops like a failure instead of vanishing.
+
+    Temporary files are removed and the MLflow run is marked KILLED; the checkpoint of the last
+    finished epoch stays, and the requeued job resumes from it. Call it from the main thread.
+    """
+
+    def handler(signum, frame):
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)

@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from .stats import CELL, score_column
+from .design import CELL
+from .stats import score_column
 
 
 def hours_column(runs: pd.DataFrame) -> str:

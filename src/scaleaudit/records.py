@@ -83,6 +83,12 @@ class RunSpec:
         ordered = {f.name: values[f.name] for f in fields(cls) if f.name not in ("config_hash", "round")}
         return cls(**ordered, config_hash=canonical_hash(ordered), round=round_)
 
+    def with_changes(self, **changes: Any) -> RunSpec:
+        """This spec with some fields changed, its hash computed again."""
+        return RunSpec.create(
+            **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "config_hash"} | changes
+        )
+
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
         _check_keys(

@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from . import stats
+from . import design, stats
 from .errors import ScaleauditError
 
 AXES = {"params": "parameters", "train_flops": "training FLOPs", "n_train": "training images"}
+MODEL_AXES = ("params", "train_flops")  # the axes of a model-size ladder
 MIN_RUNGS = 3  # a line through two points has no residual: no interval, no decision
 
 
@@ -62,6 +63,20 @@ def trend_band(points: Sequence, grid, confidence: float) -> tuple[np.ndarray, n
     sxx = ((x - x.mean()) ** 2).sum()
     half = (slope - lo) * np.sqrt(sxx / len(x) + (grid - x.mean()) ** 2)
     return fit, fit - half, fit + half
+
+
+def trend_curves(points: pd.DataFrame, confidence: float, grid_points: int = 60) -> pd.DataFrame:
+    """Each ladder's fitted trend and pointwise band per cell (``trend_band``) on a grid from its smallest rung to one
+    decade beyond its largest (``observed`` False there: the next 10x), as the scale figures draw them."""
+    by, parts = design.CELL + ["ladder"], []
+    for key, g in points.groupby(by, sort=True):
+        x = g["log10_x"].to_numpy()
+        grid = np.linspace(x.min(), x.max() + 1, grid_points)
+        fit, lo, hi = trend_band((x, g["mean"].to_numpy()), grid, confidence)
+        curve = pd.DataFrame({"log10_x": grid, "fit": fit, "lo": lo, "hi": hi, "observed": grid <= x.max()})
+        parts.append(curve.assign(**dict(zip(by, key))))
+    columns = by + ["log10_x", "fit", "lo", "hi", "observed"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
 def rungs(
@@ -242,7 +257,7 @@ def model_scale(runs: pd.DataFrame, config: dict, axis: str) -> tuple[pd.DataFra
     """The metric against ``axis`` ('params' or 'train_flops') along every ladder: the rung points per cell, the
     trend per cell and ladder, and the trend across tasks per ladder and fraction."""
     v = config["verdict"]
-    by = stats.CELL + ["ladder"]
+    by = design.CELL + ["ladder"]
     points = rungs(ladder_runs(runs, config), by, "arm", axis, v["metric"], v["confidence"])
     per_task = trends(points, by, v["rope"], v["confidence"])
     return points, per_task, across_tasks(per_task, ["ladder", "fraction"], v["rope"], v["confidence"])
@@ -252,7 +267,7 @@ def data_scale(runs: pd.DataFrame, config: dict) -> tuple[pd.DataFrame, pd.DataF
     """The metric against the training set's size, per arm: points per (task, arm, fraction), the gain per 10x more
     training images per task and arm, and across tasks per arm."""
     v = config["verdict"]
-    by = stats.TASK + ["arm"]
+    by = design.TASK + ["arm"]
     points = rungs(runs, by, "fraction", "n_train", v["metric"], v["confidence"])
     per_task = trends(points, by, v["rope"], v["confidence"])
     return points, per_task, across_tasks(per_task, ["arm"], v["rope"], v["confidence"])

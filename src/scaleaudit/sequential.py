@@ -25,6 +25,8 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
+from .stats import t_interval
+
 SPENDING = ("pocock", "obrien_fleming")
 GRID = 801  # points of the numerical integration per look: critical values to ~1e-4
 
@@ -90,8 +92,6 @@ def nominal_confidence(looks: tuple[int, ...], n: int, confidence: float, spendi
 
 def interval(looks, spending: str = "pocock"):
     """A ``stats.Interval``: the repeated confidence interval at the look the tasks' values reached."""
-    from .stats import t_interval
-
     looks = tuple(int(n) for n in looks)
 
     def repeated_t_interval(tasks, confidence: float) -> tuple:

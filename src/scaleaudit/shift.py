@@ -1,9 +1,7 @@
-"""Robustness under acquisition shift: each run's kept weights on MedMNIST-C corrupted test sets, and the verdict.
+"""Robustness under acquisition shift: the statistics of the runs' scores on MedMNIST-C corrupted test sets.
 
-``evaluate`` (training stack, imported lazily) loads a finished run's ``best.safetensors``, checks that it gives the
-test scores metrics.json recorded, and scores every corruption and severity of the cached corrupted set
-(``corrupt.py``); the result is ``shift.json`` beside metrics.json. ``table`` flattens those into one row per run,
-corruption and severity (severity 0: the clean test split).
+Each run's ``shift.json`` (written by ``job.evaluate_shift`` from its kept weights) holds its clean and corrupted test
+scores; ``table`` flattens them into one row per run, corruption and severity (severity 0: the clean test split).
 
 ``verdicts`` reuses the verdict's one path (``stats.compare``: pairs -> t-interval -> decide) with the corrupted
 score in place of the test score; the small partner is still chosen on the clean validation split, so no choice
@@ -17,75 +15,14 @@ comparison, and whether the gain changed under shift) form one family of their o
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
 from . import stats
-from .aggregate import RUN_KEY
-from .errors import ScaleauditError
+from .design import CELL, RUN_KEY
 from .files import read_json
 
 CLEAN, ALL = "clean", "all"
-METRICS = ("auc", "acc", "bacc", "ece")
-
-
-def evaluate(
-    run_dir: Path,
-    corrupted_record: dict,
-    data_record: dict,
-    weights: dict | None,
-    threads: int | None = None,
-    log=print,
-) -> dict:
-    """Score a finished run's selected weights on every corruption and severity; the content of ``shift.json``."""
-    from . import corrupt, metrics, train
-    from .records import RunResult
-
-    run_dir = Path(run_dir)
-    result = RunResult.load(run_dir / "metrics.json")
-    spec = read_json(run_dir / "run_config.json")
-    if result.best_weights is None:
-        raise ScaleauditError(
-            f"{run_dir} has no kept weights (trained by a scaleaudit that did not keep them)",
-            f"train the run again (delete {run_dir}) to evaluate it under shift",
-        )
-    try:
-        arrays = corrupt.check(corrupted_record, Path(data_record["file"]))
-    except corrupt.CorruptedSetError as exc:
-        raise ScaleauditError(str(exc)) from None
-    train.configure_torch(spec["seed"], threads, spec["hardware"]["determinism"])
-    device = train.pick_device(spec["device"])
-    trainer = train.Trainer(spec, data_record["file"], weights, device, log=log)
-    trainer.prepare()  # a probe's features, as in training: its clean score comes from the same path
-    trainer.state["best_state"] = train.load_best_weights(run_dir, result.best_weights)
-    _, clean, _ = trainer.test()
-    off = {
-        k: (clean[k], result.test[k])
-        for k in METRICS
-        if not math.isclose(clean[k], result.test[k], abs_tol=1e-9)
-        and not (math.isnan(clean[k]) and math.isnan(result.test[k]))
-    }
-    if off:
-        raise ScaleauditError(
-            f"{run_dir}/{result.best_weights['file']} does not give the test scores metrics.json recorded: {off}",
-            f"train the run again (delete {run_dir})",
-        )
-    labels = trainer.labels["test"]
-    scores = {}
-    for name in corrupted_record["corruptions"]:
-        scores[name] = [metrics.evaluate(labels, trainer.probabilities(level), trainer.task) for level in arrays[name]]
-        log(f"{name}: auc " + " ".join(f"{s['auc']:.3f}" for s in scores[name]))
-    return {
-        "run": result.to_dict()["run"],
-        "task": result.task,
-        "clean": {k: clean[k] for k in METRICS},
-        "corrupted": scores,
-        "severities": corrupted_record["severities"],
-        "corrupted_set": {k: corrupted_record[k] for k in ("file", "sha256", "seed", "families")}
-        | {"medmnistc": corrupted_record["versions"].get("medmnistc")},
-        "best_weights": result.best_weights,
-    }
 
 
 def rows(record: dict) -> list[dict]:
@@ -142,7 +79,7 @@ def verdicts(
     it shrinks) and a plain reading (``reading``). ``family``: the shift family's size (module docstring)."""
     scores = condition_scores(shift, metric)
     conditions = [CLEAN] + sorted(set(scores["condition"]) - {CLEAN, ALL}) + [ALL]
-    cells = runs.loc[runs["group"] == "large", stats.CELL + ["arm"]].drop_duplicates()
+    cells = runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates()
     family = len(cells) * (len(conditions) - 1) * 2
     clean_runs = _with_score(runs, scores, CLEAN, metric)
     clean = stats.compare(clean_runs, metric, rope, confidence)  # the study's per-cell family, as the report's
@@ -152,11 +89,11 @@ def verdicts(
         shifted = _with_score(runs, scores, condition, metric)
         c = stats.compare(shifted, metric, rope, confidence, family=family)
         pairs = stats.paired(shifted, metric).merge(
-            clean_pairs, on=stats.CELL + ["arm", "seed", "small_arm"], suffixes=("", "_clean")
+            clean_pairs, on=CELL + ["arm", "seed", "small_arm"], suffixes=("", "_clean")
         )
         changes = []
-        for key in c[stats.CELL + ["arm"]].itertuples(index=False, name=None):
-            g = pairs[(pairs[stats.CELL + ["arm"]] == key).all(axis=1)]
+        for key in c[CELL + ["arm"]].itertuples(index=False, name=None):
+            g = pairs[(pairs[CELL + ["arm"]] == key).all(axis=1)]
             dd = (g["diff"] - g["diff_clean"]).to_numpy()
             if len(dd) >= stats.MIN_PAIRS:
                 a = stats.assess([dd], rope, confidence, family)
@@ -181,10 +118,10 @@ def verdicts(
             pd.concat([c.assign(condition=condition, family=family), pd.DataFrame(changes, index=c.index)], axis=1)
         )
     table_ = pd.concat(out, ignore_index=True)
-    clean_decision = table_[table_["condition"] == CLEAN].set_index(stats.CELL + ["arm"])["decision"]
+    clean_decision = table_[table_["condition"] == CLEAN].set_index(CELL + ["arm"])["decision"]
     table_["reading"] = [
         reading(
-            clean_decision.get(tuple(r[k] for k in stats.CELL + ["arm"]), "undecided"),
+            clean_decision.get(tuple(r[k] for k in CELL + ["arm"]), "undecided"),
             r["decision"],
             r.get("change_decision"),
         )

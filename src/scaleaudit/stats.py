@@ -26,9 +26,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import aggregate
+from .design import CELL, TASK
 
-CELL = ["dataset", "size", "fraction"]
-TASK = ["dataset", "size"]
 DECISIONS = ("better", "equivalent", "worse", "undecided")
 MIN_PAIRS = 3  # no decision from fewer pairs: two differences say almost nothing about their spread
 MAX_SEEDS = 1000  # seeds_needed gives up beyond this

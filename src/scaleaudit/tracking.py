@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from . import settings
 from .errors import ScaleauditError
+from .files import read_json, write_text
 
 T = TypeVar("T")
 DEFAULT_DB = "results/mlflow.db"
@@ -243,8 +244,6 @@ def init_experiment(
 
 def job_tracking(record_path: str | os.PathLike) -> dict:
     """A training job's view of the record: a local store resolved against the record's own folder."""
-    from .files import read_json
-
     record_path = Path(record_path)
     record = read_json(record_path)
     local = record.get("local_store")
@@ -308,8 +307,6 @@ class TrackedRun:
             self._call(lambda: self.client.set_tag(old.info.run_id, "scaleaudit.superseded_by", self.run_id))
             if old.info.status == "RUNNING":
                 self._call(lambda: self.client.set_terminated(old.info.run_id, status="KILLED"))
-        from .files import write_text
-
         write_text(run_id_file, self.run_id + "\n")
 
     def _call(self, fn: Callable[[], T]) -> T:

@@ -1,4 +1,5 @@
-"""Training: one arm on one dataset, fraction and seed, with checkpoints that make the job resumable.
+"""The training loop: one arm on one dataset, fraction and seed (a ``RunSpec``), with checkpoints that make it
+resumable. ``job`` runs it and keeps the books; ``runtime`` sets up torch and the device.
 
 Images are small, so each split lives on the training device as one uint8 tensor; batching,
 shuffling, augmentation, resizing and normalisation happen there, per batch. The weights of the
@@ -9,25 +10,19 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 
-from . import conv_gemm, cost, data, features, jobcontrol, knn, metrics, models, provenance, settings
-from .errors import ScaleauditError
-from .files import atomic_path, file_digest, write_json
-from .records import PREDICTIONS, RunInfo, RunResult, RunSpec
+from . import conv_gemm, data, features, knn, metrics, models, runtime
+from .files import atomic_path
+from .records import RunSpec
 
 MEAN_STD = {"half": ((0.5,), (0.5,)), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
-BEST_WEIGHTS = "best.safetensors"  # the selected weights, kept after training
 CHECKPOINT = "checkpoint.pt"
 # Saving is ~0.5 s for ResNet-18 on a CPU (weights, optimiser, best weights): every epoch of a small
 # model would spend ~10 % of the time on it. A kill loses at most this much training, never a result.
@@ -35,7 +30,6 @@ CHECKPOINT_EVERY_S = 30.0
 # A large checkpoint (ViT-B with AdamW state and the best weights: ~1.4 GB) is written less often: at most
 # this share of the wall time goes to saving, so the interval grows with the time the last save took.
 CHECKPOINT_SHARE = 0.02
-CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace: required for deterministic cuBLAS results
 
 
 def mean_std(recipe: dict, arm: dict) -> tuple[tuple, tuple]:
@@ -44,51 +38,6 @@ def mean_std(recipe: dict, arm: dict) -> tuple[tuple, tuple]:
     if recipe["normalize"] == "pretrained":
         return models.pretrained_mean_std(arm)
     return MEAN_STD[recipe["normalize"]]
-
-
-def cuda_diagnosis() -> str:
-    """Why CUDA is not usable here, in torch's own words (driver and CUDA versions), for a refusal message."""
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build (no CUDA support compiled in)"
-    try:
-        torch.cuda.init()
-        reason = "no CUDA device is visible"
-    except Exception as exc:
-        reason = str(exc).splitlines()[0]
-    return (
-        f"torch {torch.__version__} is built for CUDA {torch.version.cuda}; {reason}; "
-        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}"
-    )
-
-
-def pick_device(requested: str) -> torch.device:
-    """``cpu``; ``cuda``, which fails at once with the reason when CUDA is not usable; ``auto``: cuda when visible.
-
-    A run that asks for a GPU must not fall back to the CPU: it would run for hours on one thread and
-    time out on every retry instead of failing with the reason.
-    """
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "auto":
-        return torch.device("cpu")
-    raise ScaleauditError(
-        f"this run asks for a GPU but CUDA is not usable here: {cuda_diagnosis()}",
-        "run it where a GPU is visible (on Slurm: book one, e.g. resources: {gpu: 1}), install a driver that fits "
-        "this CUDA version, or set hardware.device: cpu to train on the CPU on purpose",
-    )
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast: always on CUDA under ``auto``; on a CPU only with AMX bf16 units, where it pays
-    (~2x per training step for ResNet-18 on a Xeon with AMX; without AMX bf16 is emulated and slower)."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return True
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return bool(amx()) and torch.backends.mkldnn.is_available()
 
 
 class BatchTransform:
@@ -176,11 +125,6 @@ def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return F.cross_entropy
 
 
-def _on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> uint8 (N, C, H, W) on ``device``."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
-
-
 def _probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits) if task == "multi-label" else torch.softmax(logits, 1)
 
@@ -190,7 +134,7 @@ class Trainer:
 
     def __init__(
         self,
-        spec: dict,
+        spec: RunSpec,
         data_path: str | Path,
         weights: dict | None,
         device: torch.device,
@@ -198,21 +142,23 @@ class Trainer:
         synthetic: bool = False,
     ):
         self.spec, self.device, self.log = spec, device, log
-        arm, recipe = spec["arm_spec"], spec["recipe"]
-        meta = data.info(spec["dataset"])
+        arm, recipe = spec.arm_spec, spec.recipe
+        meta = data.info(spec.dataset)
         # the model sees three channels when the recipe repeats grey to RGB (MedMNIST+: as_rgb=True)
         self.task, in_chans = meta["task"], 3 if recipe.get("rgb") else meta["n_channels"]
         num_classes = meta["n_classes"]
-        self.input_size = arm["input_size"] or spec["size"]
-        torch.manual_seed(spec["seed"])
+        self.input_size = arm["input_size"] or spec.size
+        torch.manual_seed(spec.seed)
         self.synthetic = synthetic  # a stand-in of the dataset's shape (gpu-check, plan): any split lengths
-        splits = data.load_splits(data_path, spec["dataset"], spec["size"], synthetic)
-        keep = data.stratified_subset(splits["train"][1], spec["fraction"], spec["seed"])
+        splits = data.load_splits(data_path, spec.dataset, spec.size, synthetic)
+        keep = data.stratified_subset(splits["train"][1], spec.fraction, spec.seed)
         splits["train"] = (splits["train"][0][keep], splits["train"][1][keep])
-        self.tensors = {s: (_on_device(x, device), torch.from_numpy(y).to(device)) for s, (x, y) in splits.items()}
+        self.tensors = {
+            s: (runtime.on_device(x, device), torch.from_numpy(y).to(device)) for s, (x, y) in splits.items()
+        }
         self.labels = {s: y for s, (_, y) in splits.items()}
         self.n_train = len(keep)
-        self.bf16 = use_bf16(spec["hardware"].get("precision", "auto"), device)
+        self.bf16 = runtime.use_bf16(spec.hardware.get("precision", "auto"), device)
         # channels_last suits the convolutions of CUDA and of oneDNN's bf16 kernels (measured: ~10% per
         # step on CPU in bf16, nothing in fp32); transformers gain nothing from it.
         is_cnn = not models.is_transformer(models.split_name(arm["model"])[0])
@@ -228,7 +174,7 @@ class Trainer:
         self.optimizer = _optimizer(recipe, [p for p in self.model.parameters() if p.requires_grad])
         self.scheduler = _scheduler(recipe, self.optimizer)
         self.loss_fn = _loss_fn(self.task)
-        self.generator = torch.Generator(device="cpu").manual_seed(spec["seed"])
+        self.generator = torch.Generator(device="cpu").manual_seed(spec.seed)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.in_chans = in_chans
         # A linear probe whose images never change (no augmentation) trains its head on cached features; a kNN
@@ -240,7 +186,7 @@ class Trainer:
         )
         self.net = self.model.get_classifier() if self.cached_features else self.model
         # compiles on the first step; the uncompiled self.model keeps its state_dict names for checkpoints
-        compile_mode = spec["hardware"]["compile"]
+        compile_mode = spec.hardware["compile"]
         if compile_mode != "none":
             self.net = torch.compile(self.net, mode="reduce-overhead" if compile_mode == "cudagraphs" else None)
         self.state = {"epoch": 0, "history": [], "best": None, "best_epoch": None, "best_state": None, "bad_evals": 0}
@@ -254,13 +200,13 @@ class Trainer:
         that every fraction and seed shares them; this run keeps its subset)."""
         spec = self.spec
         name = features.key(spec, data_path, weights, self.input_size, self.precision)
-        path = data_path.parent / "features" / f"{spec['dataset']}_{spec['size']}" / f"{name}.pt"
-        bs = max(256, 4 * spec["recipe"]["batch_size"])
+        path = data_path.parent / "features" / f"{spec.dataset}_{spec.size}" / f"{name}.pt"
+        bs = max(256, 4 * spec.recipe["batch_size"])
 
         def make() -> dict[str, torch.Tensor]:
-            splits = data.load_splits(data_path, spec["dataset"], spec["size"], self.synthetic)
+            splits = data.load_splits(data_path, spec.dataset, spec.size, self.synthetic)
             return {
-                s: features.compute(self.model, self.transform, _on_device(x, self.device), bs, self.autocast)
+                s: features.compute(self.model, self.transform, runtime.on_device(x, self.device), bs, self.autocast)
                 for s, (x, _) in splits.items()
             }
 
@@ -296,7 +242,7 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         ckpt = {
-            "config_hash": self.spec["config_hash"],
+            "config_hash": self.spec.config_hash,
             "model": self.trained_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -322,7 +268,7 @@ class Trainer:
         except Exception as exc:
             self.log(f"checkpoint {path} is unreadable ({type(exc).__name__}); starting from scratch")
             return False
-        if ckpt.get("config_hash") != self.spec["config_hash"]:
+        if ckpt.get("config_hash") != self.spec.config_hash:
             self.log(f"checkpoint {path} belongs to another configuration; starting from scratch")
             return False
         self.load_trained_state(ckpt["model"])
@@ -339,7 +285,7 @@ class Trainer:
     def train_epoch(self) -> float:
         self.model.train()
         images, labels = self.tensors["train"]
-        bs = self.spec["recipe"]["batch_size"]
+        bs = self.spec.recipe["batch_size"]
         order = torch.randperm(len(images), generator=self.generator).to(self.device, non_blocking=True)
         total = torch.zeros((), device=self.device)
         for start in range(0, len(order), bs):
@@ -364,7 +310,7 @@ class Trainer:
         """Class probabilities of a split and its mean loss."""
         self.model.eval()
         images, labels = self.tensors[split]
-        bs = max(256, 4 * self.spec["recipe"]["batch_size"])
+        bs = max(256, 4 * self.spec.recipe["batch_size"])
         probs, loss = [], torch.zeros((), device=self.device)
         for start in range(0, len(images), bs):
             x = images[start : start + bs]
@@ -381,8 +327,8 @@ class Trainer:
         (a cached linear probe's backbone too; a kNN probe votes on their features): how kept weights score
         corrupted test sets."""
         self.model.eval()
-        images = _on_device(images if images.ndim == 4 else images[..., None], self.device)
-        bs = max(256, 4 * self.spec["recipe"]["batch_size"])
+        images = runtime.on_device(images if images.ndim == 4 else images[..., None], self.device)
+        bs = max(256, 4 * self.spec.recipe["batch_size"])
         if self.knn:
             feats = features.compute(self.model, self.transform, images, bs, self.autocast).cpu().numpy()
             return self._knn_shares({"q": feats})["q"]
@@ -410,7 +356,7 @@ class Trainer:
         if self.knn:  # nothing to train: the support set is the training split's features
             self.state |= {"best_epoch": 0, "best_state": self.trained_state()}
             return
-        recipe = self.spec["recipe"]
+        recipe = self.spec.recipe
         epochs, select = recipe["epochs"], recipe["select"]
         saved_at, save_s = None, 0.0
         while self.state["epoch"] < epochs and not self.state.get("stopped_early"):
@@ -455,10 +401,10 @@ class Trainer:
     def _knn_shares(self, queries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The k-nearest-neighbour vote (knn.py) of each set of feature rows against the training split's features
         (one index for all of them)."""
-        k = min(self.spec["arm_spec"].get("knn_k", knn.K), self.n_train)
+        k = min(self.spec.arm_spec.get("knn_k", knn.K), self.n_train)
         support, support_labels = (t.cpu().numpy() for t in self.tensors["train"])
         return knn.vote_shares(
-            support, support_labels, queries, k, self.task, data.info(self.spec["dataset"])["n_classes"]
+            support, support_labels, queries, k, self.task, data.info(self.spec.dataset)["n_classes"]
         )
 
     def _knn_test(self) -> tuple[dict, dict, np.ndarray]:
@@ -466,325 +412,3 @@ class Trainer:
         shares = self._knn_shares({s: self.tensors[s][0].cpu().numpy() for s in ("val", "test")})
         val, test = ({**metrics.evaluate(self.labels[s], shares[s], self.task), "loss": None} for s in ("val", "test"))
         return val, test, shares["test"]
-
-
-class Terminated(SystemExit):
-    """SIGTERM arrived: Slurm preempting or cancelling the job (it sends SIGKILL KillWait seconds later)."""
-
-
-def exit_on_sigterm() -> None:
-    """Turn SIGTERM into an exception, so the job stops like a failure instead of vanishing.
-
-    Temporary files are removed and the MLflow run is marked KILLED; the checkpoint of the last
-    finished epoch stays, and the requeued job resumes from it. Call it from the main thread.
-    """
-
-    def handler(signum, frame):
-        raise Terminated(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def configure_torch(seed: int, threads: int | None, determinism: str = "deterministic") -> None:
-    """Threads, seed and the determinism policy (``hardware.determinism``); call before any CUDA work.
-
-    ``deterministic``: a seed gives the same result on the same hardware and software, on the CPU and
-    on CUDA. Ops without a deterministic kernel raise instead of warning on every call, and cuBLAS gets
-    the fixed workspace it needs (CUBLAS_WORKSPACE_CONFIG, read when its first handle is created).
-    ``fast``: cuDNN benchmarks and picks the fastest kernels; results vary from run to run.
-    """
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    if determinism == "deterministic":
-        workspace = os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-        if workspace not in (":4096:8", ":16:8"):
-            raise ScaleauditError(
-                f"CUBLAS_WORKSPACE_CONFIG={workspace!r} makes cuBLAS non-deterministic",
-                "unset it (or use :4096:8 or :16:8), or set hardware.determinism: fast",
-            )
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = True
-    # Filling each new tensor with NaN only helps to find reads of uninitialised memory (~4% of a CPU step).
-    torch.utils.deterministic.fill_uninitialized_memory = False
-
-
-def run(
-    spec: dict,
-    data_record: dict,
-    out_dir: Path,
-    tracking: dict | None,
-    weights: dict | None,
-    threads: int | None = None,
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-    runs_per_gpu: int = 1,
-) -> dict:
-    """Train, select on validation, test once, and write ``metrics.json`` and ``predictions.npz``."""
-
-    def log(msg: str) -> None:
-        print(
-            f"[{spec['arm']} {spec['dataset']}@{spec['size']} f={spec['fraction']} s={spec['seed']}] {msg}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    with jobcontrol.locked_run_folder(out_dir):
-        return _run_locked(
-            spec, data_record, out_dir, tracking, weights, threads, checkpoint_every_s, runs_per_gpu, log
-        )
-
-
-def _run_locked(
-    spec: dict,
-    data_record: dict,
-    out_dir: Path,
-    tracking: dict | None,
-    weights: dict | None,
-    threads: int | None,
-    checkpoint_every_s: float,
-    runs_per_gpu: int,
-    log: Callable[[str], None],
-) -> dict:
-    run_spec = RunSpec.from_dict(spec)
-    write_json(out_dir / "run_config.json", spec)
-    if weights is not None:
-        models.verify_weights(weights)
-    configure_torch(spec["seed"], threads, spec["hardware"]["determinism"])
-    device = pick_device(spec["device"])
-    trainer = Trainer(spec, data_record["file"], weights, device, log=log, synthetic=bool(data_record.get("synthetic")))
-    checkpoint = out_dir / CHECKPOINT
-    if trainer.load(checkpoint):
-        log(f"resuming after epoch {trainer.state['epoch']} from {checkpoint}")
-
-    tracked = monitor = None
-    try:
-        if tracking is not None:
-            from .tracking import TrackedRun
-
-            run_name = f"{spec['arm']}/{spec['dataset']}_{spec['size']}/f{spec['fraction']}/s{spec['seed']}"
-            tracked = TrackedRun(
-                tracking, out_dir / "mlflow_run_id", run_name=run_name, tags=_tags(spec, data_record, weights)
-            )
-            tracked.log_params(
-                _params(spec, data_record, weights, trainer.n_train)
-                | settings.as_params(settings.recorded(data_record, weights, tracking))
-            )
-            tracked.log_input(
-                Path(data_record["file"]),
-                f"{spec['dataset']}_{spec['size']}",
-                data_record["sha256"],
-                context="training",
-            )
-
-        size_info = (
-            cost.parameters(trainer.model)
-            | {"flops_per_image": cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)}
-            | ({"trainable_params": 0} if trainer.knn else {})
-        )  # a vote trains nothing, not even its unused head
-        log(
-            f"{size_info['params'] / 1e6:.2f} M parameters, {size_info['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
-            f"{trainer.n_train} training images on {device} in {trainer.precision}"
-            + (f", convolutions as GEMMs: {', '.join(trainer.gemm_convs)}" if trainer.gemm_convs else "")
-        )
-        previous_seconds = sum(r["seconds"] for r in trainer.state["history"])
-        monitor = _system_metrics(tracked, tracking)
-        with cost.EnergyMeter(spec["hardware"]["country_iso_code"]) as meter:
-            # waiting for the tracking store is neither training time nor training energy
-            on_epoch = (
-                (lambda row: meter.excluding(lambda: tracked.log_metrics(row, step=row["epoch"])))
-                if tracked
-                else (lambda row: None)
-            )
-            trainer.fit(checkpoint, on_epoch=on_epoch, checkpoint_every_s=checkpoint_every_s)
-            val, test, probs = trainer.test()
-    except BaseException as exc:
-        _end_failed(tracked, monitor, exc, log)
-        raise
-    train_seconds = previous_seconds + meter.seconds
-    # runs sharing a GPU split its hours and energy: summed over the study they are the GPU's own
-    share = runs_per_gpu if device.type == "cuda" else 1
-    record = RunResult(
-        run=RunInfo.of(run_spec, trainer.input_size),
-        task=trainer.task,
-        n_train=trainer.n_train,
-        best_epoch=trainer.state["best_epoch"],
-        epochs_run=trainer.state["epoch"],
-        stopped_early=bool(trainer.state.get("stopped_early")),
-        val=val,
-        test=test,
-        history=trainer.state["history"],
-        cost=size_info
-        | meter.result(gpu_share=1 / share)
-        | {
-            "train_seconds": train_seconds,
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "precision": trainer.precision,
-            "device_hours": train_seconds / 3600 / share,
-            "accelerator_hours": train_seconds / 3600 / share if device.type == "cuda" else 0.0,
-            "runs_per_gpu": share,
-            "peak_mem_mb": cost.peak_memory_mb(device),
-            "train_flops": cost.training_flops(
-                size_info["flops_per_image"],
-                trainer.n_train,
-                trainer.state["epoch"],
-                spec["arm_spec"],
-                trainer.cached_features,
-            ),
-        },
-        provenance=provenance.record()
-        | {
-            "data": {k: data_record[k] for k in ("file", "source", "sha256", "verified_against")},
-            "weights": weights,
-        },
-        tracking=None
-        if tracked is None
-        else {"run_id": tracked.run_id, "experiment_id": tracked.experiment_id}
-        | {k: tracking[k] for k in ("tracking_uri", "experiment")},
-    )
-    labels = trainer.labels["test"]
-    try:  # a full disk here (weights, predictions, MLflow, metrics) fails the run in MLflow too, never leaves it RUNNING
-        record.best_weights = save_best_weights(trainer.state["best_state"], out_dir / BEST_WEIGHTS)
-        result = record.to_dict()
-        with atomic_path(out_dir / PREDICTIONS) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, labels=labels, probabilities=probs)
-        if tracked is not None:
-            tracked.log_metrics(
-                {f"test_{k}": v for k, v in test.items() if v is not None}  # a kNN vote has no loss
-                | {f"best_val_{k}": v for k, v in val.items() if v is not None}
-                | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))},
-                step=trainer.state["epoch"],
-            )
-            tracked.log_artifacts([out_dir / "run_config.json", out_dir / PREDICTIONS, out_dir / BEST_WEIGHTS])
-            if tracking.get("log_model"):
-                tracked.log_model(trainer.model, out_dir / "mlflow_model")
-            tracked.log_dict(result, "metrics.json")
-            if monitor is not None:
-                monitor.finish()
-            tracked.finish()
-        record.save(out_dir / "metrics.json")  # last: the output exists only once the run is complete
-    except BaseException as exc:
-        _end_failed(tracked, monitor, exc, log)
-        raise
-    checkpoint.unlink(missing_ok=True)
-    log(
-        f"test auc {test['auc']:.4f} acc {test['acc']:.4f} (best epoch {trainer.state['best_epoch']}, {train_seconds:.0f} s)"
-    )
-    return result
-
-
-def save_best_weights(state: dict[str, torch.Tensor], path: Path) -> dict:
-    """The selected weights (without frozen ones, as ``trained_state``) as safetensors; their record for metrics.json.
-    Evaluations after training (``scaleaudit shift-eval``) load them instead of training again."""
-    from safetensors.torch import save_file
-
-    # clones: safetensors refuses tensors that share memory, and views that are not contiguous
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-        sha256 = file_digest(tmp, "sha256")
-    return {"file": path.name, "format": "safetensors", "sha256": sha256, "tensors": len(tensors)}
-
-
-def load_best_weights(run_dir: Path, record: dict) -> dict[str, torch.Tensor]:
-    """A run's kept weights, checked against the SHA-256 its metrics.json recorded."""
-    from safetensors.torch import load_file
-
-    path = Path(run_dir) / record["file"]
-    fix = f"train the run again (delete {run_dir})"
-    if not path.exists():
-        raise ScaleauditError(f"{path} (the run's selected weights) is missing", fix)
-    if file_digest(path, "sha256") != record["sha256"]:
-        raise ScaleauditError(f"{path} is not the file its run recorded (SHA-256 differs)", fix)
-    return load_file(str(path))
-
-
-def _end_failed(tracked, monitor, exc: BaseException, log: Callable[[str], None]) -> None:
-    """Stop the system metrics and end the MLflow run of a job that failed: KILLED (SIGTERM) or FAILED.
-
-    Ending the run must not hide why the job failed: if the store cannot take the status either (a
-    full disk, a server gone), that is logged and the original error goes on.
-    """
-    from .tracking import TrackingUnavailable
-
-    if monitor is not None:
-        monitor.finish()
-    if tracked is None or isinstance(exc, TrackingUnavailable):  # no second minute of retries
-        return
-    try:
-        tracked.finish("KILLED" if isinstance(exc, Terminated) else "FAILED")
-    except Exception as end_exc:
-        log(
-            f"could not mark MLflow run {tracked.run_id} as failed ({str(end_exc).splitlines()[0]}); "
-            "it is ended when the job runs again"
-        )
-
-
-def _system_metrics(tracked, tracking: dict | None):
-    """MLflow's CPU/memory/disk/network (and GPU) sampler for the run, when ``tracking.system_metrics`` is on."""
-    if tracked is None or not tracking.get("system_metrics"):
-        return None
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    monitor = SystemMetricsMonitor(tracked.run_id, resume_logging=True, tracking_uri=tracking["tracking_uri"])
-    monitor.start()
-    return monitor
-
-
-def _tags(spec: dict, data_record: dict, weights: dict | None) -> dict[str, str]:
-    """Tags group a cell's seeds in the MLflow UI; the identity tags tie the run to one spec, data and weights."""
-    code = provenance.code_version()
-    arm = spec["arm_spec"]
-    note = (
-        f"{spec['arm']} ({arm['model']}, {'pretrained' if arm['pretrained'] else 'from scratch'}, {arm['train']}) "
-        f"on {spec['dataset']} at {spec['size']} px, {spec['fraction']:g} of the training set, seed {spec['seed']}; "
-        f"recipe {spec['recipe']['name']}, study {spec['study']}"
-    )
-    return {
-        "study": spec["study"],
-        "dataset": spec["dataset"],
-        "size": str(spec["size"]),
-        "arm": spec["arm"],
-        "group": arm["group"],
-        "fraction": f"{spec['fraction']:g}",
-        "seed": str(spec["seed"]),
-        "cell": f"{spec['dataset']}_{spec['size']}/{spec['arm']}/f{spec['fraction']:g}",
-        "weights_published": str(bool(weights and weights["published"])) if arm["pretrained"] else "n/a",
-        "config_hash": spec["config_hash"],
-        "data_sha256": data_record["sha256"],
-        "weights_sha256": weights["sha256"] if weights else "n/a",
-        "mlflow.source.git.commit": code["commit"],
-        "mlflow.note.content": note,
-    }
-
-
-def _params(spec: dict, data_record: dict, weights: dict | None, n_train: int) -> dict:
-    code = provenance.code_version()
-    params = {
-        "dataset": spec["dataset"],
-        "size": spec["size"],
-        "arm": spec["arm"],
-        "fraction": spec["fraction"],
-        "seed": spec["seed"],
-        "round": spec.get("round", 1),
-        "config_hash": spec["config_hash"],
-        "data_sha256": data_record["sha256"],
-        "git_commit": code["commit"],
-        "git_dirty": code["dirty"],
-        "n_train": n_train,
-        "model": spec["arm_spec"]["model"],
-        "pretrained": spec["arm_spec"]["pretrained"],
-        "recipe": spec["recipe"]["name"],
-        "model_definition": spec["arm_spec"].get("definition") or f"timm {timm.__version__}",
-    }
-    params |= {f"recipe.{k}": v for k, v in spec["recipe"].items() if k != "name"}
-    if weights is not None:
-        params |= {
-            "weights_source": weights["source"],
-            "weights_sha256": weights["sha256"],
-            "weights_published": weights["published"],
-        }
-    return params

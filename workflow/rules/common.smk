@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from scaleaudit import adaptive
+from scaleaudit import design, plan
 from scaleaudit import config as study_config
 from scaleaudit import settings
 from scaleaudit.errors import ScaleauditError
@@ -27,8 +27,9 @@ LOGS = f"logs/{STUDY}"
 RUN_DIR = f"{RESULTS}/runs/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}/seed{{seed}}"
 RUN_TABLE = f"{RESULTS}/runs.csv"
 REPORT = f"reports/{STUDY}.pdf"
-RUNS = list(study_config.runs(config))  # with adaptive seeds: the first round
-ADAPTIVE = adaptive.settings(config)
+PLAN = str(plan.default_path(config))  # written by `scaleaudit plan` before the study (make study), if at all
+RUNS = list(design.runs(config))  # with adaptive seeds: the first round
+ADAPTIVE = design.adaptive_seeds(config)
 ROUND_PLAN = f"{RESULTS}/rounds/round{{round}}.json"
 # data.mirror, weights.dir, tracking.uri: the config's value, else the environment's (settings.py). The
 # steps that use them run here (localrules), so they resolve them the same way and record what they used.
@@ -68,7 +69,7 @@ def run_spec(wildcards):
     spec = study_config.run_spec(
         config, wildcards.dataset, int(wildcards.size), wildcards.arm, float(wildcards.fraction), int(wildcards.seed)
     )
-    return json.dumps(spec, sort_keys=True)
+    return json.dumps(spec.to_dict(), sort_keys=True)
 
 
 def weights_record(wildcards):
@@ -136,4 +137,4 @@ def runs_upto(last):
 
 def all_metrics(wildcards):
     """metrics.json of every run; with adaptive seeds, of every round up to the first empty one or the last."""
-    return metrics_of(runs_upto(len(adaptive.looks(ADAPTIVE))) if ADAPTIVE else RUNS)
+    return metrics_of(runs_upto(len(design.looks(ADAPTIVE))) if ADAPTIVE else RUNS)

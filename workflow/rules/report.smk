@@ -42,6 +42,7 @@ rule report:
         config=f"{RESULTS}/config.resolved.json",
         metrics=all_metrics,  # their folders hold the learning curves and test predictions
         shift=SHIFT_TABLE if config["shift"]["enabled"] else [],
+        plan=lambda wildcards: PLAN if Path(PLAN).exists() else [],
     output:
         pdf=report(REPORT, caption="../report/pdf.rst", category="Report"),
         markdown=REPORT.removesuffix(".pdf") + ".md",
@@ -58,6 +59,7 @@ rule report:
         CONDA_ENV
     params:
         shift=lambda wildcards, input: f"--shift {input.shift}" if input.shift else "",
+        plan=lambda wildcards, input: f"--plan {input.plan}" if input.plan else "",
     shell:
         "scaleaudit report --runs {input.runs} --config {input.config} --metrics {input.metrics} "
-        "--assets {output.assets} --out {output.pdf} {params.shift} > {log} 2>&1"
+        "--assets {output.assets} --out {output.pdf} {params.shift} {params.plan} > {log} 2>&1"

@@ -10,8 +10,8 @@ A package a reader can find things in by name:
 - ``figures``: one function per figure (``figures.PER_PART``, ``figures.WITH_CURVES``, ``figures.WHOLE``);
 - ``sections``: one function per section, its prose in ``templates/<section>.j2`` (``prose``).
 
-Every number comes from the run table and the resolved config; the statistics come from ``scaleaudit.stats``,
-the costs from ``scaleaudit.ledger``.
+Every number comes from the run table, the resolved config and, where given, the shift table and the plan; the
+statistics come from ``scaleaudit.stats``, the costs from ``scaleaudit.ledger``.
 """
 
 from __future__ import annotations
@@ -19,20 +19,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import plan
+import pandas as pd
+
 from ..files import atomic_path, read_json, write_text
 from . import curves
 from .document import Document, Figure, Heading, PageBreak, Para, Table, esc, to_markdown, to_typst
-from .results import (
-    NOT_PUBLISHED,
-    TEXT_COLUMNS,
-    Results,
-    arm_labels,
-    data_efficiency,
-    families,
-    missing_runs,
-    read_runs,
-)
+from .results import NOT_PUBLISHED, TEXT_COLUMNS, Results, arm_labels, data_efficiency, missing_runs, read_runs
 from .sections import document, verdict_sentence
 
 __all__ = [
@@ -50,7 +42,6 @@ __all__ = [
     "data_efficiency",
     "document",
     "esc",
-    "families",
     "missing_runs",
     "read_runs",
     "to_markdown",
@@ -66,10 +57,12 @@ def build(
     assets: str | os.PathLike | None = None,
     metrics: list[str | os.PathLike] | None = None,
     shift_csv: str | os.PathLike | None = None,
+    plan_json: str | os.PathLike | None = None,
 ) -> None:
     """Write the PDF and, next to it, the same report as Markdown (``.md``); figures go to ``assets``. With the
     runs' ``metrics`` files, the report adds their learning curves and reliability diagrams; with the shift table
-    (runs_shift.csv), the robustness section."""
+    (runs_shift.csv), the robustness section; with the plan ``scaleaudit plan`` wrote before the study (of this
+    study), the estimate against the measured cost."""
     import typst
 
     from .figures import figures  # matplotlib and seaborn only where figures are drawn
@@ -79,15 +72,14 @@ def build(
     out_pdf = Path(out_pdf)
     assets = Path(assets) if assets else out_pdf.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
-    res = Results.of(runs, config, curves.load(metrics, runs) if metrics else None)
-    if shift_csv:  # MedMNIST-C scores of every run (shift.enabled): the robustness section
-        import pandas as pd
-
-        res.shift = pd.read_csv(shift_csv)
-    # the cost estimate `scaleaudit plan` wrote before the study started, if it was of this study
-    plan_file = Path(runs_csv).parent / plan.PLAN_FILE
-    estimate = read_json(plan_file) if plan_file.exists() else None
-    doc = document(res, figures(res, assets), estimate if estimate and estimate["study"] == config["study"] else None)
+    res = Results.of(
+        runs,
+        config,
+        curves=curves.load(metrics, runs) if metrics else None,
+        shift_table=pd.read_csv(shift_csv) if shift_csv else None,
+        estimate=read_json(plan_json) if plan_json else None,
+    )
+    doc = document(res, figures(res, assets))
     source = assets / "report.typ"
     write_text(source, to_typst(doc))
     with atomic_path(out_pdf) as tmp:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics
-from ..aggregate import RUN_KEY
+from ..design import RUN_KEY
 from ..errors import ScaleauditError
 from ..records import PREDICTIONS, RunResult
 

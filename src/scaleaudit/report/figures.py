@@ -18,11 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import matplotlib.ticker
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .. import ledger, scaling, stats
+from .. import design, scaling
 from .document import FIGURE_DPI
 from .results import Results
 
@@ -58,9 +57,7 @@ class Canvas:
             runs=runs,
             order=order,
             colours=dict(zip(order, sns.color_palette(PALETTE, len(order)))),
-            summary=res.summary.assign(
-                arm_label=res.summary["arm"].map(res.labels), front=ledger.pareto_front(res.summary)
-            ),
+            summary=res.summary.assign(arm_label=res.summary["arm"].map(res.labels)),
             tasks=sorted(set(zip(runs["dataset"], runs["size"]))),
             fractions=sorted(runs["fraction"].unique()),
         )
@@ -342,17 +339,16 @@ def _scale(cv: Canvas, part, axis: str):
     """Test metric of every arm against ``axis`` (log x; mean and t-interval over seeds), the ROPE band around the
     best small arm, and each ladder's fitted trend with its pointwise band, dashed for the next 10x."""
     res, v = cv.res, cv.verdict
-    points, _, _ = scaling.model_scale(res.runs, res.config, axis)
+    points, every, curves = res.model_scale[axis][0], res.rungs[axis], res.trend_curves[axis]
     if not len(points):
         return None
-    every = scaling.rungs(res.runs, stats.CELL, "arm", axis, v["metric"], v["confidence"])
     group = res.runs.groupby("arm")["group"].first()
     trend_colour = dict(zip(sorted(points["ladder"].unique()), itertools.cycle(TREND_COLOURS)))
     fig, axes = cv.grid(part, 2.6)
     for i, (dataset, size) in enumerate(part):
         for j, fraction in enumerate(cv.fractions):
             ax, cell = axes[i, j], (dataset, size, fraction)
-            here = every[(every[stats.CELL] == cell).all(axis=1)]
+            here = every[(every[design.CELL] == cell).all(axis=1)]
             edges = list(here["mean"])
             small = here[here["arm"].map(group) == "small"]
             if len(small):
@@ -371,14 +367,11 @@ def _scale(cv: Canvas, part, axis: str):
                     zorder=3,
                 )
                 edges += [e for e in (r.lo, r.hi) if not math.isnan(e)]
-            for ladder, g in points[(points[stats.CELL] == cell).all(axis=1)].groupby("ladder"):
-                x, colour = g["log10_x"].to_numpy(), trend_colour[ladder]
-                grid = np.linspace(x.min(), x.max() + 1, 60)
-                fit, lo, hi = scaling.trend_band((x, g["mean"].to_numpy()), grid, v["confidence"])
-                seen = grid <= x.max()
-                ax.plot(10 ** grid[seen], fit[seen], color=colour, lw=1.2, zorder=2)
-                ax.plot(10 ** grid[~seen], fit[~seen], color=colour, lw=1.2, ls="--", zorder=2)
-                ax.fill_between(10**grid, lo, hi, color=colour, alpha=0.12, lw=0, zorder=1)
+            for ladder, g in curves[(curves[design.CELL] == cell).all(axis=1)].groupby("ladder"):
+                grid, fit, seen, colour = 10 ** g["log10_x"], g["fit"], g["observed"], trend_colour[ladder]
+                ax.plot(grid[seen], fit[seen], color=colour, lw=1.2, zorder=2)
+                ax.plot(grid[~seen], fit[~seen], color=colour, lw=1.2, ls="--", zorder=2)
+                ax.fill_between(grid, g["lo"], g["hi"], color=colour, alpha=0.12, lw=0, zorder=1)
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if edges:  # the rungs decide the view, not a trend band that one degree of freedom makes huge
@@ -425,9 +418,9 @@ def data_scale(cv: Canvas):
     """Test metric of every arm against the number of training images (log), mean and t-interval over seeds; only
     with several training fractions."""
     res, v, tasks = cv.res, cv.verdict, cv.tasks
-    if len(cv.fractions) < 2:
+    if res.data_scale is None:
         return None
-    points = scaling.data_scale(res.runs, res.config)[0]
+    points = res.data_scale[0]
     fig, axes = cv.panels(len(tasks), 2.6, 2.4)
     for ax, (dataset, size) in zip(axes, tasks):
         task = points[(points["dataset"] == dataset) & (points["size"] == size)]
@@ -448,11 +441,9 @@ def data_scale(cv: Canvas):
 
 def shift_severity(cv: Canvas):
     """Test metric against MedMNIST-C severity (0: clean) per arm, mean over corruptions; only with shift results."""
-    from .. import shift
-
-    if cv.res.shift is None or cv.res.shift.empty:
+    if cv.res.severity is None:
         return None
-    curve = shift.severity_curve(cv.res.shift, cv.verdict["metric"], cv.verdict["confidence"])
+    curve = cv.res.severity
     curve = curve.assign(arm_label=curve["arm"].map(cv.res.labels))
     keys = sorted(set(zip(curve["dataset"], curve["size"], curve["fraction"])))
     fig, axes = cv.panels(len(keys), 2.6, 2.4)

@@ -1,5 +1,6 @@
-"""What the report shows, computed once from the run table: the statistics, the costs, the reproduction check,
-the runs left out or missing, and how arms and numbers are written."""
+"""What the report shows, computed once from the run table (and the shift table and plan where given): the
+statistics, the costs, the scale trends, the shift verdicts, the reproduction check, the runs left out or missing,
+and how arms and numbers are written."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import adaptive, ledger, reproduction, stats
-from .. import config as study_config
-from ..aggregate import RUN_KEY
+from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats
+from ..design import RUN_KEY
 from .curves import Curves
 
 TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
@@ -58,46 +58,94 @@ def arm_labels(runs: pd.DataFrame, config: dict) -> dict[str, str]:
 
 @dataclass
 class Results:
-    """Everything the report shows, computed once from the run table."""
+    """Everything the report shows, computed once from the run table, the shift table and the plan; sections and
+    figures only render it."""
 
     runs: pd.DataFrame
     config: dict
     labels: dict
-    summary: pd.DataFrame
+    summary: pd.DataFrame  # per cell and arm, with its Pareto-front flag (``front``)
     comparisons: pd.DataFrame
     overall: pd.DataFrame
     scores: pd.DataFrame
     reproduction: pd.DataFrame
     dropped: pd.DataFrame
     missing: pd.DataFrame
+    total: dict  # what the study's runs spent in all (ledger.study_total)
+    efficiency: pd.DataFrame  # the gain of each large arm per training fraction
+    fidelity: pd.DataFrame  # where a recipe departs from the protocol it follows
+    ladders: dict[str, list[str]]  # model-size ladders: name -> arms, smallest first
+    model_scale: dict[str, tuple]  # axis ('params', 'train_flops') -> (points, per task, across tasks)
+    scale_headlines: dict[str, pd.DataFrame]  # axis -> what the next 10x buys, per ladder (scaling.headline)
+    rungs: dict[str, pd.DataFrame]  # axis -> every arm's mean test score at its x (the scale figures' points)
+    trend_curves: dict[str, pd.DataFrame]  # axis -> each ladder's fitted trend and band on a grid (figures)
+    data_scale: tuple | None  # (points, per task, across tasks) along the training fractions; None with one
     savings: pd.DataFrame | None = None  # adaptive seeds: per cell and arm, the seeds and hours not run
+    savings_total: dict | None = None  # adaptive seeds: adaptive.summary of the savings
     curves: Curves | None = None  # learning curves and reliability diagrams, where the run files were given
     shift: pd.DataFrame | None = None  # MedMNIST-C: runs_shift.csv (shift.enabled), else None
+    shift_verdicts: pd.DataFrame | None = None  # the verdict clean and per corrupted condition (shift.verdicts)
+    severity: pd.DataFrame | None = None  # the metric against severity per arm (shift.severity_curve)
+    estimate: dict | None = None  # the plan `scaleaudit plan` wrote before the study started (this study's)
 
     @classmethod
-    def of(cls, runs: pd.DataFrame, config: dict, curves: Curves | None = None) -> Results:
+    def of(
+        cls,
+        runs: pd.DataFrame,
+        config: dict,
+        curves: Curves | None = None,
+        shift_table: pd.DataFrame | None = None,
+        estimate: dict | None = None,
+    ) -> Results:
         v = config["verdict"]
-        cells, summaries = families(config)
+        cells, summaries = design.families(config)
         kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"])
         why = stats.unusable(runs, v["metric"])
-        seq = adaptive.settings(config)
+        seq = design.is_adaptive(config)
         # adaptive seeds: each comparison's decision frozen at its round; the study-level summaries from the first
         # round, the seeds every cell ran whatever the data (see scaleaudit.adaptive)
         cells_verdict = adaptive.verdict(runs, config) if seq else stats.compare(runs, family=cells, **kw)
-        first = runs[adaptive.with_rounds(runs, config)["round"] == 1] if seq else runs
+        comparisons = ledger.cost_normalised(runs, cells_verdict)
+        summary = ledger.arm_summary(runs, v["metric"])
+        model_scale = {axis: scaling.model_scale(runs, config, axis) for axis in scaling.MODEL_AXES}
+        savings = adaptive.savings(runs, config) if seq else None
+        has_shift = shift_table is not None and not shift_table.empty
         return cls(
             runs=runs,
             config=config,
             labels=arm_labels(runs, config),
-            summary=ledger.arm_summary(runs, v["metric"]),
-            comparisons=ledger.cost_normalised(runs, cells_verdict),
-            overall=stats.overall(first, family=summaries, **kw),
+            summary=summary.assign(front=ledger.pareto_front(summary)),
+            comparisons=comparisons,
+            overall=stats.overall(adaptive.first_round(runs, config), family=summaries, **kw),
             scores=stats.score_summary(runs, v["metric"], v["confidence"]),
             reproduction=reproduction.reproduction(runs, config["arms"]),
             dropped=runs[why != ""].assign(reason=why[why != ""]),
             missing=missing_runs(runs, config),
-            savings=adaptive.savings(runs, config) if seq else None,
+            total=ledger.study_total(runs),
+            efficiency=data_efficiency(comparisons),
+            fidelity=fidelity.differences(config),
+            ladders=scaling.ladders(runs, config),
+            model_scale=model_scale,
+            scale_headlines={
+                axis: scaling.headline(per_task, over) for axis, (_, per_task, over) in model_scale.items()
+            },
+            rungs={
+                axis: scaling.rungs(runs, design.CELL, "arm", axis, v["metric"], v["confidence"])
+                for axis in scaling.MODEL_AXES
+            },
+            trend_curves={
+                axis: scaling.trend_curves(points, v["confidence"]) for axis, (points, _, _) in model_scale.items()
+            },
+            data_scale=scaling.data_scale(runs, config) if runs["fraction"].nunique() > 1 else None,
+            savings=savings,
+            savings_total=adaptive.summary(savings) if seq else None,
             curves=curves,
+            shift=shift_table if has_shift else None,
+            shift_verdicts=shift.verdicts(runs, shift_table, v["metric"], v["rope"], v["confidence"])
+            if has_shift
+            else None,
+            severity=shift.severity_curve(shift_table, v["metric"], v["confidence"]) if has_shift else None,
+            estimate=estimate if estimate and estimate["study"] == config["study"] else None,
         )
 
     @property
@@ -105,23 +153,14 @@ class Results:
         return self.config["verdict"]["metric"].upper()
 
 
-def families(config: dict) -> tuple[int, int]:
-    """The design's multiplicity families: per-cell comparisons (tasks x fractions x large arms) and study-level
-    summaries (large arms x fractions). Counted from the design, so cells that did not run do not loosen them."""
-    large = sum(config["arms"][a]["group"] == "large" for a in config["design"]["arms"])
-    tasks = sum(len(d["sizes"]) for d in config["data"]["datasets"])
-    fractions = len(config["design"]["fractions"])
-    return tasks * fractions * large, large * fractions
-
-
 def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Per cell and arm of the design with fewer runs in the table than designed: runs present and designed."""
-    designed = (
-        adaptive.planned(runs, config) if adaptive.settings(config) else pd.DataFrame(study_config.runs(config))
-    )[RUN_KEY]
+    designed = (adaptive.planned(runs, config) if design.is_adaptive(config) else pd.DataFrame(design.runs(config)))[
+        RUN_KEY
+    ]
     have = designed.merge(runs[RUN_KEY].drop_duplicates(), on=RUN_KEY, how="left", indicator=True)
     have["present"] = have.pop("_merge") == "both"
-    count = have.groupby(stats.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
+    count = have.groupby(design.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
     return count[count["present"] < count["designed"]]
 
 

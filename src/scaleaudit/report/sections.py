@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import adaptive, calibration, fidelity, ledger, metrics, plan, provenance, scaling, stats
-from .. import config as study_config
+from .. import calibration, design, fidelity, ledger, metrics, provenance, scaling, shift, stats
 from .document import Document, Figure, Heading, PageBreak, Para, Table
 from .prose import text
-from .results import NOT_PUBLISHED, Results, cell_name, ci, data_efficiency, families, listed, num, partner
+from .results import NOT_PUBLISHED, Results, cell_name, ci, listed, num, partner
 
 
 def verdict_sentence(
@@ -119,7 +118,7 @@ def summary_section(res: Results) -> list:
     v, c = res.config["verdict"], res.comparisons
     large = [a for a in sorted(res.labels) if a in set(c["arm"])]
     rows = []
-    for (dataset, size, fraction), g in c.groupby(stats.CELL, sort=True):
+    for (dataset, size, fraction), g in c.groupby(design.CELL, sort=True):
         first = g.dropna(subset=["small_arm"]).head(1)
         partner = "–" if first.empty else f"{res.labels[first.iloc[0].small_arm]}\n{first.iloc[0].small_mean:.3f}"
         row = [f"{dataset} @ {size} px", f"{fraction:g}", partner]
@@ -141,7 +140,7 @@ def summary_section(res: Results) -> list:
                 metric=res.metric,
                 rope=v["rope"],
                 confidence=v["confidence"],
-                adaptive=res.savings is not None,
+                adaptive=design.is_adaptive(res.config),
             )
         ),
         Table(
@@ -162,7 +161,7 @@ def summary_section(res: Results) -> list:
             strong=True,
         ),
         *flags(res),
-        Para(text("summary", "total", t=ledger.study_total(res.runs))),
+        Para(text("summary", "total", t=res.total)),
     ]
     if NOT_PUBLISHED in "".join(res.labels.values()):
         blocks.append(Para(text("summary", "not_published", mark=NOT_PUBLISHED)))
@@ -292,7 +291,7 @@ def fidelity_section(res: Results) -> list:
     protocols = fidelity.protocols_used(res.config)
     if not protocols:
         return []
-    diff = fidelity.differences(res.config)
+    diff = res.fidelity
     blocks = [Heading("Fidelity to the published protocols", 2), Para(text("fidelity", "intro", protocols=protocols))]
     if diff.empty:
         blocks.append(Para(text("fidelity", "faithful")))
@@ -311,19 +310,19 @@ def fidelity_section(res: Results) -> list:
 
 
 def seeds_text(cfg: dict) -> str:
-    s = adaptive.settings(cfg)
+    s = design.adaptive_seeds(cfg)
     if not s:
-        return text("methods", "fixed_seeds", seeds=study_config.seeds(cfg))
-    return text("methods", "adaptive_seeds", s=s, looks=adaptive.looks(s))
+        return text("methods", "fixed_seeds", seeds=design.seeds(cfg))
+    return text("methods", "adaptive_seeds", s=s, looks=design.looks(s))
 
 
 def sequential_paras(res: Results) -> list:
     """Methods of adaptive seeds: the procedure, named and cited, and its calibration (calibration.json)."""
-    s = adaptive.settings(res.config)
+    s = design.adaptive_seeds(res.config)
     if not s:
         return []
     seq = calibration.measured().get("sequential")
-    paras = [Para(text("statistics", "adaptive_seeds", s=s, spending=s["spending"], looks=adaptive.looks(s)))]
+    paras = [Para(text("statistics", "adaptive_seeds", s=s, spending=s["spending"], looks=design.looks(s)))]
     if seq:
         rows = {(r["method"], r["noise"], r["true_diff"]): r for r in seq["rows"] if "family" not in r}
         edge = [r for k, r in rows.items() if k[0] == "repeated" and abs(k[2] - 0.01) < 1e-9]
@@ -355,7 +354,7 @@ def adaptive_section(res: Results) -> list:
     """Per comparison the rounds, seeds and when it was decided; the compute saved against max seeds everywhere."""
     if res.savings is None:
         return []
-    L, c, s = res.labels, res.comparisons, adaptive.settings(res.config)
+    L, c, s = res.labels, res.comparisons, design.adaptive_seeds(res.config)
     rows = [
         [
             cell_name(r),
@@ -369,7 +368,7 @@ def adaptive_section(res: Results) -> list:
         ]
         for r in c.itertuples()
     ]
-    t = adaptive.summary(res.savings)
+    t = res.savings_total
     unit = t["hours_column"].replace("_hours", "-hours")
     saved_rows = [
         [
@@ -428,7 +427,7 @@ def calibration_text(confidence: float) -> str:
 
 def statistics_paras(res: Results) -> list:
     v, c, over = res.config["verdict"], res.comparisons, res.overall
-    cells, summaries = families(res.config)
+    cells, summaries = design.families(res.config)
     return [
         Para(text("statistics", "estimators", metric=res.metric, min_pairs=stats.MIN_PAIRS)),
         Para(
@@ -608,11 +607,13 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
         blocks.append(Para(text("results", "device_hours")))
     blocks += adaptive_section(res)
     blocks.append(Heading("Data efficiency", 2))
-    if "efficiency" in figs:
-        eff = data_efficiency(c)
+    if res.runs["fraction"].nunique() > 1 and len(c):
+        eff = res.efficiency
         fracs = [col for col in eff.columns if isinstance(col, float)]
         blocks += [
-            *figure_blocks(figs["efficiency"], text("results", "efficiency_figure", confidence=v["confidence"])),
+            *figure_blocks(
+                figs.get("efficiency", []), text("results", "efficiency_figure", confidence=v["confidence"])
+            ),
             Table(
                 ["dataset", "large arm"] + [f"Δ at {f:g}" for f in fracs],
                 [
@@ -703,7 +704,7 @@ def _trend_rows(res: Results, axis: str, per_task: pd.DataFrame, overall: pd.Dat
 
 def scaling_methods(res: Results) -> list:
     """How a trend along a model-size ladder is fitted and judged (Methods); nothing without a ladder."""
-    if not scaling.ladders(res.runs, res.config):
+    if not res.ladders:
         return []
     v = res.config["verdict"]
     return [
@@ -717,7 +718,7 @@ def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
     10x buys (per dataset and across datasets), and the metric against the number of training images."""
     v, L, metric = res.config["verdict"], res.labels, res.metric
     blocks = [Heading("Scaling")]
-    ladders = scaling.ladders(res.runs, res.config)
+    ladders = res.ladders
     if not ladders:
         blocks.append(Para(text("scaling", "no_ladder")))
     else:
@@ -729,11 +730,11 @@ def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
             "scale_flops": text("scaling", "flops_figure", confidence=v["confidence"]),
         }
         for axis, figure in (("params", "scale_params"), ("train_flops", "scale_flops")):
-            _, per_task, overall = scaling.model_scale(res.runs, res.config, axis)
+            _, per_task, overall = res.model_scale[axis]
             blocks += figure_blocks(figs.get(figure, []), captions[figure])
             rows += _trend_rows(res, axis, per_task, overall)
             family = max(family, int(per_task["family"].max()) if len(per_task) else 0)
-            for r in scaling.headline(per_task, overall).itertuples():
+            for r in res.scale_headlines[axis].itertuples():
                 where = f"across {r.tasks} datasets" if r.tasks >= 2 else cell_name(r)
                 where += f", fraction {r.fraction:g}"
                 answers.append(
@@ -779,9 +780,9 @@ def scaling_section(res: Results, figs: dict[str, list[Path]]) -> list:
                 Para(text("scaling", "few_rungs", rungs=scaling.MIN_RUNGS, t=scaling.t_quantile(1, v["confidence"])))
             )
     blocks.append(Heading("Scaling with data", 2))
-    if "data_scale" in figs:
-        _, per_task, _ = scaling.data_scale(res.runs, res.config)
-        blocks += figure_blocks(figs["data_scale"], text("scaling", "data_figure", confidence=v["confidence"]))
+    if res.data_scale is not None:
+        _, per_task, _ = res.data_scale
+        blocks += figure_blocks(figs.get("data_scale", []), text("scaling", "data_figure", confidence=v["confidence"]))
         blocks.append(
             Table(
                 ["dataset", "arm", "fractions", "gain per 10x images", f"{v['confidence']:.0%} CI", "decision"],
@@ -851,7 +852,26 @@ def reproduction_section(res: Results) -> list:
     return blocks
 
 
-def costs_section(res: Results, estimate: dict | None = None) -> list:
+def plan_versus_measured(plan: dict, measured: dict) -> str:
+    """The estimate set against what the study's runs measured (device-hours include per-run start-up in the plan)."""
+    est = plan["total"]
+    text_ = (
+        f"Before the study started, scaleaudit plan estimated {est['device_hours']:.3g} device-hours and "
+        f"{est['energy_kwh']:.3g} kWh for {est['runs']} runs; the {measured['runs']} runs measured "
+        f"{measured['device_hours']:.3g} device-hours and {measured['energy_kwh']:.3g} kWh"
+    )
+    if est["runs"] == measured["runs"] and measured["device_hours"] > 0 and measured["energy_kwh"] > 0:
+        text_ += (
+            f" (estimate / measured: {est['device_hours'] / measured['device_hours']:.2f}x in time, "
+            f"{est['energy_kwh'] / measured['energy_kwh']:.2f}x in energy)"
+        )
+    return (
+        text_
+        + f"; the estimate counts {plan['startup_s']:.0f} s of start-up per run, the measurement training time only."
+    )
+
+
+def costs_section(res: Results) -> list:
     s, L = res.summary, res.labels
     hours = ledger.hours_column(res.runs).replace("_", "-").replace("hours", "h")
     rows = [
@@ -869,7 +889,7 @@ def costs_section(res: Results, estimate: dict | None = None) -> list:
         ]
         for r in s.itertuples()
     ]
-    t = ledger.study_total(res.runs)
+    t = res.total
     return [
         Heading("Costs"),
         Table(
@@ -891,7 +911,7 @@ def costs_section(res: Results, estimate: dict | None = None) -> list:
             caption=text("costs", "caption"),
         ),
         Para(text("costs", "total", t=t)),
-    ] + ([Para(plan.versus_measured(estimate, t))] if estimate else [])
+    ] + ([Para(plan_versus_measured(res.estimate, t))] if res.estimate else [])
 
 
 def appendix_section(res: Results) -> list:
@@ -964,12 +984,9 @@ def appendix_section(res: Results) -> list:
 
 def shift_methods(res: Results) -> list:
     """The corrupted test sets (MedMNIST-C) and how the gain is judged under them (Methods); nothing without them."""
-    from .. import shift
-
-    if res.shift is None or res.shift.empty:
+    if res.shift is None:
         return []
-    v = res.config["verdict"]
-    table = shift.verdicts(res.runs, res.shift, v["metric"], v["rope"], v["confidence"])
+    v, table = res.config["verdict"], res.shift_verdicts
     bad = res.shift[res.shift["severity"] > 0]
     corruptions = [f"{fam} ({', '.join(sorted(g['corruption'].unique()))})" for fam, g in bad.groupby("family")]
     return [
@@ -992,16 +1009,13 @@ def shift_methods(res: Results) -> list:
 
 def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
     """Robustness under acquisition shift (MedMNIST-C): the verdict clean vs corrupted, per corruption family."""
-    from .. import shift
-
-    if res.shift is None or res.shift.empty:
+    if res.shift is None:
         return []
-    v, L = res.config["verdict"], res.labels
-    table = shift.verdicts(res.runs, res.shift, v["metric"], v["rope"], v["confidence"])
+    v, L, table = res.config["verdict"], res.labels, res.shift_verdicts
     blocks = [Heading("Robustness under acquisition shift"), Para(text("shift", "see_methods"))]
     if "shift_severity" in figs:
         blocks += figure_blocks(figs["shift_severity"], text("shift", "severity_figure", metric=res.metric))
-    for (dataset, size, fraction), g in table.groupby(stats.CELL, sort=True):
+    for (dataset, size, fraction), g in table.groupby(design.CELL, sort=True):
         rows = [
             [
                 r.condition,
@@ -1037,7 +1051,7 @@ def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
     return blocks
 
 
-def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = None) -> Document:
+def document(res: Results, figs: dict[str, list[Path]]) -> Document:
     """The report's blocks, section by section in reading order."""
     code = provenance.code_version()
     doc = Document(
@@ -1054,7 +1068,7 @@ def document(res: Results, figs: dict[str, list[Path]], estimate: dict | None = 
         shift_section(res, figs),
         reproduction_section(res),
         curves_section(res, figs),
-        costs_section(res, estimate),
+        costs_section(res),
         appendix_section(res),
     ]
     doc.blocks = [block for section in sections for block in section]

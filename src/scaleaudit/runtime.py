@@ -1,0 +1,90 @@
+"""Torch's runtime for a job: threads, seed and determinism, the device (never a silent fallback to the CPU), bf16
+precision, and images on the device."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .errors import ScaleauditError
+
+CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace: required for deterministic cuBLAS results
+
+
+def configure_torch(seed: int, threads: int | None, determinism: str = "deterministic") -> None:
+    """Threads, seed and the determinism policy (``hardware.determinism``); call before any CUDA work.
+
+    ``deterministic``: a seed gives the same result on the same hardware and software, on the CPU and
+    on CUDA. Ops without a deterministic kernel raise instead of warning on every call, and cuBLAS gets
+    the fixed workspace it needs (CUBLAS_WORKSPACE_CONFIG, read when its first handle is created).
+    ``fast``: cuDNN benchmarks and picks the fastest kernels; results vary from run to run.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    if determinism == "deterministic":
+        workspace = os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        if workspace not in (":4096:8", ":16:8"):
+            raise ScaleauditError(
+                f"CUBLAS_WORKSPACE_CONFIG={workspace!r} makes cuBLAS non-deterministic",
+                "unset it (or use :4096:8 or :16:8), or set hardware.determinism: fast",
+            )
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+    # Filling each new tensor with NaN only helps to find reads of uninitialised memory (~4% of a CPU step).
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def cuda_diagnosis() -> str:
+    """Why CUDA is not usable here, in torch's own words (driver and CUDA versions), for a refusal message."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build (no CUDA support compiled in)"
+    try:
+        torch.cuda.init()
+        reason = "no CUDA device is visible"
+    except Exception as exc:
+        reason = str(exc).splitlines()[0]
+    return (
+        f"torch {torch.__version__} is built for CUDA {torch.version.cuda}; {reason}; "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}"
+    )
+
+
+def pick_device(requested: str) -> torch.device:
+    """``cpu``; ``cuda``, which fails at once with the reason when CUDA is not usable; ``auto``: cuda when visible.
+
+    A run that asks for a GPU must not fall back to the CPU: it would run for hours on one thread and
+    time out on every retry instead of failing with the reason.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "auto":
+        return torch.device("cpu")
+    raise ScaleauditError(
+        f"this run asks for a GPU but CUDA is not usable here: {cuda_diagnosis()}",
+        "run it where a GPU is visible (on Slurm: book one, e.g. resources: {gpu: 1}), install a driver that fits "
+        "this CUDA version, or set hardware.device: cpu to train on the CPU on purpose",
+    )
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast: always on CUDA under ``auto``; on a CPU only with AMX bf16 units, where it pays
+    (~2x per training step for ResNet-18 on a Xeon with AMX; without AMX bf16 is emulated and slower)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return bool(amx()) and torch.backends.mkldnn.is_available()
+
+
+def on_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> uint8 (N, C, H, W) on ``device``."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
