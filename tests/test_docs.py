@@ -260,6 +260,33 @@ def calibration_tables() -> dict[str, list[str]]:
 def test_statistics_quotes_calibration_json():
     for header, rows in calibration_tables().items():
         assert_table(STATISTICS, header, rows, "src/scaleaudit/calibration.json")
+    cal = json.loads((REPO / "src" / "scaleaudit" / "calibration.json").read_text())
+    q, conf = cal["sequential"]["seeds"], cal["confidence"]
+    seeds = sorted({r["seeds"] for r in cal["cell"]})
+    text = " ".join(STATISTICS.read_text().split())
+    for quoted in (
+        f"paired differences with an sd of {cal['seed_sd']:g} per seed",
+        f"{', '.join(map(str, seeds[:-1]))} and {seeds[-1]} seeds",
+        f"At {conf:.0%} confidence the nominal levels are a coverage of {conf:.0%} and at most {(1 - conf) / 2:.1%}",
+        f'says "Scale pays" (nominal: at most {1 - conf:.0%})',
+        f"rounds of {q['initial']}, {q['initial'] + q['step']}, …, {q['max']} seeds, `{q['spending']}` spending, "
+        f"sd {cal['seed_sd']:g} per paired difference",
+        f"At a true gain of +{cal['rope']:g} (the ROPE edge)",
+    ):
+        assert quoted in text, f"docs/statistics.md should say {quoted!r} (calibration.json)"
+
+
+def test_statistics_states_the_defaults_the_code_has():
+    from scaleaudit import stats
+
+    verdict = {k: v["default"] for k, v in config.schema()["properties"]["verdict"]["properties"].items()}
+    text = " ".join(STATISTICS.read_text().split())
+    for quoted in (
+        f"by default the test {verdict['metric'].upper()}, a region of practical equivalence (ROPE) of "
+        f"±{verdict['rope']:g} and {verdict['confidence']:.0%} confidence",
+        f"No comparison is decided on fewer than {stats.MIN_PAIRS} pairs",
+    ):
+        assert quoted in text, f"docs/statistics.md should say {quoted!r} (the code's defaults)"
 
 
 PLAN_GPU = "NVIDIA H100 80GB HBM3"
