@@ -116,6 +116,19 @@ def test_study_tables_are_the_published_numbers_the_report_uses():
     }  # –: no AUC published (kNN)
 
 
+def test_operations_says_which_studies_score_medmnist_c():
+    files = ["config/config.yaml", "config/demo.yaml", ".test/config/config.yaml", "config/test.yaml"]
+    on = {f: yaml.safe_load((REPO / f).read_text()).get("shift", {}).get("enabled") for f in files}
+    text = " ".join(OPERATIONS.read_text().split())
+    claim = (
+        "`shift.enabled: true` in `config/config.yaml`, as in the demo and the `.test` study (only "
+        "`config/test.yaml`, the Slurm test, turns it off)"
+    )
+    assert claim in text and on == dict.fromkeys(files[:3], True) | {"config/test.yaml": False}, (
+        f"docs/operations.md says which configs turn MedMNIST-C on; they are {on}"
+    )
+
+
 def test_readme_is_short_and_points_to_every_document():
     text = README.read_text()
     assert len(text.splitlines()) <= README_MAX_LINES, (
