@@ -57,7 +57,7 @@ lock: $(STAMP)  ## re-pin envs/requirements.lock.txt to what .venv has installed
 dist: $(STAMP)  ## build the wheel and sdist into dist/
 	$(BIN)/python -m build --no-isolation --outdir dist .
 
-demo: $(STAMP) $(MC_STAMP)  ## run the CPU demo study (BreastMNIST, 3 arms, 3 seeds) -> reports/demo.pdf
+demo: $(STAMP) $(MC_STAMP)  ## run the CPU demo study (config/demo.yaml) -> reports/demo.pdf
 	$(RUN) snakemake --profile workflow/profiles/local --configfile config/demo.yaml --cores $(CORES)
 
 study: $(STAMP) $(MC_STAMP)  ## run the full study (config/config.yaml; GPU-sized) -> reports/full.pdf
