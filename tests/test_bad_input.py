@@ -100,7 +100,7 @@ def _set(path: str, value):
         *parents, last = path.split(".")
         node = cfg
         for key in parents:
-            node = node[int(key)] if isinstance(node, list) else node[key]
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
         node[last] = value
 
     return edit
@@ -123,6 +123,11 @@ BAD_CONFIGS = {
     "negative seeds": (_set("design.seeds", -3), ["design/seeds", "n >= 1"]),
     "fraction zero": (_set("design.fractions", [0.5, 0]), ["design/fractions/1", "in (0, 1]"]),
     "fraction above one": (_set("design.fractions", [1.5]), ["design/fractions/0", "in (0, 1]"]),
+    "nan lr": (_set("recipes.tiny.lr", float("nan")), ["at recipes/tiny/lr = nan", "must be finite"]),
+    "infinite lr": (_set("recipes.tiny.lr", float("inf")), ["at recipes/tiny/lr = inf", "must be finite"]),
+    "nan fraction": (_set("design.fractions", [float("nan")]), ["at design/fractions/0 = nan", "must be finite"]),
+    "nan rope": (_set("verdict.rope", float("nan")), ["at verdict/rope = nan"]),
+    "infinite weight decay": (_set("recipes.tiny.weight_decay", float("-inf")), ["recipes/tiny/weight_decay = -inf"]),
     "unknown pretrained tag": (
         _set("arms.cnn_a", {"model": "resnet18.nosuchtag", "pretrained": True, "recipe": "tiny", "group": "large"}),
         ["no pretrained weights named 'resnet18.nosuchtag'"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -45,9 +46,27 @@ def _expected(error: jsonschema.ValidationError) -> str:
     return f" (expected: {desc})" if desc else ""
 
 
+def _non_finite(value, where: str = ""):
+    """Paths of the NaN and infinite numbers in a parsed config (YAML's ``.nan``, ``.inf``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield f"{where or '(top level)'} = {value}"
+    elif isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _non_finite(sub, f"{where}/{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            yield from _non_finite(sub, f"{where}/{i}" if where else str(i))
+
+
 def validate(config: dict) -> dict:
     """Validate against the JSON schema (filling defaults) and check cross-references; return a copy."""
     config = copy.deepcopy(config)
+    # JSON-schema bounds compare false with NaN, so a NaN passes every minimum and maximum: refuse it first.
+    if bad := list(_non_finite(config)):
+        raise ScaleauditError(
+            "invalid configuration: numbers must be finite:\n" + "\n".join(f"  - at {b}" for b in bad),
+            "replace .nan / .inf with a finite number in range (workflow/schemas/config.schema.yaml gives each range)",
+        )
     schema_ = schema()
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema_)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
