@@ -161,15 +161,17 @@ def make_config(runs: pd.DataFrame, **verdict) -> dict:
 
 def write_run_folders(runs: pd.DataFrame, root, n_test: int = 200, seed: int = 0) -> list:
     """A run folder per row of ``runs`` as ``train`` leaves it (``metrics.json`` with a per-epoch history, and
-    ``predictions.npz``), consistent with the row, so ``aggregate.collect`` of the returned paths gives ``runs``
-    back; test labels are drawn from the predicted probabilities (calibrated by construction)."""
+    ``predictions.npz``); test labels are drawn from the predicted probabilities (calibrated by construction). The
+    row's test metrics are set to those the predictions give (as training computes them, so the folders pass
+    ``verify``): ``aggregate.collect`` of the returned paths gives the changed ``runs`` back."""
     from pathlib import Path
 
     from scaleaudit.records import COST_COLUMNS, PREDICTIONS, SPLIT_METRICS, RunInfo, RunResult
+    from scaleaudit.verify import recompute
 
     rng = np.random.default_rng(seed)
     paths = []
-    for row in runs.to_dict("records"):
+    for i, row in zip(runs.index, runs.to_dict("records")):
         out = (
             Path(root)
             / f"{row['dataset']}_{row['size']}"
@@ -179,11 +181,11 @@ def write_run_folders(runs: pd.DataFrame, root, n_test: int = 200, seed: int = 0
         )
         out.mkdir(parents=True, exist_ok=True)
         p1 = rng.uniform(0, 1, n_test)
-        np.savez_compressed(
-            out / PREDICTIONS,
-            labels=(rng.uniform(size=n_test) < p1).astype(np.int64).reshape(-1, 1),
-            probabilities=np.column_stack([1 - p1, p1]).astype(np.float32),
-        )
+        labels = (rng.uniform(size=n_test) < p1).astype(np.int64).reshape(-1, 1)
+        probabilities = np.column_stack([1 - p1, p1]).astype(np.float32)
+        np.savez_compressed(out / PREDICTIONS, labels=labels, probabilities=probabilities)
+        for k, v in recompute(labels, probabilities, row["task"]).items():
+            runs.loc[i, f"test_{k}"] = row[f"test_{k}"] = v
         history = [
             {
                 "epoch": e,

@@ -1,5 +1,7 @@
 """metrics.json has one layout (records.RunResult) that train writes and aggregate reads."""
 
+import shutil
+
 import pytest
 import tiny_study
 
@@ -67,4 +69,5 @@ def test_training_flops_are_recorded_and_a_run_recorded_before_them_reads_as_unk
     doc = read_json(one_run)
     del doc["cost"]["train_flops"]
     write_json(tmp_path / "metrics.json", doc)
+    shutil.copy(one_run.parent / records.PREDICTIONS, tmp_path)  # aggregate checks the metrics against them
     assert aggregate.collect([tmp_path / "metrics.json"])["train_flops"].isna().all()

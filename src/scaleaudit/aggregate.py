@@ -1,4 +1,5 @@
-"""One table of all runs, built from the per-run ``metrics.json`` files (records.RunResult)."""
+"""One table of all runs, built from the per-run ``metrics.json`` files (records.RunResult), each checked against its
+predictions first (``verify``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import verify
 from .design import RUN_KEY
 from .errors import ScaleauditError
 from .files import atomic_path
-from .records import RunResult
 
 
 def check(table: pd.DataFrame) -> None:
@@ -18,10 +19,7 @@ def check(table: pd.DataFrame) -> None:
     dup = table[table.duplicated(RUN_KEY, keep=False)]
     if len(dup):
         keys = dup.drop_duplicates(RUN_KEY)
-        listed = "; ".join(
-            f"{r.arm} on {r.dataset} @ {r.size} px, fraction {r.fraction:g}, seed {r.seed}"
-            for r in keys.head(5).itertuples()
-        )
+        listed = "; ".join(verify.run_name(r) for r in keys.head(5).itertuples())
         raise ScaleauditError(
             f"{len(keys)} run(s) appear more than once in the run table ({len(dup)} rows): {listed}"
             + (" ..." if len(keys) > 5 else ""),
@@ -31,8 +29,9 @@ def check(table: pd.DataFrame) -> None:
 
 
 def collect(paths: list[str | os.PathLike]) -> pd.DataFrame:
-    table = pd.DataFrame([RunResult.load(p).row() for p in paths])
+    table = pd.DataFrame([verify.run(p).row() for p in paths])
     check(table)
+    verify.scores(table, "the runs' metrics.json")
     return table.sort_values(["dataset", "size", "arm", "fraction", "seed"], ignore_index=True)
 
 

@@ -33,14 +33,16 @@ def cost_normalised(runs: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFra
 
 
 def arm_summary(runs: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """Per cell and arm: seeds, mean and sd of the test score, accuracy and ECE; mean cost per run."""
+    """Per cell and arm: runs, those with a test score (n; the mean and sd are over them), mean and sd of the test
+    score, accuracy and ECE; mean cost per run."""
     col = score_column(metric)
     hours = hours_column(runs)
     return (
         runs.groupby(CELL + ["arm"], sort=True)
         .agg(
             group=("group", "first"),
-            n=("seed", "size"),
+            runs=("seed", "size"),
+            n=(col, "count"),
             score_mean=(col, "mean"),
             score_sd=(col, "std"),
             acc_mean=("test_acc", "mean"),

@@ -32,7 +32,7 @@ def reproduction(runs: pd.DataFrame, arms: dict, spread: float = 2.0) -> pd.Data
                 "paper": pub["paper"],
                 "protocol": pub["protocol"],
                 "recipe": g["recipe"].iloc[0],
-                "n": len(g),
+                "n": int(g[judged].count()),  # seeds with a score: a run without one is not counted
                 "auc": g["test_auc"].mean(),
                 "auc_sd": auc_sd,
                 "acc": g["test_acc"].mean(),
@@ -41,7 +41,9 @@ def reproduction(runs: pd.DataFrame, arms: dict, spread: float = 2.0) -> pd.Data
                 "pub_acc": pub["acc"],
                 "auc_diff": g["test_auc"].mean() - pub_auc,
                 "acc_diff": g["test_acc"].mean() - pub["acc"],
-                "within": bool(abs(g[judged].mean() - pub_judged) <= spread * g[judged].std()) if len(g) > 1 else None,
+                "within": bool(abs(g[judged].mean() - pub_judged) <= spread * g[judged].std())
+                if g[judged].count() > 1
+                else None,
             }
         )
     return pd.DataFrame(rows)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import verify
 from ..files import atomic_path, read_json, write_text
 from . import curves
 from .document import Document, Figure, Heading, PageBreak, Para, Table, esc, to_markdown, to_typst
@@ -69,6 +70,9 @@ def build(
 
     runs = read_runs(runs_csv)
     config = read_json(config_json)
+    verify.scores(runs, runs_csv)
+    verify.seeds(runs, config, runs_csv)
+    verify.rows(runs, metrics or [], runs_csv)
     out_pdf = Path(out_pdf)
     assets = Path(assets) if assets else out_pdf.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
@@ -78,6 +82,7 @@ def build(
         curves=curves.load(metrics, runs) if metrics else None,
         shift_table=pd.read_csv(shift_csv) if shift_csv else None,
         estimate=read_json(plan_json) if plan_json else None,
+        verified=True,
     )
     doc = document(res, figures(res, assets))
     source = assets / "report.typ"

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats
-from ..design import RUN_KEY
+from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats, verify
 from .curves import Curves
 
 TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
@@ -87,6 +86,7 @@ class Results:
     shift_verdicts: pd.DataFrame | None = None  # the verdict clean and per corrupted condition (shift.verdicts)
     severity: pd.DataFrame | None = None  # the metric against severity per arm (shift.severity_curve)
     estimate: dict | None = None  # the plan `scaleaudit plan` wrote before the study started (this study's)
+    verified: bool = False  # the run table passed scaleaudit.verify (and its folders, where curves were given)
 
     @classmethod
     def of(
@@ -96,6 +96,7 @@ class Results:
         curves: Curves | None = None,
         shift_table: pd.DataFrame | None = None,
         estimate: dict | None = None,
+        verified: bool = False,
     ) -> Results:
         v = config["verdict"]
         cells, summaries = design.families(config)
@@ -146,6 +147,7 @@ class Results:
             else None,
             severity=shift.severity_curve(shift_table, v["metric"], v["confidence"]) if has_shift else None,
             estimate=estimate if estimate and estimate["study"] == config["study"] else None,
+            verified=verified,
         )
 
     @property
@@ -155,11 +157,7 @@ class Results:
 
 def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Per cell and arm of the design with fewer runs in the table than designed: runs present and designed."""
-    designed = (adaptive.planned(runs, config) if design.is_adaptive(config) else pd.DataFrame(design.runs(config)))[
-        RUN_KEY
-    ]
-    have = designed.merge(runs[RUN_KEY].drop_duplicates(), on=RUN_KEY, how="left", indicator=True)
-    have["present"] = have.pop("_merge") == "both"
+    have = verify.designed(runs, config)
     count = have.groupby(design.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
     return count[count["present"] < count["designed"]]
 

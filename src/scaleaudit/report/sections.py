@@ -282,8 +282,18 @@ def methods_section(res: Results) -> list:
                 country=hw["country_iso_code"],
             )
         ),
+        Para(checked_text(res)),
         *statistics_paras(res),
     ]
+
+
+def checked_text(res: Results) -> str:
+    """What was verified of the numbers (scaleaudit.verify), and against what."""
+    if not res.verified:
+        return text("methods", "unchecked")
+    runs, col = res.runs, stats.score_column(res.config["verdict"]["metric"])
+    folders = 0 if res.curves is None else len(runs) - len(res.curves.missing)
+    return text("methods", "checked", runs=len(runs), folders=folders, without=int(runs[col].isna().sum()))
 
 
 def fidelity_section(res: Results) -> list:
@@ -463,8 +473,8 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
             cell_name(r),
             f"{r.fraction:g}",
             L[r.arm],
-            r.n,
-            f"{r.score_mean:.3f} ± {num(r.score_sd)}",
+            r.n if r.n == r.runs else f"{r.n} of {r.runs}",  # runs without a score are not counted as seeds
+            f"{num(r.score_mean)} ± {num(r.score_sd)}",
             num(r.acc_mean),
             num(r.ece_mean),
         ]

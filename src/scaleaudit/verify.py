@@ -1,0 +1,156 @@
+"""The run table verified, not trusted: before ``aggregate`` writes it and before ``report`` reads it.
+
+- every run's test AUC, ACC, balanced accuracy and ECE, recomputed from its ``predictions.npz`` with ``metrics``,
+  equal its ``metrics.json`` (a hand-edited or mixed-up run folder is refused);
+- every row of ``runs.csv`` equals the ``metrics.json`` it came from (a hand-edited table is refused);
+- every score is in range, and finite or absent (NaN: the run has no such score, and is counted without it);
+- every run the design asks for is in the table.
+
+A failed check is a ``ScaleauditError`` naming the run and the fix (exit 2).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import design, metrics
+from .design import RUN_KEY
+from .errors import ScaleauditError
+from .records import PREDICTIONS, SPLIT_METRICS, RunResult
+
+RECOMPUTED = ("auc", "acc", "bacc", "ece")  # the test metrics the predictions give (the loss needs the logits)
+RANGES = dict.fromkeys(RECOMPUTED, (0.0, 1.0)) | {"loss": (0.0, math.inf)}
+TOLERANCE = 1e-9  # the same arrays give the same metrics; only the JSON round trip may differ in the last bit
+RETRAIN = "delete the run folder {} and re-run the workflow to train the run again"
+MOST = 5  # runs named in one message
+
+
+def run_name(r) -> str:
+    return f"{r.arm} on {r.dataset} @ {r.size} px, fraction {r.fraction:g}, seed {r.seed}"
+
+
+def _listed(items: list[str]) -> str:
+    return "; ".join(items[:MOST]) + (f"; and {len(items) - MOST} more" if len(items) > MOST else "")
+
+
+def recompute(labels: np.ndarray, probabilities: np.ndarray, task: str) -> dict[str, float]:
+    """The test metrics of saved predictions; none (NaN) from non-finite probabilities, as a diverged run gives."""
+    if not np.isfinite(probabilities).all():
+        return dict.fromkeys(RECOMPUTED, math.nan)
+    return {k: metrics.evaluate(labels, probabilities, task)[k] for k in RECOMPUTED}
+
+
+def run(path: str | os.PathLike) -> RunResult:
+    """One run folder: its ``metrics.json``, checked against the predictions beside it."""
+    result = RunResult.load(path)
+    folder = Path(path).parent
+    predictions = folder / PREDICTIONS
+    if not predictions.exists():
+        raise ScaleauditError(
+            f"{predictions} is missing: every finished run writes it before metrics.json", RETRAIN.format(folder)
+        )
+    with np.load(predictions) as p:
+        again = recompute(p["labels"], p["probabilities"], result.task)
+    off = [
+        f"test {k} {result.test[k]!r} in metrics.json, {again[k]!r} from predictions.npz"
+        for k in RECOMPUTED
+        if not (math.isclose(result.test[k], again[k], abs_tol=TOLERANCE) or (_nan(result.test[k]) and _nan(again[k])))
+    ]
+    if off:
+        raise ScaleauditError(
+            f"{path} does not match its predictions ({run_name(result.run)}): {'; '.join(off)}",
+            RETRAIN.format(folder) + " (a metrics.json edited by hand, or files of two runs mixed)",
+        )
+    return result
+
+
+def _nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def rows(runs: pd.DataFrame, paths: list[str | os.PathLike], runs_csv: str | os.PathLike = "runs.csv") -> None:
+    """Each row of the table whose run folder is given equals that run's ``metrics.json`` (after the same CSV round
+    trip), and each given folder is a row of the table."""
+    from .report.results import read_runs
+
+    results = [run(p) for p in paths]
+    if not results:
+        return
+    expected = read_runs(io.StringIO(pd.DataFrame([r.row() for r in results]).to_csv(index=False)))
+    expected["_path"] = [str(p) for p in paths]
+    both = runs.reset_index(drop=True).merge(expected, on=RUN_KEY, how="right", suffixes=("", "_json"), indicator=True)
+    absent = both[both["_merge"] == "right_only"]
+    if len(absent):
+        raise ScaleauditError(
+            f"{runs_csv} has no row for {len(absent)} run(s) given: {_listed([run_name(r) for r in absent.itertuples()])}",
+            "re-run the workflow: aggregate writes the run table again from every run's metrics.json",
+        )
+    differ = []
+    for column in [c for c in expected.columns if c not in RUN_KEY and c != "_path"]:
+        if column not in runs:
+            differ.append(f"column {column} is missing")
+            continue
+        got, want = both[column], both[f"{column}_json"]
+        if pd.api.types.is_numeric_dtype(want) and pd.api.types.is_numeric_dtype(got):
+            same = np.isclose(got.astype(float), want.astype(float), rtol=0, atol=TOLERANCE, equal_nan=True)
+        else:
+            same = got.astype(str) == want.astype(str)
+        differ += [
+            f"{run_name(r)}: {column} {g!r}, metrics.json {w!r}"
+            for r, g, w in zip(both[~same].itertuples(), got[~same], want[~same])
+        ]
+    if differ:
+        raise ScaleauditError(
+            f"{runs_csv} differs from the runs' metrics.json in {len(differ)} value(s): {_listed(differ)}",
+            f"do not edit the run table: delete {runs_csv} and re-run the workflow to aggregate it again",
+        )
+
+
+def scores(runs: pd.DataFrame, where: str | os.PathLike = "runs.csv") -> None:
+    """Every score of the table (read from ``where``) in range, and finite or absent (NaN)."""
+    bad = []
+    for split in ("test", "val"):
+        for k in SPLIT_METRICS:
+            column = f"{split}_{k}"
+            if column not in runs:
+                continue
+            lo, hi = RANGES[k]
+            value = pd.to_numeric(runs[column], errors="coerce").astype(float)
+            wrong = ~value.isna() & ~((value >= lo) & (value <= hi))
+            bad += [f"{run_name(r)}: {column} = {v}" for r, v in zip(runs[wrong].itertuples(), value[wrong])]
+    if bad:
+        raise ScaleauditError(
+            f"{where} has {len(bad)} score(s) out of range or infinite: {_listed(bad)}",
+            "no training run writes these: re-run the workflow after deleting the run table (to aggregate it again) "
+            "or the named runs' folders (to train them again)",
+        )
+
+
+def designed(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Every run the design asks for, with whether the table has it (``present``); with adaptive seeds, the rounds
+    the table's decisions called for."""
+    from . import adaptive  # it needs stats, which needs aggregate, which needs this module
+
+    want = (adaptive.planned(runs, config) if design.is_adaptive(config) else pd.DataFrame(design.runs(config)))[
+        RUN_KEY
+    ]
+    have = want.merge(runs[RUN_KEY].drop_duplicates(), on=RUN_KEY, how="left", indicator=True)
+    have["present"] = have.pop("_merge") == "both"
+    return have
+
+
+def seeds(runs: pd.DataFrame, config: dict, runs_csv: str | os.PathLike = "runs.csv") -> None:
+    """Every run (every seed) the design asks for is in the table."""
+    gone = designed(runs, config).query("~present")
+    if len(gone):
+        raise ScaleauditError(
+            f"{runs_csv} lacks {len(gone)} run(s) the design asks for: {_listed([run_name(r) for r in gone.itertuples()])}",
+            "re-run the workflow (it trains the missing runs and aggregates again); to report fewer seeds, change "
+            "design.seeds in the config",
+        )

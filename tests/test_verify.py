@@ -1,0 +1,132 @@
+"""The run table is verified, not trusted: a hand-edited metrics.json or runs.csv, a score out of range and a missing
+seed stop aggregate and report (exit 2, the run named); a run legitimately without a score is counted as one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from runtable import make_config, make_runs, write_run_folders
+
+from scaleaudit import cli, report
+from scaleaudit.files import read_json, write_json
+from scaleaudit.records import PREDICTIONS
+
+VIT_SEED2 = "vit_b16_pretrained on breastmnist @ 28 px, fraction 1, seed 2"
+
+
+@pytest.fixture
+def study(tmp_path):
+    """Three seeds of three arms: run folders, the run table aggregated from them, and the resolved config."""
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3)
+    paths = write_run_folders(runs, tmp_path / "runs")
+    (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
+    assert cli.main(["aggregate", *map(str, paths), "--out", str(tmp_path / "runs.csv")]) == 0
+    return tmp_path, paths
+
+
+def vit_seed2(paths) -> Path:
+    return next(p for p in paths if "vit_b16_pretrained" in str(p) and "seed2" in str(p))
+
+
+def run_report(capsys, tmp, paths=None) -> tuple[int, str]:
+    argv = ["report", "--runs", str(tmp / "runs.csv"), "--config", str(tmp / "config.json")]
+    argv += ["--out", str(tmp / "r.pdf")] + (["--metrics", *map(str, paths)] if paths else [])
+    code = cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def edit_table(tmp, column, value, where=VIT_SEED2):
+    runs = report.read_runs(tmp / "runs.csv")
+    arm, seed = where.split(" on ")[0], int(where.rsplit(" ", 1)[1])
+    runs.loc[(runs["arm"] == arm) & (runs["seed"] == seed), column] = value
+    runs.to_csv(tmp / "runs.csv", index=False)
+
+
+def test_a_hand_edited_metrics_json_stops_aggregate(capsys, study):
+    tmp, paths = study
+    d = read_json(vit_seed2(paths))
+    d["test"]["auc"] = 0.99
+    write_json(vit_seed2(paths), d)
+    assert cli.main(["aggregate", *map(str, paths), "--out", str(tmp / "again.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"does not match its predictions ({VIT_SEED2}): test auc 0.99 in metrics.json" in err
+    assert "delete the run folder" in err and not (tmp / "again.csv").exists()
+
+
+def test_a_hand_edited_row_stops_the_report(capsys, study):
+    tmp, paths = study
+    edit_table(tmp, "test_auc", 0.99)
+    code, err = run_report(capsys, tmp, paths)
+    assert code == 2 and f"{VIT_SEED2}: test_auc 0.99, metrics.json" in err and "do not edit the run table" in err
+    assert not (tmp / "r.pdf").exists()
+
+
+def test_a_nan_score_the_run_did_not_give_stops_the_report(capsys, study):
+    tmp, paths = study
+    edit_table(tmp, "test_auc", float("nan"))
+    code, err = run_report(capsys, tmp, paths)
+    assert code == 2 and f"{VIT_SEED2}: test_auc nan, metrics.json" in err
+
+
+@pytest.mark.parametrize("value", [1.7, -0.1, float("inf")])
+def test_a_score_out_of_range_stops_the_report_even_without_run_folders(capsys, study, value):
+    tmp, _ = study
+    edit_table(tmp, "test_auc", value)
+    code, err = run_report(capsys, tmp)
+    assert code == 2 and f"score(s) out of range or infinite: {VIT_SEED2}: test_auc = {value}" in err
+
+
+def test_a_missing_seed_stops_the_report(capsys, study):
+    tmp, _ = study
+    runs = pd.read_csv(tmp / "runs.csv")
+    runs[~((runs["arm"] == "vit_b16_pretrained") & (runs["seed"] == 2))].to_csv(tmp / "runs.csv", index=False)
+    code, err = run_report(capsys, tmp)
+    assert code == 2 and f"lacks 1 run(s) the design asks for: {VIT_SEED2}" in err
+
+
+def test_a_run_folder_the_table_lacks_stops_the_report(capsys, study):
+    tmp, paths = study
+    runs = pd.read_csv(tmp / "runs.csv")
+    runs.loc[runs["seed"] == 3, "seed"] = 4  # the table no longer has seed 3 (but one seed 4 of each arm)
+    runs.to_csv(tmp / "runs.csv", index=False)
+    make = make_config(runs)
+    make["design"]["seeds"] = [1, 2, 4]
+    (tmp / "config.json").write_text(json.dumps(make))
+    code, err = run_report(capsys, tmp, paths)
+    assert code == 2 and "has no row for 3 run(s) given" in err
+
+
+def test_a_run_without_a_score_is_counted_as_none(capsys, study):
+    """A diverged run (non-finite predictions) has no test score: it passes, and no table counts it as a seed."""
+    tmp, paths = study
+    folder = vit_seed2(paths).parent
+    with np.load(folder / PREDICTIONS) as p:
+        labels, probs = p["labels"], np.full_like(p["probabilities"], np.nan)
+    np.savez_compressed(folder / PREDICTIONS, labels=labels, probabilities=probs)
+    d = read_json(folder / "metrics.json")
+    d["test"] |= dict.fromkeys(("auc", "acc", "bacc", "ece"), float("nan"))
+    write_json(folder / "metrics.json", d)
+    assert cli.main(["aggregate", *map(str, paths), "--out", str(tmp / "runs.csv")]) == 0
+
+    from scaleaudit.verify import rows, scores, seeds
+
+    runs, config = report.read_runs(tmp / "runs.csv"), read_json(tmp / "config.json")
+    scores(runs), seeds(runs, config), rows(runs, paths)  # what `report` checks first: all pass
+    res = report.Results.of(runs, config, verified=True)
+    figs = {name: [Path(f"/figs/{name}_1.png")] for name in ("scores", "calibration", "pareto", "forest")}
+    md = report.to_markdown(report.document(res, figs), Path("/"))
+    vit = res.summary[res.summary["arm"] == "vit_b16_pretrained"].iloc[0]
+    assert (vit.n, vit.runs) == (2, 3) and "| 2 of 3 |" in md
+    assert "Every number was checked before this report was built" in md
+    assert "(1 run(s) have no test score and are counted without one" in md
+
+
+def test_a_document_not_built_by_the_report_step_says_it_was_not_checked():
+    runs = make_runs()
+    res = report.Results.of(runs, make_config(runs))
+    figs = {name: [Path(f"/figs/{name}_1.png")] for name in ("scores", "calibration", "pareto", "forest")}
+    assert "The run table was not checked" in report.to_markdown(report.document(res, figs), Path("/"))
