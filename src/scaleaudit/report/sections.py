@@ -522,7 +522,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
             cell_name(r),
             f"{r.fraction:g}",
             L[r.arm],
-            f"{r.diff:+.3f}",
+            num(r.diff, "+.3f"),
             num(r.extra_kwh, ".3g"),
             num(r.energy_ratio, ".3g") + "×",
             num(r.gain_per_kwh, ".3g"),
@@ -823,12 +823,12 @@ def reproduction_section(res: Results) -> list:
             f"{r.dataset} @ {r.size} px",
             f"{r.paper}\n{r.reference}",
             r.n,
-            f"{r.auc:.3f} ± {num(r.auc_sd)}",
+            f"{num(r.auc)} ± {num(r.auc_sd)}",
             num(r.pub_auc),
             num(r.auc_diff, "+.3f"),  # no AUC published: kNN
-            f"{r.acc:.3f} ± {num(r.acc_sd)}",
+            f"{num(r.acc)} ± {num(r.acc_sd)}",
             f"{r.pub_acc:.3f}",
-            f"{r.acc_diff:+.3f}",
+            num(r.acc_diff, "+.3f"),
             "–" if r.within is None else ("yes" if r.within else "no"),
         ]
         for r in rep.itertuples()
@@ -1010,11 +1010,17 @@ def shift_methods(res: Results) -> list:
                 medmnistc=res.shift["medmnistc"].iloc[0],
                 rope=v["rope"],
                 metric=res.metric,
-                family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max()),
+                # no large arm with a small partner: no corrupted comparison, so no family
+                family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max()) if paired(table) else None,
                 below_224=bool((res.shift["size"] < 224).any()),
             )
         ),
     ]
+
+
+def paired(shift_verdicts: pd.DataFrame) -> bool:
+    """Whether any large arm has a small partner under shift (else there is no comparison, and no verdict)."""
+    return bool(shift_verdicts["diff"].notna().any()) if len(shift_verdicts) else False
 
 
 def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
@@ -1023,6 +1029,8 @@ def shift_section(res: Results, figs: dict[str, list[Path]]) -> list:
         return []
     v, L, table = res.config["verdict"], res.labels, res.shift_verdicts
     blocks = [Heading("Robustness under acquisition shift"), Para(text("shift", "see_methods"))]
+    if not paired(table):
+        blocks.append(Para(text("shift", "no_pair", large=[L.get(a, a) for a in design.arms(res.config, "large")])))
     if "shift_severity" in figs:
         blocks += figure_blocks(figs["shift_severity"], text("shift", "severity_figure", metric=res.metric))
     for (dataset, size, fraction), g in table.groupby(design.CELL, sort=True):
