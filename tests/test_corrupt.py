@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import stat
 import subprocess
 import sys
 
@@ -127,3 +129,62 @@ def test_cli_help_and_wrong_interpreter(tmp_path):
         env=env,
     )
     assert done.returncode == 2 and "make medmnistc-env" in done.stderr and not (tmp_path / "o.npz").exists()
+
+
+# A corruption step whose medmnistc work blocks until the test lets it go; medmnistc itself is stubbed (only the
+# step's control flow runs, in the main environment).
+BLOCKING_STEP = """
+import sys, types
+sys.modules["medmnistc"] = types.ModuleType("medmnistc")
+from scaleaudit import corrupt
+
+def generate(images, flag, seed, progress=None):
+    print("ready", flush=True)
+    sys.stdin.readline()  # blocks until the test closes stdin
+    raise AssertionError("the step was not stopped")
+
+corrupt.generate, corrupt.corruptions = generate, lambda flag: {"blur": None}
+sys.exit(corrupt.main(sys.argv[1:]))
+"""
+
+
+def test_corruption_step_stops_with_the_workflow_and_leaves_nothing(tmp_path):
+    """Snakemake killed outright (SIGKILL): the step it started is told at once (SIGTERM) and writes nothing."""
+    _fake_set(tmp_path)
+    out = tmp_path / "out" / "c.npz"
+    step = [sys.executable, "-c", BLOCKING_STEP, "--data", str(tmp_path / "clean.npz"), "--dataset", "breastmnist"]
+    step += ["--size", "8", "--out", str(out)]
+    log = tmp_path / "step.log"
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    # the shell stands for the workflow's job shell: killing it is what a killed Snakemake does to the job
+    shell = subprocess.Popen(
+        ["bash", "-c", f"{shlex.join(step)} 2> {shlex.quote(str(log))}; echo after"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert shell.stdout.readline() == "ready\n"
+    shell.kill()
+    shell.wait()
+    shell.stdin.close()  # lets a step that was not stopped run on (and fail the test below)
+    assert shell.stdout.read() == ""  # the pipe closes once the step has ended
+    assert "stopped (SIGTERM, or the workflow that started it ended): nothing written" in log.read_text()
+    assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
+
+
+def test_corrupted_set_is_written_with_the_mode_of_any_new_file(medmnistc_python, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "clean.npz",
+        test_images=rng.integers(0, 255, (2, 28, 28), dtype=np.uint8),
+        test_labels=np.array([[0], [1]]),
+    )
+    out = tmp_path / "c.npz"
+    args = [str(medmnistc_python), "-m", "scaleaudit.corrupt", "--data", str(tmp_path / "clean.npz")]
+    args += ["--dataset", "breastmnist", "--size", "28", "--out", str(out)]
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(["bash", "-c", f"umask 022; {shlex.join(args)}"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 and stat.S_IMODE(out.with_suffix(".json").stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.npz", "clean.npz"]

@@ -235,3 +235,18 @@ def test_report_has_the_robustness_section_with_figure_and_table(tmp_path):
     report.build(tmp_path / "runs.csv", tmp_path / "config.json", tmp_path / "plain.pdf", assets=tmp_path / "plain")
     assert "Robustness" not in (tmp_path / "plain.md").read_text()
     assert not (tmp_path / "plain" / "shift_severity.png").exists()
+
+
+def test_shift_eval_stops_with_the_workflow_like_training(monkeypatch, tmp_path):
+    from scaleaudit import cli, jobcontrol
+
+    calls = []
+    monkeypatch.setattr(jobcontrol, "stop_with_workflow", lambda: calls.append("stop_with_workflow"))
+    monkeypatch.setattr(
+        job, "evaluate_shift", lambda *a, **k: calls.append("evaluate") or {"corrupted": {}, "severities": []}
+    )
+    for name in ("corrupted.json", "data.json"):
+        files.write_json(tmp_path / name, {})
+    argv = ["shift-eval", "--run", str(tmp_path), "--corrupted", str(tmp_path / "corrupted.json")]
+    assert cli.main(argv + ["--data", str(tmp_path / "data.json"), "--out", str(tmp_path / "shift.json")]) == 0
+    assert calls == ["stop_with_workflow", "evaluate"]

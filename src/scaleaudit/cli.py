@@ -96,8 +96,7 @@ def cmd_train(args) -> None:
     spec = RunSpec.from_dict(args.spec)
     weights = read_json(args.weights) if args.weights else None
     tracking = job_tracking(args.tracking) if args.tracking else None
-    jobcontrol.exit_on_sigterm()
-    jobcontrol.die_with_parents()
+    jobcontrol.stop_with_workflow()
     every = {} if args.checkpoint_every is None else {"checkpoint_every_s": args.checkpoint_every}
     job.run(
         spec,
@@ -138,8 +137,9 @@ def cmd_aggregate(args) -> None:
 
 
 def cmd_shift_eval(args) -> None:
-    from . import job
+    from . import job, jobcontrol
 
+    jobcontrol.stop_with_workflow()
     weights = read_json(args.weights) if args.weights else None
     record = job.evaluate_shift(
         Path(args.run),

@@ -25,12 +25,13 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from . import jobcontrol
+from .files import atomic_path, write_text
 
 SEVERITIES = (1, 2, 3, 4, 5)
 LABELS = "labels"
@@ -181,12 +182,11 @@ def build(data: Path, flag: str, size: int, seed: int, out: Path, record_out: Pa
     problems = check_arrays(arrays, images, labels, names)
     if problems:
         raise CorruptedSetError("the corrupted set fails its checks:\n" + "\n".join(f"  - {p}" for p in problems))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    # atomic, with the mode of any new file: a stopped or failed step leaves neither a partial set nor its record
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        sha = _sha256(Path(tmp))
+        sha = _sha256(tmp)
         from medmnistc.corruptions.registry import CORRUPTIONS_DS_FOLDS, DATASET_RGB
 
         family = {name: fam for fam, members in CORRUPTIONS_DS_FOLDS.items() for name in members}
@@ -214,11 +214,7 @@ def build(data: Path, flag: str, size: int, seed: int, out: Path, record_out: Pa
             "source": {"file": str(data), "sha256": _sha256(data)},
             "versions": _versions(),
         }
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    record_out.write_text(json.dumps(record, indent=2) + "\n")
+    write_text(record_out, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -256,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the corrupted set (.npz); its record goes beside it")
     parser.add_argument("--record", type=Path, help="where the record goes (default: --out with .json)")
     args = parser.parse_args(argv)
+    jobcontrol.stop_with_workflow()
     try:
         record = build(
             args.data, args.dataset, args.size, args.seed, args.out, args.record or args.out.with_suffix(".json")
@@ -270,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     except CorruptedSetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except jobcontrol.Terminated:
+        print("stopped (SIGTERM, or the workflow that started it ended): nothing written", file=sys.stderr)
+        raise
     print(f"wrote {args.out} (sha256 {record['sha256'][:12]})", file=sys.stderr)
     return 0
 

@@ -115,6 +115,13 @@ def die_with_parents(log=_log) -> None:
     threading.Thread(target=watch, name="watch-workflow", daemon=True).start()
 
 
+def stop_with_workflow() -> None:
+    """What every long step calls first: SIGTERM is an exit (outputs are written atomically, so none is left half
+    written), and the step stops when the workflow that started it does."""
+    exit_on_sigterm()
+    die_with_parents()
+
+
 class Terminated(SystemExit):
     """SIGTERM arrived: Slurm preempting or cancelling the job (it sends SIGKILL KillWait seconds later)."""
 
