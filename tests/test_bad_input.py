@@ -53,6 +53,16 @@ def test_checksum_mismatch(capsys, tiny_mirror, tmp_path):
     assert not out.exists()
 
 
+def test_checksum_list_of_other_files(capsys, tiny_mirror, tmp_path):
+    """A SHA256SUMS that does not list the file is not a corrupt download: it is said so, with the line to add."""
+    sums = tiny_mirror / "SHA256SUMS"
+    sums.write_text(sums.read_text().replace("breastmnist.npz", "breastmnist_64.npz"))
+    code, err = fetch_cli(capsys, tiny_mirror, tmp_path / "data" / "breastmnist_28.npz")
+    assert code == 2
+    assert f"{tiny_mirror}/SHA256SUMS does not list breastmnist.npz (it lists breastmnist_64.npz)" in err
+    assert "corrupt" not in err and "  breastmnist.npz' to SHA256SUMS" in err
+
+
 def test_mirror_without_the_file(capsys, tmp_path):
     mirror = tmp_path / "empty-mirror"
     mirror.mkdir()

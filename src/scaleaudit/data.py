@@ -73,15 +73,16 @@ def resolve_mirror(configured: str | None) -> Path | None:
     return mirror
 
 
-def _mirror_checksum(mirror: Path, name: str) -> str | None:
+def _mirror_sums(mirror: Path) -> dict[str, str]:
+    """File name -> SHA-256 of the mirror's ``SHA256SUMS`` (empty without one)."""
     sums = mirror / "SHA256SUMS"
     if not sums.exists():
-        return None
-    for line in sums.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("*") == name:
-            return parts[0].lower()
-    return None
+        return {}
+    return {
+        parts[1].lstrip("*"): parts[0].lower()
+        for line in sums.read_text().splitlines()
+        if len(parts := line.split()) == 2
+    }
 
 
 def _download(url: str, dest: Path, attempts: int = 3) -> None:
@@ -165,13 +166,15 @@ def _contents_problems(path: Path, flag: str, size: int, headers: dict, syntheti
     return problems
 
 
-def check_npz(path: Path, flag: str, size: int, synthetic: bool = False) -> dict[str, tuple]:
+def check_npz(path: Path, flag: str, size: int, synthetic: bool = False, shown: str | None = None) -> dict[str, tuple]:
     """Check a MedMNIST npz against the dataset's INFO and return the shape of every array.
 
     A checksum only proves that a file is the one listed; this proves that its contents are the
     dataset's: array names, uint8 images of the size and channel count, the split lengths, and labels
-    of the task's shape and range. Only the labels are read; images are checked from their headers.
+    of the task's shape and range. Only the labels are read; images are checked from their headers. Messages name
+    ``shown`` (the mirror file or URL a fetch checks a temporary copy of), else ``path``.
     """
+    shown = shown or str(path)
     try:
         headers = _array_headers(path)
         problems = _contents_problems(path, flag, int(size), headers, synthetic)
@@ -179,11 +182,11 @@ def check_npz(path: Path, flag: str, size: int, synthetic: bool = False) -> dict
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a read error of the disk, not of the file's contents
         raise ScaleauditError(
-            f"{path} is corrupt or truncated ({exc})", "delete it and fetch it again from the source or mirror"
+            f"{shown} is corrupt or truncated ({exc})", "delete it and fetch it again from the source or mirror"
         ) from exc
     if problems:
         raise ScaleauditError(
-            f"{path} is not {file_name(flag, size)} of MedMNIST {flag}:\n" + "\n".join(f"  - {p}" for p in problems),
+            f"{shown} is not {file_name(flag, size)} of MedMNIST {flag}:\n" + "\n".join(f"  - {p}" for p in problems),
             f"stage the official file ({official_source(flag, size)['url']}) and list its SHA-256 in the mirror's "
             "SHA256SUMS; delete the fetched copy (results/data/) so that it is fetched again",
         )
@@ -206,10 +209,11 @@ def fetch(flag: str, size: int, dest: str | os.PathLike, mirror: Path | None = N
                 f"the mirror {mirror} has no {name}",
                 f"stage {official['url']} there (and add it to SHA256SUMS), or unset the mirror",
             )
-        expected_sha = _mirror_checksum(mirror, name)
+        listed = _mirror_sums(mirror)
+        expected_sha = listed.get(name)
         source = str(src.resolve())
     else:
-        src, expected_sha, source = None, None, official["url"]
+        src, expected_sha, source, listed = None, None, official["url"], {}
 
     with atomic_path(dest) as tmp:
         if src is not None:
@@ -229,12 +233,19 @@ def fetch(flag: str, size: int, dest: str | os.PathLike, mirror: Path | None = N
                 )
         else:
             verified = "official MD5"
+            if md5 != official["md5"] and listed:
+                raise ScaleauditError(
+                    f"{mirror}/SHA256SUMS does not list {name} (it lists {', '.join(sorted(listed))}), and {source} "
+                    f"is not the official file (md5 {md5}, official {official['md5']})",
+                    f"add the line '{sha256}  {name}' to SHA256SUMS if this copy is meant, or stage the official file "
+                    f"({official['url']})",
+                )
             if md5 != official["md5"]:
                 raise ScaleauditError(
                     f"checksum mismatch for {name} from {source}: md5 {md5}, official {official['md5']}",
                     "the download is corrupt or truncated: fetch it again (or list the file in the mirror's SHA256SUMS)",
                 )
-        shapes = check_npz(tmp, flag, size)
+        shapes = check_npz(tmp, flag, size, shown=source)
     return {
         "dataset": flag,
         "size": int(size),
