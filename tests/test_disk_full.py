@@ -77,7 +77,7 @@ def _only_run(uri):
 
 def _says_disk_full(code, err):
     assert code == 2, err
-    assert "error: could not write" in err and "fix: free disk space" in err, err
+    assert "error: could not write: no space left on device" in err and "fix: free disk space" in err, err
     assert "Traceback" not in err
 
 
@@ -134,7 +134,10 @@ def test_checkpoint_write_failure_from_torch(capsys, job, tmp_path, monkeypatch)
         )
 
     monkeypatch.setattr(torch, "save", full)
-    _says_disk_full(cli.main(args(tmp_path / "run")), capsys.readouterr().err)
+    code = cli.main(args(tmp_path / "run"))
+    err = capsys.readouterr().err
+    _says_disk_full(code, err)
+    assert "could not write: no space left on device (or the folder is not writable)" in err
     assert _only_run(uri).info.status == "FAILED"
 
 

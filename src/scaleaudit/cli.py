@@ -18,7 +18,14 @@ from .errors import ScaleauditError
 from .files import read_json, write_json
 from .provenance import package_versions
 
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+NO_SPACE, NOT_WRITABLE = "no space left on device", "the folder is not writable"
+WRITE_ERRORS = {
+    errno.ENOSPC: NO_SPACE,
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: NOT_WRITABLE,
+    errno.EPERM: NOT_WRITABLE,
+    errno.EROFS: "read-only file system",
+}
 
 
 def _json_arg(text: str):
@@ -351,31 +358,33 @@ def parser() -> argparse.ArgumentParser:
 
 # How a full disk (or a read-only or forbidden folder) surfaces when a library, not Python, wrote:
 # torch's zip writer, SQLite via SQLAlchemy/MLflow, and Rust's io errors (typst) carry no errno.
-WRITE_FAILURE_TEXTS = (
-    "no space left on device",
-    "disk quota exceeded",
-    "database or disk is full",
-    "file write failed",
-    "read-only file system",
-    "attempt to write a readonly database",
-)
+# The text -> what to tell the user: torch's "file write failed" is almost always a full disk.
+WRITE_FAILURE_TEXTS = {
+    "no space left on device": NO_SPACE,
+    "disk quota exceeded": "disk quota exceeded",
+    "database or disk is full": NO_SPACE,
+    "file write failed": f"{NO_SPACE} (or {NOT_WRITABLE})",
+    "read-only file system": "read-only file system",
+    "attempt to write a readonly database": NOT_WRITABLE,
+}
 RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
-def write_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an error it was raised from) is a write refused by the disk or the folder."""
+def write_failure(exc: BaseException) -> str | None:
+    """Why ``exc`` (or an error it was raised from) is a write refused by the disk or the folder (e.g. no space left
+    on device); None when it is not one."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
-            return True
+            return WRITE_ERRORS[exc.errno]
         text = str(exc).lower()
-        if any(t in text for t in WRITE_FAILURE_TEXTS):
-            return True
-        if any(int(code) in WRITE_ERRORS for code in RUST_OS_ERROR.findall(text)):
-            return True
+        if found := next((why for t, why in WRITE_FAILURE_TEXTS.items() if t in text), None):
+            return found
+        if found := next((WRITE_ERRORS[int(c)] for c in RUST_OS_ERROR.findall(text) if int(c) in WRITE_ERRORS), None):
+            return found
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,12 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scaleaudit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if not write_failure(exc):
+        if not (why := write_failure(exc)):
             raise
         # Outputs are written atomically, so nothing half-written was left behind.
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(
-            f"scaleaudit {args.command}: error: could not write: {first}\n  fix: free disk space or fix the "
+            f"scaleaudit {args.command}: error: could not write: {why} ({first})\n  fix: free disk space or fix the "
             "folder's permissions, then run the step again (no partial output was kept; a training job "
             "resumes from its last checkpoint)",
             file=sys.stderr,
