@@ -287,6 +287,22 @@ def test_tracking_server_that_does_not_answer(capsys, tmp_path):
     assert not (tmp_path / "t.json").exists()
 
 
+@pytest.mark.parametrize(
+    "uri, expected",
+    [
+        ("sqlite:///{tmp}/no-such-folder/mlflow.db", "points into {tmp}/no-such-folder, which does not exist"),
+        ("file://{tmp}/mlruns", "is a file store: scaleaudit tracks runs in a database or on a server"),
+        ("{tmp}/mlruns", "is a file store"),
+    ],
+    ids=["sqlite in a missing folder", "file URI", "plain path"],
+)
+def test_tracking_uri_that_would_not_be_the_store_meant(capsys, tmp_path, uri, expected):
+    uri = uri.format(tmp=tmp_path)
+    code, err = run_cli(capsys, "init-tracking", "--uri", uri, "--experiment", "x", "--out", str(tmp_path / "t.json"))
+    assert code == 2 and expected.format(tmp=tmp_path) in err and "fix:" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store was made
+
+
 def test_tracking_server_gone_before_a_training_job(tmp_path):
     from scaleaudit.tracking import TrackedRun
 

@@ -99,6 +99,23 @@ def check_system_metrics() -> None:
         ) from exc
 
 
+def check_store(uri: str) -> None:
+    """A store scaleaudit can use: not MLflow's file store, and a SQLite file in a folder that exists (a mistyped
+    folder would otherwise start a new, empty store)."""
+    default = f"unset MLFLOW_TRACKING_URI / tracking.uri for the study's own store ({DEFAULT_DB})"
+    if uri.startswith("file:") or "://" not in uri:
+        raise ScaleauditError(
+            f"the MLflow tracking URI {uri} is a file store: scaleaudit tracks runs in a database or on a server",
+            f"use sqlite:///<absolute path>/mlflow.db or an http(s):// server, or {default}",
+        )
+    db = _local_db(uri)
+    if db is not None and not db.parent.is_dir():
+        raise ScaleauditError(
+            f"the MLflow tracking URI {uri} points into {db.parent}, which does not exist",
+            f"correct the path, create the folder (mkdir -p {db.parent}) if the store is to be made there, or {default}",
+        )
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """A tracking server that does not answer is an error now, not a hang in every training job."""
     if not _is_server(uri):
@@ -227,6 +244,7 @@ def init_experiment(
     import mlflow
 
     configure_client()
+    check_store(uri)
     check_reachable(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment_id = find_experiment(client, uri, name, artifact_root, own_store=record_dir is not None)
