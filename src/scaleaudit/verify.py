@@ -83,7 +83,6 @@ def rows(runs: pd.DataFrame, paths: list[str | os.PathLike], runs_csv: str | os.
     if not results:
         return
     expected = read_runs(io.StringIO(pd.DataFrame([r.row() for r in results]).to_csv(index=False)))
-    expected["_path"] = [str(p) for p in paths]
     both = runs.reset_index(drop=True).merge(expected, on=RUN_KEY, how="right", suffixes=("", "_json"), indicator=True)
     absent = both[both["_merge"] == "right_only"]
     if len(absent):
@@ -92,7 +91,7 @@ def rows(runs: pd.DataFrame, paths: list[str | os.PathLike], runs_csv: str | os.
             "re-run the workflow: aggregate writes the run table again from every run's metrics.json",
         )
     differ = []
-    for column in [c for c in expected.columns if c not in RUN_KEY and c != "_path"]:
+    for column in [c for c in expected.columns if c not in RUN_KEY]:
         if column not in runs:
             differ.append(f"column {column} is missing")
             continue
