@@ -7,7 +7,7 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO
+from mirror import REPO
 
 from scaleaudit import cli, config, cost, devices, plan, settings
 

@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, write_sums
+from mirror import REPO, write_sums
 
 from scaleaudit import config as study_config
 from scaleaudit import data, tracking

@@ -87,7 +87,7 @@ def test_typst_escapes_markup_in_values():
 
 
 def test_reproduces_is_checked_and_leaves_training_alone():
-    from conftest import REPO
+    from mirror import REPO
 
     from scaleaudit import config
     from scaleaudit.errors import ScaleauditError

@@ -16,7 +16,7 @@ from scaleaudit.records import RunResult
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from conftest import write_sums
+    from mirror import write_sums
 
     from scaleaudit.synthetic import write_npz
 

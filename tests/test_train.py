@@ -5,7 +5,7 @@ import json
 import mlflow
 import numpy as np
 import pytest
-from conftest import REPO
+from mirror import REPO
 
 from scaleaudit import config, data, job, tracking, train
 
