@@ -260,3 +260,17 @@ def test_decisions_use_the_simultaneous_interval_of_the_family():
     assert family["seeds_needed"] > 3
     # the family counts every comparison that ran, even when the design names fewer
     assert stats.compare(make_runs(datasets=DATASETS), family=1)["family"].tolist() == [3, 3, 3]
+
+
+# --- issue 19: what the evidence cannot hold ---------------------------------------------------------------------
+
+
+def test_zero_spread_decides_nothing():
+    # three identical paired differences of +0.02 (deterministic training): not a zero-width interval, not "better"
+    c = cell(make_runs({VIT: 0.02}, seeds=3, noise=0.0))
+    assert c["diff"] == pytest.approx(0.02) and c["hi"] - c["lo"] > 0.02
+    assert c["decision"] == "undecided"
+    est, lo, hi = stats.t_interval([np.full(3, 0.02)], 0.95)
+    assert hi - lo == pytest.approx(2 * sps.t.ppf(0.975, 2) * stats.SD_FLOOR / math.sqrt(3))
+    # a real gain still decides from identical differences
+    assert cell(make_runs({VIT: 0.05}, seeds=3, noise=0.0))["decision"] == "better"

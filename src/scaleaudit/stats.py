@@ -31,6 +31,10 @@ from .design import CELL, TASK
 DECISIONS = ("better", "equivalent", "worse", "undecided")
 MIN_PAIRS = 3  # no decision from fewer pairs: two differences say almost nothing about their spread
 MAX_SEEDS = 1000  # seeds_needed gives up beyond this
+# The least sd a task's values are taken to have. Identical paired differences over seeds mean deterministic training
+# (e.g. a probe), not a known difference: the test set still samples. 0.005 AUC is a quarter of typical seed noise
+# (0.01-0.03), so it binds rarely where noise is real (at sd 0.02 and 3 seeds in 6 % of cells, only widening them).
+SD_FLOOR = 0.005
 
 Interval = Callable[[Sequence, float], tuple]  # (tasks, confidence) -> (estimate, lo, hi)
 
@@ -45,14 +49,15 @@ def score_column(metric: str, split: str = "test") -> str:
 def t_interval(tasks: Sequence, confidence: float) -> tuple:
     """The mean over tasks of each task's mean, with its t-interval. Each task is an array whose last axis holds its
     values (seeds). One task: the paired t-interval; several: standard error from the per-task variances and
-    Welch-Satterthwaite degrees of freedom. NaN where a task has fewer than 2 values."""
+    Welch-Satterthwaite degrees of freedom. Each task's sd is at least SD_FLOOR, so zero spread decides nothing.
+    NaN where a task has fewer than 2 values."""
     tasks = [np.asarray(t, dtype=float) for t in tasks]
     if not tasks or min(t.shape[-1] for t in tasks) < 2:
         nan = np.full(np.broadcast_shapes(*(t.shape[:-1] for t in tasks)) if tasks else (), np.nan)
         return nan, nan, nan
     k = len(tasks)
     estimate = sum(t.mean(axis=-1) for t in tasks) / k
-    v = [t.var(axis=-1, ddof=1) / t.shape[-1] for t in tasks]  # variance of each task mean
+    v = [np.maximum(t.var(axis=-1, ddof=1), SD_FLOOR**2) / t.shape[-1] for t in tasks]  # variance of each task mean
     total = sum(v)
     with np.errstate(invalid="ignore", divide="ignore"):
         df = total**2 / sum(vi**2 / (t.shape[-1] - 1) for vi, t in zip(v, tasks))
