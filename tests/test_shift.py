@@ -127,7 +127,7 @@ def _tables(gains: dict[str, float], clean_gain: float, seeds=6, noise=0.002, se
 
 
 def test_verdicts_tell_survives_shrinks_and_only_under_shift():
-    runs, sh = _tables({"blur": 0.05, "noise": 0.0}, clean_gain=0.05)
+    runs, sh = _tables({"blur": 0.05, "noise": 0.0}, clean_gain=0.05, seeds=10)
     v = shift.verdicts(runs, sh).set_index("condition")
     assert list(v.index) == ["clean", "blur", "noise", "all"]
     assert v.loc["clean", "decision"] == "better" and v.loc["clean", "family"] == 1  # the per-cell family

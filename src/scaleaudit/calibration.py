@@ -55,6 +55,34 @@ def simulate_cell(
     return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
 
 
+RUN_SD = SEED_SD / np.sqrt(2)  # sd of one run's score, so that a paired difference has sd SEED_SD
+VAL_TEST_CORR = 0.9  # correlation of a run's validation and test scores, as in the demo
+
+
+def simulate_partners(
+    seeds: int,
+    true_diff: float,
+    small_arms: int,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    gap: float = 0.0,
+) -> dict:
+    """One cell with ``small_arms`` small arms (the first best, each next ``gap`` worse) and a large arm
+    ``true_diff`` above the best; every run's validation score correlates VAL_TEST_CORR with its test score. The
+    partner chosen on validation and the interval of ``stats.versus_best``: coverage of the gain over the best
+    small arm and the decisions."""
+    mu = -gap * np.arange(small_arms)[:, None]
+    large = true_diff + RUN_SD * rng.standard_normal((replicates, seeds))
+    test = mu + RUN_SD * rng.standard_normal((replicates, small_arms, seeds))
+    val = mu + VAL_TEST_CORR * (test - mu) + np.sqrt(1 - VAL_TEST_CORR**2) * RUN_SD * rng.standard_normal(test.shape)
+    chosen = test[np.arange(replicates), val.mean(axis=-1).argmax(axis=-1)]
+    every = [large - test[:, j] for j in range(small_arms)]
+    a = stats.assess([large - chosen, *every], rope, confidence, interval=stats.versus_best())
+    return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
+
+
 def planted_tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:
     """Paired differences of the seven tasks of TASK_SDS, each of shape ``shape`` + (seeds,)."""
     return [true_mean + off + sd * noise(kind, shape + (seeds,), rng) for sd, off in zip(TASK_SDS, TASK_OFFSETS)]

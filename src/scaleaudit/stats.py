@@ -137,31 +137,50 @@ def unusable(runs: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def small_choice(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """For each (cell, seed): the small arm with the highest mean validation score over the cell's *other* seeds
-    (leave one seed out), so the seed whose test scores are compared played no part in choosing its partner."""
+    """For each cell: the partner, the small arm with the highest mean validation score over all its usable runs of
+    the cell (one partner for every seed; exact ties go to the first arm by name, whatever the rows' order)."""
     val = score_column(metric, "val")
-    small = runs[runs["group"] == "small"]
-    by_arm = small.groupby(CELL + ["arm"])[val]
-    count = by_arm.transform("count")
-    others = ((by_arm.transform("sum") - small[val]) / (count - 1)).where(count > 1)
-    only_arm = small.groupby(CELL)["arm"].transform("nunique") == 1
-    small = small.assign(loso=others.mask(only_arm, 0.0).fillna(-math.inf))
-    pick = small.sort_values(CELL + ["seed", "loso", "arm"], ascending=[True] * 4 + [False, True], kind="stable")
-    return pick.drop_duplicates(CELL + ["seed"])[CELL + ["seed", "arm"]].rename(columns={"arm": "small_arm"})
+    small = runs[runs["group"] == "small"].sort_values(CELL + ["arm", "seed"])
+    # rounded so that the order of summation (the table's row order) cannot break a tie
+    mean = small.groupby(CELL + ["arm"], sort=True)[val].mean().round(12).rename("val_mean").reset_index()
+    pick = mean.sort_values(CELL + ["val_mean", "arm"], ascending=[True] * 3 + [False, True], kind="stable")
+    return pick.drop_duplicates(CELL)[CELL + ["arm"]].rename(columns={"arm": "small_arm"}).reset_index(drop=True)
 
 
-def paired(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+def paired(runs: pd.DataFrame, metric: str, every: bool = False) -> pd.DataFrame:
     """One row per (cell, large arm, seed) of usable runs: the large arm's and its partner's test score and their
-    difference."""
+    difference; ``every``: one row per small arm of the cell instead of the partner only."""
     col = score_column(metric)
     runs = runs[unusable(runs, metric) == ""]
-    small = runs.merge(small_choice(runs, metric), on=CELL + ["seed"])
-    small = small[small["arm"] == small["small_arm"]][CELL + ["seed", "small_arm", col]]
+    small = runs[runs["group"] == "small"][CELL + ["seed", "arm", col]].rename(columns={"arm": "small_arm"})
+    if not every:
+        small = small.merge(small_choice(runs, metric), on=CELL + ["small_arm"])
     large = runs[runs["group"] == "large"][CELL + ["seed", "arm", col]]
     pairs = large.merge(small, on=CELL + ["seed"], suffixes=("_large", "_small"))
     pairs = pairs.rename(columns={f"{col}_large": "large", f"{col}_small": "small"})
     pairs["diff"] = pairs["large"] - pairs["small"]
-    return pairs.sort_values(CELL + ["arm", "seed"], ignore_index=True)
+    return pairs.sort_values(CELL + ["arm", "small_arm", "seed"], ignore_index=True)
+
+
+def versus_best(interval: Interval = t_interval) -> Interval:
+    """An interval for the gain over the *best* small arm of a cell, from tasks = (differences to the partner, then
+        to every small arm). Lower end: the partner's, as chosen on validation (choosing the best-validating arm can
+        only flatter the small side, so it stays valid). Upper end: the least upper end over every small arm, each at
+        confidence 1 - alpha/J (Bonferroni over the J small arms): the gain over the best is at most the gain over any
+        one. Where the partner's lower end lies above that upper end, validation chose a partner that another small arm
+    clearly beats on test, and the interval has no lower end (only "worse" can be decided). The estimate is the
+    partner's. Measured in ``calibration.simulate_partners``."""
+
+    def interval_versus_best(tasks, confidence: float) -> tuple:
+        partner, *every = (np.asarray(t, dtype=float) for t in tasks)
+        est, lo, _ = interval([partner], confidence)
+        wide = 1 - (1 - confidence) / max(len(every), 1)
+        his = [interval([d], wide)[2] for d in every if d.shape[-1] >= 2]
+        hi = np.fmin.reduce(his) if his else np.full(np.shape(est), np.nan)
+        return est, np.where(lo > hi, -np.inf, lo), hi
+
+    interval_versus_best.__name__ = f"versus_best({getattr(interval, '__name__', 'interval')})"
+    return interval_versus_best
 
 
 # --- per cell: each large arm against its small partner -------------------------------------------------------
@@ -170,7 +189,7 @@ def paired(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 COMPARE_COLUMNS = CELL + [
     "arm",
     "small_arm",
-    "small_choice",
+    "small_arms",
     "n",
     "dropped",
     "large_mean",
@@ -197,25 +216,27 @@ def compare(
     interval: Interval = t_interval,
 ) -> pd.DataFrame:
     """Per cell and large arm (every one that has a run, paired or not): the mean paired difference to the small
-    partner with its t-interval, the simultaneous interval of the family of all comparisons (at least ``family``,
+    partner with its interval for the gain over the best small arm (``versus_best``), the simultaneous interval of the family of all comparisons (at least ``family``,
     e.g. the design's count, so missing cells do not loosen it) and the decision; thin cells are kept, with a note.
     ``interval``: another interval method, e.g. the repeated confidence intervals of adaptive seeds."""
     aggregate.check(runs)
     why = unusable(runs, metric)
-    pairs = paired(runs, metric)
+    pairs, every = paired(runs, metric), paired(runs, metric, every=True)
     keys = runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates().sort_values(CELL + ["arm"])
     m = max(family or 0, len(keys))
+    cell_interval = versus_best(interval)
     has_small = set(map(tuple, runs.loc[runs["group"] == "small", CELL].drop_duplicates().to_numpy()))
     by = {k: g for k, g in pairs.groupby(CELL + ["arm"], sort=False)}
+    by_every = {k: g for k, g in every.groupby(CELL + ["arm"], sort=False)}
     rows = []
     for key in keys.itertuples(index=False, name=None):
         g = by.get(key, pairs.iloc[:0])
         in_cell = (runs[CELL] == key[:3]).all(axis=1) & ((runs["arm"] == key[3]) | (runs["group"] == "small"))
         dropped = int((why[in_cell] != "").sum())
-        choices = g["small_arm"].value_counts()
+        others = [e["diff"].to_numpy() for _, e in by_every.get(key, every.iloc[:0]).groupby("small_arm", sort=True)]
         row = dict(zip(CELL + ["arm"], key)) | {
-            "small_arm": choices.index[0] if len(choices) else None,
-            "small_choice": ", ".join(f"{a} ×{k}" for a, k in choices.items()) if len(choices) > 1 else "",
+            "small_arm": g["small_arm"].iloc[0] if len(g) else None,
+            "small_arms": len(others),
             "n": len(g),
             "dropped": dropped,
             "large_mean": g["large"].mean(),
@@ -231,7 +252,7 @@ def compare(
         elif len(g) == 0:
             notes.append("no seed shared with a small arm")
         if len(g) >= MIN_PAIRS:
-            a = assess([g["diff"].to_numpy()], rope, confidence, m, interval)
+            a = assess([g["diff"].to_numpy(), *others], rope, confidence, m, cell_interval)
             row |= {k: float(a[k]) for k in ("lo", "hi", "adj_lo", "adj_hi")} | {"decision": a["decision"]}
             if a["decision"] == "undecided":
                 row["seeds_needed"] = seeds_needed(g["diff"], rope, family_confidence(confidence, m))

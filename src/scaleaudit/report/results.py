@@ -41,10 +41,10 @@ def cell_name(r) -> str:
 
 
 def partner(r, labels: dict) -> str:
-    """The small arm a comparison is paired with; how the seeds split when they chose different ones."""
+    """The small arm a comparison is paired with, and how many small arms bound its interval's upper end."""
     if r.small_arm is None or (isinstance(r.small_arm, float) and math.isnan(r.small_arm)):
         return "–"
-    return labels[r.small_arm] + (f"\n({r.small_choice})" if r.small_choice else "")
+    return labels[r.small_arm] + (f"\n(upper end: all {r.small_arms})" if r.small_arms > 1 else "")
 
 
 def arm_labels(runs: pd.DataFrame, config: dict) -> dict[str, str]:
