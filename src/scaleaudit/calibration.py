@@ -103,6 +103,27 @@ def simulate_tasks(
     return {"coverage": float(np.mean((a["lo"] <= true_mean) & (true_mean <= a["hi"])))} | rates(a["decision"])
 
 
+TAUS = (0.0, 0.01, 0.02, 0.03)  # sd of the true gains between datasets
+
+
+def simulate_heterogeneous(
+    seeds: int,
+    true_mean: float,
+    tau: float,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    kind: str = "normal",
+) -> dict:
+    """The study-level claim (``stats.between_tasks``) over the seven tasks of TASK_SDS whose true gains are drawn
+    around the population mean ``true_mean`` with sd ``tau``: coverage of the population mean and the decisions."""
+    gains = true_mean + tau * rng.standard_normal((replicates, len(TASK_SDS), 1))
+    tasks = [gains[:, i] + sd * noise(kind, (replicates, seeds), rng) for i, sd in enumerate(TASK_SDS)]
+    a = stats.assess(tasks, rope, confidence, interval=stats.between_tasks)
+    return {"coverage": float(np.mean((a["lo"] <= true_mean) & (true_mean <= a["hi"])))} | rates(a["decision"])
+
+
 def simulate_study(
     seeds: int,
     kind: str,

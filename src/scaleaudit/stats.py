@@ -65,6 +65,45 @@ def t_interval(tasks: Sequence, confidence: float) -> tuple:
     return estimate, estimate - half, estimate + half
 
 
+def between_tasks(tasks: Sequence, confidence: float) -> tuple:
+    """Random effects for few tasks: the mean of the task means with the t-interval of those k means (k - 1 degrees
+    of freedom), so that tasks whose true gains differ widen it. Its variance is never below the mean within-task
+    variance of a task mean (the Hartung-Knapp-type floor, Roever et al. 2015: k near-equal means are not a known
+    mean). The population is tasks like these: a claim about such tasks, not only these. NaN with fewer than 2
+    tasks (or a task with fewer than 2 values)."""
+    tasks = [np.asarray(t, dtype=float) for t in tasks]
+    if len(tasks) < 2 or min(t.shape[-1] for t in tasks) < 2:
+        nan = np.full(np.broadcast_shapes(*(t.shape[:-1] for t in tasks)) if tasks else (), np.nan)
+        return nan, nan, nan
+    k = len(tasks)
+    means = np.stack(np.broadcast_arrays(*(t.mean(axis=-1) for t in tasks)), axis=-1)
+    within = np.stack(
+        np.broadcast_arrays(*(np.maximum(t.var(axis=-1, ddof=1), SD_FLOOR**2) / t.shape[-1] for t in tasks)), axis=-1
+    )
+    estimate = means.mean(axis=-1)
+    half = sps.t.ppf(0.5 + confidence / 2, k - 1) * np.sqrt(np.maximum(means.var(axis=-1, ddof=1), within.mean(-1)) / k)
+    return estimate, estimate - half, estimate + half
+
+
+def heterogeneity(tasks: Sequence, confidence: float) -> dict:
+    """How much the tasks' true gains differ: tau (DerSimonian-Laird, between-task sd), I2 (the share of the task
+    means' spread that is not seed noise) and the prediction interval for a new task's gain (the k means' t
+    prediction interval, mean +- t(k - 1) sd sqrt(1 + 1/k)). NaN with fewer than 2 (tau, I2) or 3 tasks."""
+    means = np.array([np.mean(t) for t in tasks], dtype=float)
+    within = np.array([max(np.var(t, ddof=1), SD_FLOOR**2) / len(t) for t in tasks], dtype=float)
+    k, out = len(means), dict.fromkeys(("tau", "i2", "pred_lo", "pred_hi"), math.nan)
+    if k < 2:
+        return out
+    w = 1 / within
+    q = float(np.sum(w * (means - np.sum(w * means) / w.sum()) ** 2))
+    out["tau"] = math.sqrt(max(0.0, (q - (k - 1)) / (w.sum() - np.sum(w**2) / w.sum())))
+    out["i2"] = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
+    if k >= 3:
+        half = sps.t.ppf(0.5 + confidence / 2, k - 1) * means.std(ddof=1) * math.sqrt(1 + 1 / k)
+        out |= {"pred_lo": means.mean() - half, "pred_hi": means.mean() + half}
+    return out
+
+
 def decide(lo, hi, rope: float):
     """Place an interval against the region of practical equivalence [-rope, +rope]: better (above it), worse
     (below it), equivalent (inside it) or undecided (across an edge, or no interval). Vectorised."""
@@ -273,9 +312,12 @@ def overall(
     runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95, family: int | None = None
 ) -> pd.DataFrame:
     """Per large arm and training fraction, across tasks (datasets at one image size) with at least MIN_PAIRS pairs:
-    the mean of the task mean differences with its t-interval and the simultaneous interval of the family of all
-    such summaries (at least ``family``), the decision, the IQM of all paired differences and the task-averaged
-    paired probability of improvement. Thin tasks are left out and named, never void the summary."""
+    the mean of the task mean differences with its random-effects interval (``between_tasks``: a claim about such
+    tasks) and the simultaneous interval of the family of all such summaries (at least ``family``), the decision
+    (the study-level claim), the fixed-effect interval about these tasks only (``fe_lo``, ``fe_hi``: seed noise
+    alone, Welch), tau, I2 and the prediction interval for a new task (``heterogeneity``), the tasks where scale
+    won, tied and lost (per-cell decisions better, equivalent, worse), the IQM of all paired differences and the
+    task-averaged paired probability of improvement. Thin tasks are left out and named, never void the summary."""
     cells = compare(runs, metric, rope, confidence)
     pairs = paired(runs, metric)
     keys = cells[["arm", "fraction"]].drop_duplicates().sort_values(["arm", "fraction"])
@@ -299,12 +341,17 @@ def overall(
             "family": m,
             "p_improve": float(np.mean([prob_improvement(t) for t in tasks])) if tasks else math.nan,
         }
+        counts = full["decision"].value_counts()
+        row |= {"won": counts.get("better", 0), "tied": counts.get("equivalent", 0), "lost": counts.get("worse", 0)}
+        row |= heterogeneity(tasks, confidence)
         if tasks:
-            a = assess(tasks, rope, confidence, m)
+            a = assess(tasks, rope, confidence, m, between_tasks)
             row |= {"mean_diff": float(a["estimate"])} | {k: float(a[k]) for k in ("lo", "hi", "adj_lo", "adj_hi")}
-            row["decision"] = a["decision"]
+            _, fe_lo, fe_hi = t_interval(tasks, confidence)
+            row |= {"fe_lo": float(fe_lo), "fe_hi": float(fe_hi), "decision": a["decision"]}
         else:
-            row |= dict.fromkeys(("mean_diff", "lo", "hi", "adj_lo", "adj_hi"), math.nan) | {"decision": "undecided"}
+            row |= dict.fromkeys(("mean_diff", "lo", "hi", "adj_lo", "adj_hi", "fe_lo", "fe_hi"), math.nan)
+            row["decision"] = "undecided"
         rows.append(row)
     return pd.DataFrame(
         rows,
@@ -321,6 +368,15 @@ def overall(
             "hi",
             "adj_lo",
             "adj_hi",
+            "fe_lo",
+            "fe_hi",
+            "tau",
+            "i2",
+            "pred_lo",
+            "pred_hi",
+            "won",
+            "tied",
+            "lost",
             "family",
             "p_improve",
             "decision",

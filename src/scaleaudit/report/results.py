@@ -67,6 +67,7 @@ class Results:
     summary: pd.DataFrame  # per cell and arm, with its Pareto-front flag (``front``)
     comparisons: pd.DataFrame
     overall: pd.DataFrame
+    task_forest: pd.DataFrame  # per large arm and fraction: each dataset's gain, the pooled claim, a new task's range
     scores: pd.DataFrame
     reproduction: pd.DataFrame
     dropped: pd.DataFrame
@@ -109,6 +110,7 @@ class Results:
         summary = ledger.arm_summary(runs, v["metric"])
         model_scale = {axis: scaling.model_scale(runs, config, axis) for axis in scaling.MODEL_AXES}
         savings = adaptive.savings(runs, config) if seq else None
+        overall = stats.overall(adaptive.first_round(runs, config), family=summaries, **kw)
         has_shift = shift_table is not None and not shift_table.empty
         return cls(
             runs=runs,
@@ -116,7 +118,8 @@ class Results:
             labels=arm_labels(runs, config),
             summary=summary.assign(front=ledger.pareto_front(summary)),
             comparisons=comparisons,
-            overall=stats.overall(adaptive.first_round(runs, config), family=summaries, **kw),
+            overall=overall,
+            task_forest=task_forest(cells_verdict, overall),
             scores=stats.score_summary(runs, v["metric"], v["confidence"]),
             reproduction=reproduction.reproduction(runs, config["arms"]),
             dropped=runs[why != ""].assign(reason=why[why != ""]),
@@ -162,6 +165,26 @@ def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     have["present"] = have.pop("_merge") == "both"
     count = have.groupby(design.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
     return count[count["present"] < count["designed"]]
+
+
+def task_forest(comparisons: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the forest plot per large arm and fraction: each dataset's gain with its interval and decision,
+    then the pooled study-level claim (random effects, simultaneous interval) and the prediction for a new task."""
+    rows = [
+        {"arm": r.arm, "fraction": r.fraction, "label": cell_name(r), "kind": "dataset"}
+        | {"estimate": r.diff, "lo": r.lo, "hi": r.hi, "decision": r.decision}
+        for r in comparisons.itertuples()
+    ]
+    for r in overall.itertuples():
+        rows.append(
+            {"arm": r.arm, "fraction": r.fraction, "label": f"pooled ({r.tasks} datasets)", "kind": "pooled"}
+            | {"estimate": r.mean_diff, "lo": r.adj_lo, "hi": r.adj_hi, "decision": r.decision}
+        )
+        rows.append(
+            {"arm": r.arm, "fraction": r.fraction, "label": "a new task", "kind": "prediction"}
+            | {"estimate": r.mean_diff, "lo": r.pred_lo, "hi": r.pred_hi, "decision": "undecided"}
+        )
+    return pd.DataFrame(rows, columns=["arm", "fraction", "label", "kind", "estimate", "lo", "hi", "decision"])
 
 
 def data_efficiency(comparisons: pd.DataFrame) -> pd.DataFrame:
