@@ -123,7 +123,7 @@ def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_c
     assert "two-sided t-interval" in md and "Welch–Satterthwaite" in md
     assert "two one-sided tests at α/2 each" in md
     assert "Multiplicity (Bonferroni)" in md and "(m = 4: datasets" in md and "(m = 2: large arms" in md
-    assert "leave one seed out" in md
+    assert "gain over the best small arm" in md and "random effects, k − 1 degrees of freedom" in md
     cell = calibration.measured()["cell"]
     lo, hi = min(r["coverage"] for r in cell), max(r["coverage"] for r in cell)
     assert f"covered the planted difference in {lo:.1%}–{hi:.1%} of the studies" in md

@@ -2,11 +2,13 @@
 
 Pure functions on the run table (one row per run, columns as ``aggregate`` writes them). A *cell* of the design is
 one (dataset, size, fraction); a *task* is one dataset at one image size. Each large-arm run is paired by seed with
-the run of the small arm chosen for that seed (``small_choice``: on the other seeds' validation scores).
+the run of the cell's partner (``small_choice``: the small arm best on validation over all seeds); the cell's
+interval is for the gain over the best small arm (``versus_best``).
 
 One path serves every statistic, as rliable's ``get_interval_estimates`` serves every estimator: paired differences
-grouped into tasks -> ``interval`` -> ``decide``. Per cell there is one task and the interval is the paired
-t-interval; across tasks it is the t-interval of the mean of the task means (Welch-Satterthwaite degrees of freedom).
+grouped into tasks -> ``interval`` -> ``decide``. Per cell the interval is ``versus_best`` of paired t-intervals;
+across tasks the study-level claim is ``between_tasks`` (random effects: the t-interval of the task means), with the
+fixed-effect ``t_interval`` (Welch-Satterthwaite) beside it as a statement about these tasks only.
 ``decide`` sees only an interval, so another interval method with ``t_interval``'s signature can replace it: adaptive
 seeds use the repeated confidence intervals of ``sequential.interval``, valid under repeated looks. ``benchmarks/calibrate_stats.py`` measures coverage and error rates by simulation.
 
@@ -88,7 +90,7 @@ def between_tasks(tasks: Sequence, confidence: float) -> tuple:
 def heterogeneity(tasks: Sequence, confidence: float) -> dict:
     """How much the tasks' true gains differ: tau (DerSimonian-Laird, between-task sd), I2 (the share of the task
     means' spread that is not seed noise) and the prediction interval for a new task's gain (the k means' t
-    prediction interval, mean +- t(k - 1) sd sqrt(1 + 1/k)). NaN with fewer than 2 (tau, I2) or 3 tasks."""
+    prediction interval, mean +- t(k - 1) sd sqrt(1 + 1/k), sd with ``between_tasks``'s floor). NaN with fewer than 2 (tau, I2) or 3 tasks."""
     means = np.array([np.mean(t) for t in tasks], dtype=float)
     within = np.array([max(np.var(t, ddof=1), SD_FLOOR**2) / len(t) for t in tasks], dtype=float)
     k, out = len(means), dict.fromkeys(("tau", "i2", "pred_lo", "pred_hi"), math.nan)
@@ -99,7 +101,8 @@ def heterogeneity(tasks: Sequence, confidence: float) -> dict:
     out["tau"] = math.sqrt(max(0.0, (q - (k - 1)) / (w.sum() - np.sum(w**2) / w.sum())))
     out["i2"] = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
     if k >= 3:
-        half = sps.t.ppf(0.5 + confidence / 2, k - 1) * means.std(ddof=1) * math.sqrt(1 + 1 / k)
+        sd = math.sqrt(max(means.var(ddof=1), within.mean()))
+        half = sps.t.ppf(0.5 + confidence / 2, k - 1) * sd * math.sqrt(1 + 1 / k)
         out |= {"pred_lo": means.mean() - half, "pred_hi": means.mean() + half}
     return out
 
