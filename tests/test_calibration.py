@@ -16,7 +16,8 @@ ROPE = 0.01
 @pytest.mark.parametrize("seeds", [3, 5])
 def test_per_cell_interval_holds_its_coverage_and_rates(kind, seeds):
     rng = np.random.default_rng(seeds)
-    assert 0.93 <= calibration.simulate_cell(seeds, 0.03, kind, REPLICATES, rng)["coverage"] <= 0.97
+    # up to 0.98: heavy tails give small sample sds at 3 seeds, where stats.SD_FLOOR widens the interval
+    assert 0.93 <= calibration.simulate_cell(seeds, 0.03, kind, REPLICATES, rng)["coverage"] <= 0.98
     # the true difference exactly on a ROPE edge: "better" (resp. "worse") is a false claim
     assert calibration.simulate_cell(seeds, ROPE, kind, REPLICATES, rng)["better"] <= 0.035
     assert calibration.simulate_cell(seeds, -ROPE, kind, REPLICATES, rng)["worse"] <= 0.035
