@@ -188,7 +188,7 @@ def test_dropped_scores_missing_seeds_and_thin_cells_are_flagged():
     runs = runs[~((runs["arm"] == "vit_b16_pretrained") & (runs["dataset"] == "pneumoniamnist") & (runs["seed"] == 3))]
     md = markdown(runs)
     assert (
-        "Left out: 1 run(s) with a non-finite score: Resnet18 Scratch on breastmnist @ 28 px, fraction 1, seed 1 "
+        "Left out of the pairs: 1 run(s): Resnet18 Scratch on breastmnist @ 28 px, fraction 1, seed 1 "
         "(non-finite test\\_auc)."
     ) in md
     assert "Fewer seeds than designed: Vit B16 Pretrained on pneumoniamnist @ 28 px, fraction 1: 2 of 3." in md
@@ -201,6 +201,19 @@ def test_dropped_scores_missing_seeds_and_thin_cells_are_flagged():
         "pneumoniamnist @ 28 px (2 pair(s))." in md
     )
     assert "mean over 2 dataset(s)" in md and "1 thin dataset(s) left out" in md  # the thin cell does not void it
+
+
+def test_each_arm_has_a_divergence_rate_and_the_comparisons_name_diverged_runs():
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=5, datasets=THREE)
+    hit = (runs["arm"] == "vit_b16_pretrained") & (runs["dataset"] == "breastmnist") & (runs["seed"] == 2)
+    runs.loc[hit, ["diverged", "test_auc", "val_auc"]] = [True, float("nan"), float("nan")]
+    res = report.Results.of(runs, make_config(runs))
+    d = res.divergence.set_index("arm").loc["vit_b16_pretrained"]
+    assert (d["runs"], d["diverged"]) == (15, 1)
+    assert d["lo"] == pytest.approx(0.0017, abs=1e-4) and d["hi"] == pytest.approx(0.3195, abs=1e-4)  # exact 1/15
+    md = report.to_markdown(report.document(res, FIGS), Path("/"))
+    assert "Diverged runs" in md and "Clopper-Pearson" in md
+    assert "Vit B16 Pretrained on breastmnist @ 28 px, fraction 1: diverged: vit\\_b16\\_pretrained seed 2" in md
 
 
 def test_one_seed_is_never_decided():

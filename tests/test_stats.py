@@ -171,6 +171,23 @@ def test_non_finite_score_is_dropped_counted_and_said():
     assert over["dropped"] == 2 and over["decision"] == "undecided" and over["won"] == 1
 
 
+def test_diverged_runs_are_a_finding():
+    """Diverged large-arm runs count at their near-chance score (at chance without one), diverged small runs are
+    never partners, and the note names them."""
+    runs = make_runs({VIT: 0.05}, seeds=5)
+    vit, cnn = runs["arm"] == VIT, runs["arm"] == "cnn_small"
+    runs.loc[vit & (runs["seed"] == 2), ["diverged", "test_auc", "val_auc"]] = [True, math.nan, math.nan]
+    runs.loc[vit & (runs["seed"] == 3), ["diverged", "test_auc", "val_auc"]] = [True, 0.52, 0.53]
+    runs.loc[cnn & (runs["seed"] == 4), ["diverged", "test_auc", "val_auc"]] = [True, 0.54, 0.55]
+    assert stats.small_choice(runs, "auc")["small_arm"].tolist() == ["cnn_small"]  # its diverged run not counted
+    pairs = stats.paired(runs, "auc").set_index("seed")
+    assert list(pairs.index) == [1, 2, 3, 5] and pairs.loc[2, "large"] == 0.5 and pairs.loc[3, "large"] == 0.52
+    c = cell(runs)
+    assert c["n"] == 4 and c["decision"] != "better" and c["diff"] < -0.1
+    assert "diverged: vit_b16_pretrained seed 2, vit_b16_pretrained seed 3, cnn_small seed 4" in c["note"]
+    assert c["dropped"] == 1 and "non-finite" not in c["note"]
+
+
 def test_no_decision_from_fewer_than_three_pairs():
     c = cell(make_runs({VIT: 0.2}, seeds=2))
     assert c["decision"] == "undecided" and c["n"] == 2 and math.isnan(c["lo"])

@@ -16,7 +16,7 @@ from importlib import resources
 
 import numpy as np
 
-from . import design, scaling, sequential, stats
+from . import design, metrics, scaling, sequential, stats
 
 NOISE = ("normal", "t4")
 SEED_SD = 0.02  # sd of a paired difference between two runs (seed noise of 0.01-0.03 AUC per run is typical)
@@ -81,6 +81,73 @@ def simulate_partners(
     every = [large - test[:, j] for j in range(small_arms)]
     a = stats.assess([large - chosen, *every], rope, confidence, interval=stats.versus_best())
     return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
+
+
+SMALL_SCORE = 0.85  # a partner's mean test AUC in the divergence check
+DIVERGENCE_RATES = (0.1, 0.2)
+
+
+def simulate_divergence(
+    seeds: int,
+    gain: float,
+    rate: float,
+    replicates: int,
+    rng: np.random.Generator,
+    keep: bool = True,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+) -> dict:
+    """One cell whose large arm gains ``gain`` over its partner when it trains and diverges in a share ``rate`` of
+    its seeds (its score then near chance, uniform on 0.45-0.55). The truth is the expected gain of training the arm,
+    failures included. ``keep``: diverged runs count at their score (``stats.scored``, the rule the verdict uses);
+    otherwise they are dropped (a cell with fewer than MIN_PAIRS pairs left decides nothing). Coverage of the
+    expected gain and the decisions."""
+    small = SMALL_SCORE + RUN_SD * rng.standard_normal((replicates, seeds))
+    large = SMALL_SCORE + gain + RUN_SD * rng.standard_normal((replicates, seeds))
+    failed = rng.random((replicates, seeds)) < rate
+    d = np.where(failed, rng.uniform(0.45, 0.55, failed.shape), large) - small
+    truth = (1 - rate) * gain + rate * (metrics.CHANCE_AUC - SMALL_SCORE)
+    lo, hi = np.full(replicates, np.nan), np.full(replicates, np.nan)
+    decision = np.full(replicates, "undecided", dtype=object)
+    kept = np.ones_like(failed) if keep else ~failed
+    counts = kept.sum(axis=1)
+    for k in range(stats.MIN_PAIRS, seeds + 1):
+        rows = counts == k
+        if rows.any():
+            a = stats.assess([d[rows][kept[rows]].reshape(-1, k)], rope, confidence)
+            lo[rows], hi[rows], decision[rows] = a["lo"], a["hi"], a["decision"]
+    return {"truth": truth, "coverage": float(np.mean((lo <= truth) & (truth <= hi)))} | rates(decision.astype(str))
+
+
+def trained_gain(expected: float, rate: float) -> float:
+    """The gain when the arm trains that makes its expected gain ``expected`` with divergence ``rate``."""
+    return (expected + rate * (SMALL_SCORE - metrics.CHANCE_AUC)) / (1 - rate)
+
+
+def divergence_table(replicates: int, seeds: int = 5, rope: float = 0.01, seed: int = 0) -> list[dict]:
+    """Per divergence rate and rule (keep, the verdict's; drop): coverage of the expected gain and false "better"
+    with it on the ROPE edge, "better" when the arm gains 0.03 when it trains (expected gain below 0), and power
+    with it +0.05 (the gain when training then higher)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for rate in DIVERGENCE_RATES:
+        for keep in (True, False):
+            edge, power = (
+                simulate_divergence(seeds, trained_gain(expected, rate), rate, replicates, rng, keep, rope)
+                for expected in (rope, 0.05)
+            )
+            rows.append(
+                {
+                    "rate": rate,
+                    "rule": "keep" if keep else "drop",
+                    "seeds": seeds,
+                    "coverage": edge["coverage"],
+                    "false_better": edge["better"],
+                    "better_gain_0.03": simulate_divergence(seeds, 0.03, rate, replicates, rng, keep, rope)["better"],
+                    "power_0.05": power["better"],
+                }
+            )
+    return rows
 
 
 def planted_tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from . import aggregate
+from . import aggregate, metrics
 from .design import CELL, TASK
 
 DECISIONS = ("better", "equivalent", "worse", "undecided")
@@ -165,24 +165,50 @@ def seeds_needed(diffs, rope: float, confidence: float) -> int | None:
     return int(n[ok[0]]) if len(ok) else None
 
 
-# --- the run table: usable runs, choice of the small arm, pairs --------------------------------------------------
+# --- the run table: usable runs, diverged runs, choice of the small arm, pairs -------------------------------------
+
+CHANCE = {"auc": metrics.CHANCE_AUC}  # the score of a run that learned nothing, where the metric has one
+
+
+def diverged(runs: pd.DataFrame) -> pd.Series:
+    """Which runs diverged (``train.divergence``: non-finite loss, or validation AUC near chance); a table written
+    before the rule has none."""
+    if "diverged" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["diverged"].astype("boolean").fillna(False).astype(bool)
+
+
+def scored(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The run table as the verdict scores it. Divergence is a finding about the large arm, not an accident to
+    drop: a diverged large-arm run keeps its near-chance score, and one whose loss became non-finite (no score)
+    counts at chance (CHANCE), so the cell's gain is the expected gain of training that arm, failures included.
+    Dropping them instead would estimate the gain of the runs that happened to train, and say "better" for an arm
+    that fails (``calibration.simulate_divergence`` measures both)."""
+    col = score_column(metric)
+    test = pd.to_numeric(runs[col], errors="coerce")
+    fill = diverged(runs) & (runs["group"] == "large") & ~np.isfinite(test) & (metric in CHANCE)
+    return runs.assign(**{col: test.mask(fill, CHANCE.get(metric, math.nan))})
 
 
 def unusable(runs: pd.DataFrame, metric: str) -> pd.Series:
-    """Why each run cannot enter the verdict ('' when it can): a non-finite test score, or, for a small arm, a
-    non-finite validation score (the small arm is chosen on it)."""
-    test = pd.to_numeric(runs[score_column(metric)], errors="coerce")
+    """Why each run cannot enter the verdict ('' when it can): a diverged small-arm run (never a partner: the
+    question is whether scale beats a small model that trained), a non-finite test score (a diverged large-arm run
+    counts at chance, see ``scored``), or, for a small arm, a non-finite validation score (the partner is chosen
+    on it)."""
+    test = pd.to_numeric(scored(runs, metric)[score_column(metric)], errors="coerce")
     val = pd.to_numeric(runs[score_column(metric, "val")], errors="coerce")
+    small = runs["group"] == "small"
     why = pd.Series("", index=runs.index)
-    why = why.mask((runs["group"] == "small") & ~np.isfinite(val), f"non-finite {score_column(metric, 'val')}")
-    return why.mask(~np.isfinite(test), f"non-finite {score_column(metric)}")
+    why = why.mask(small & ~np.isfinite(val), f"non-finite {score_column(metric, 'val')}")
+    why = why.mask(~np.isfinite(test), f"non-finite {score_column(metric)}")
+    return why.mask(small & diverged(runs), "diverged small-arm run (never a partner)")
 
 
 def small_choice(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """For each cell: the partner, the small arm with the highest mean validation score over all its usable runs of
-    the cell (one partner for every seed; exact ties go to the first arm by name, whatever the rows' order)."""
+    the cell (diverged runs are not usable) (one partner for every seed; exact ties go to the first arm by name, whatever the rows' order)."""
     val = score_column(metric, "val")
-    small = runs[runs["group"] == "small"].sort_values(CELL + ["arm", "seed"])
+    small = runs[(runs["group"] == "small") & (unusable(runs, metric) == "")].sort_values(CELL + ["arm", "seed"])
     # rounded so that the order of summation (the table's row order) cannot break a tie
     mean = small.groupby(CELL + ["arm"], sort=True)[val].mean().round(12).rename("val_mean").reset_index()
     pick = mean.sort_values(CELL + ["val_mean", "arm"], ascending=[True] * 3 + [False, True], kind="stable")
@@ -193,7 +219,7 @@ def paired(runs: pd.DataFrame, metric: str, every: bool = False) -> pd.DataFrame
     """One row per (cell, large arm, seed) of usable runs: the large arm's and its partner's test score and their
     difference; ``every``: one row per small arm of the cell instead of the partner only."""
     col = score_column(metric)
-    runs = runs[unusable(runs, metric) == ""]
+    runs = scored(runs, metric)[unusable(runs, metric) == ""]
     small = runs[runs["group"] == "small"][CELL + ["seed", "arm", col]].rename(columns={"arm": "small_arm"})
     if not every:
         small = small.merge(small_choice(runs, metric), on=CELL + ["small_arm"])
@@ -262,7 +288,7 @@ def compare(
     e.g. the design's count, so missing cells do not loosen it) and the decision; thin cells are kept, with a note.
     ``interval``: another interval method, e.g. the repeated confidence intervals of adaptive seeds."""
     aggregate.check(runs)
-    why = unusable(runs, metric)
+    why, failed = unusable(runs, metric), diverged(runs)
     pairs, every = paired(runs, metric), paired(runs, metric, every=True)
     keys = runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates().sort_values(CELL + ["arm"])
     m = max(family or 0, len(keys))
@@ -275,6 +301,7 @@ def compare(
         g = by.get(key, pairs.iloc[:0])
         in_cell = (runs[CELL] == key[:3]).all(axis=1) & ((runs["arm"] == key[3]) | (runs["group"] == "small"))
         dropped = int((why[in_cell] != "").sum())
+        gone = runs[in_cell & failed].sort_values(["group", "arm", "seed"])
         others = [e["diff"].to_numpy() for _, e in by_every.get(key, every.iloc[:0]).groupby("small_arm", sort=True)]
         row = dict(zip(CELL + ["arm"], key)) | {
             "small_arm": g["small_arm"].iloc[0] if len(g) else None,
@@ -288,7 +315,9 @@ def compare(
             "p_improve": prob_improvement(g["diff"]),
             "seeds_needed": None,
         }
-        notes = [f"{dropped} run(s) with a non-finite score dropped"] if dropped else []
+        notes = [f"diverged: {', '.join(f'{r.arm} seed {r.seed}' for r in gone.itertuples())}"] if len(gone) else []
+        if dropped > (gone["group"] == "small").sum():
+            notes.append(f"{dropped - (gone['group'] == 'small').sum()} run(s) with a non-finite score dropped")
         if key[:3] not in has_small:
             notes.append("no small arm in this cell")
         elif len(g) == 0:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 import pandas as pd
+from scipy import stats as sps
 
 from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats
 from ..design import RUN_KEY
@@ -69,6 +70,7 @@ class Results:
     overall: pd.DataFrame
     task_forest: pd.DataFrame  # per large arm and fraction: each dataset's gain, the pooled claim, a new task's range
     scores: pd.DataFrame
+    divergence: pd.DataFrame  # per arm: runs, diverged runs, the rate with its exact interval
     reproduction: pd.DataFrame
     dropped: pd.DataFrame
     missing: pd.DataFrame
@@ -121,6 +123,7 @@ class Results:
             overall=overall,
             task_forest=task_forest(cells_verdict, overall),
             scores=stats.score_summary(runs, v["metric"], v["confidence"]),
+            divergence=divergence(runs, v["confidence"]),
             reproduction=reproduction.reproduction(runs, config["arms"]),
             dropped=runs[why != ""].assign(reason=why[why != ""]),
             missing=missing_runs(runs, config),
@@ -185,6 +188,22 @@ def task_forest(comparisons: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFram
             | {"estimate": r.mean_diff, "lo": r.pred_lo, "hi": r.pred_hi, "decision": "undecided"}
         )
     return pd.DataFrame(rows, columns=["arm", "fraction", "label", "kind", "estimate", "lo", "hi", "decision"])
+
+
+def divergence(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Per arm: its runs, how many diverged (``train.divergence``), the rate and its exact (Clopper-Pearson)
+    interval at ``confidence``, and the cells' diverged runs named (dataset, fraction, seed)."""
+    failed = stats.diverged(runs)
+    rows = []
+    for arm, g in runs.groupby("arm", sort=True):
+        k, n = int(failed[g.index].sum()), len(g)
+        ci_ = sps.binomtest(k, n).proportion_ci(confidence, method="exact")
+        named = [f"{cell_name(r)}, fraction {r.fraction:g}, seed {r.seed}" for r in g[failed[g.index]].itertuples()]
+        rows.append(
+            {"arm": arm, "group": g["group"].iloc[0], "runs": n, "diverged": k, "rate": k / n}
+            | {"lo": ci_.low, "hi": ci_.high, "which": listed(named, 6)}
+        )
+    return pd.DataFrame(rows, columns=["arm", "group", "runs", "diverged", "rate", "lo", "hi", "which"])
 
 
 def data_efficiency(comparisons: pd.DataFrame) -> pd.DataFrame:

@@ -583,6 +583,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
             caption=text("results", "across_caption"),
         ),
         *([Para(text("results", "thin", min_pairs=stats.MIN_PAIRS, summaries=listed(thin)))] if thin else []),
+        *divergence_blocks(res),
         Table(
             ["arm", "group", "fraction", "datasets", f"IQM test {res.metric}", "mean", f"{v['confidence']:.0%} CI"],
             score_rows,
@@ -638,6 +639,28 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
         *figure_blocks(figs["calibration"], text("results", "calibration_figure")),
     ]
     return blocks
+
+
+def divergence_blocks(res: Results) -> list:
+    """Every arm's divergence rate with its exact interval, and the comparisons whose runs diverged."""
+    d, c, L = res.divergence, res.comparisons, res.labels
+    rows = [
+        [L[r.arm], r.group, r.runs, r.diverged, f"{r.rate:.0%}", ci(r.lo, r.hi, ".0%"), r.which or "–"]
+        for r in d.itertuples()
+    ]
+    hit = c[c["note"].str.contains("diverged:", regex=False)]
+    named = [f"{L[r.arm]} on {cell_name(r)}, fraction {r.fraction:g}: {r.note}" for r in hit.itertuples()]
+    return [
+        Heading("Diverged runs", 2),
+        Table(
+            ["arm", "group", "runs", "diverged", "rate", f"{res.config['verdict']['confidence']:.0%} CI", "which"],
+            rows,
+            widths=[1.8, 0.6, 0.5, 0.7, 0.5, 1.1, 4.0],
+            size=7.5,
+            caption=text("results", "divergence_caption", margin=f"{metrics.CHANCE_AUC + metrics.DIVERGED_MARGIN:g}"),
+        ),
+        *([Para(text("results", "diverged_cells", cells=listed(named)))] if named else []),
+    ]
 
 
 def curves_section(res: Results, figs: dict[str, list[Path]]) -> list:
