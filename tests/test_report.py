@@ -122,7 +122,8 @@ def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_c
     md = markdown(make_runs({"vit_b16_pretrained": 0.05}, datasets=DATASETS, fractions=(0.3, 1.0)))
     assert "two-sided t-interval" in md and "Welch–Satterthwaite" in md
     assert "two one-sided tests at α/2 each" in md
-    assert "Multiplicity (Bonferroni)" in md and "(m = 4: datasets" in md and "(m = 2: large arms" in md
+    assert "Multiplicity:" in md and "(m = 4: datasets" in md and "(m = 2: large arms" in md
+    assert "false discovery rate (Benjamini–Hochberg at q = α)" in md and "family-wise (Bonferroni)" in md
     assert "gain over the best small arm" in md and "random effects, k − 1 degrees of freedom" in md
     cell = calibration.measured()["cell"]
     lo, hi = min(r["coverage"] for r in cell), max(r["coverage"] for r in cell)

@@ -150,6 +150,54 @@ def divergence_table(replicates: int, seeds: int = 5, rope: float = 0.01, seed: 
     return rows
 
 
+FDR_FAMILY = 210  # the full design's per-cell comparisons (7 datasets x 3 fractions x 2 sizes x 5 large arms)
+
+
+def simulate_fdr(
+    seeds: int,
+    gain: float,
+    true_share: float,
+    replicates: int,
+    rng: np.random.Generator,
+    family: int = FDR_FAMILY,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    fdr: bool = True,
+) -> dict:
+    """A per-cell family of ``family`` comparisons, a share ``true_share`` of them with a true gain ``gain`` and the
+    others on the ROPE edge (+rope: any claim there is false), each with ``seeds`` paired differences of sd SEED_SD,
+    decided as ``stats.compare`` does: Benjamini-Hochberg (``fdr``) or Bonferroni. Power: the share of true gains
+    called better; fdr: the mean share of false claims among the claims; any_false: the chance of one or more."""
+    real = np.arange(family) < round(true_share * family)
+    truth = np.where(real, gain, rope)[:, None]
+    tasks = [truth + SEED_SD * rng.standard_normal((replicates, family, seeds))]
+    if fdr:
+        level = stats.fdr_confidence(stats.claim_level(tasks, rope), confidence, family)[:, None]
+    else:
+        level = stats.family_confidence(confidence, family)
+    _, lo, hi = stats.t_interval(tasks, level)
+    decision = stats.decide(lo, hi, rope)
+    claims, false = decision != "undecided", (decision != "undecided") & ~real
+    return {
+        "power": float((decision[:, real] == "better").mean()) if real.any() else float("nan"),
+        "fdr": float(np.mean(false.sum(axis=1) / np.maximum(claims.sum(axis=1), 1))),
+        "any_false": float(false.any(axis=1).mean()),
+    }
+
+
+def fdr_table(replicates: int, seeds=(3, 5), gain: float = 0.05, seed: int = 0) -> list[dict]:
+    """The per-cell criterion: power at +``gain`` and the false discovery rate with 10 %, 50 % and 100 % of the
+    comparisons true (none: every claim false), Benjamini-Hochberg against Bonferroni, per number of seeds."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in seeds:
+        for share in (0.0, 0.1, 0.5, 1.0):
+            for fdr in (True, False):
+                r = simulate_fdr(n, gain, share, replicates, rng, fdr=fdr)
+                rows.append({"seeds": n, "true_share": share, "criterion": "fdr" if fdr else "bonferroni"} | r)
+    return rows
+
+
 def planted_tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:
     """Paired differences of the seven tasks of TASK_SDS, each of shape ``shape`` + (seeds,)."""
     return [true_mean + off + sd * noise(kind, shape + (seeds,), rng) for sd, off in zip(TASK_SDS, TASK_OFFSETS)]

@@ -122,6 +122,33 @@ def family_confidence(confidence: float, family: int) -> float:
     return 1 - (1 - confidence) / max(family, 1)
 
 
+def claim_level(tasks: Sequence, rope: float, interval: Interval = t_interval, steps: int = 40):
+    """The least alpha at which ``interval`` at confidence 1 - alpha makes a claim (better, worse or equivalent):
+    the claim's p-value, by inverting the interval (bisection, so any interval method serves; 1 where it never
+    decides). Vectorised like the intervals."""
+    shape = np.shape(interval(tasks, 0.5)[0])
+    low, high = np.zeros(shape), np.ones(shape)
+    for _ in range(steps):
+        mid = (low + high) / 2
+        _, lo, hi = interval(tasks, 1 - mid)
+        decided = decide(lo, hi, rope) != "undecided"
+        low, high = np.where(decided, low, mid), np.where(decided, mid, high)
+    return high
+
+
+def fdr_confidence(levels, confidence: float, family: int) -> float:
+    """Benjamini-Hochberg at q = 1 - confidence over a family of ``family`` comparisons whose claims have p-values
+    ``levels`` (missing comparisons count as claims never made): the R claims with p <= R q / m are made, i.e. each
+    comparison is decided by its interval at confidence 1 - R q / m, the false-coverage-rate adjusted interval of
+    Benjamini & Yekutieli (2005). With no claim, the Bonferroni level 1 - q / m. Vectorised over leading axes."""
+    q, m = 1 - confidence, max(family, np.shape(levels)[-1], 1)
+    p = np.sort(np.asarray(levels, dtype=float), axis=-1)
+    rank = np.arange(1, p.shape[-1] + 1)
+    hits = np.concatenate([np.zeros(p.shape[:-1] + (1,), bool), p <= rank * q / m], axis=-1)  # no claim: index 0
+    r = np.where(hits.any(axis=-1), p.shape[-1] - np.argmax(hits[..., ::-1], axis=-1), 1)
+    return 1 - r * q / m
+
+
 def assess(tasks: Sequence, rope: float, confidence: float, family: int = 1, interval: Interval = t_interval) -> dict:
     """The one path: the estimate and its interval at ``confidence`` (shown, and what the calibration measures),
     the simultaneous interval of the family, and the decision that interval supports."""
@@ -268,6 +295,7 @@ COMPARE_COLUMNS = CELL + [
     "adj_lo",
     "adj_hi",
     "family",
+    "adj_level",
     "p_improve",
     "decision",
     "seeds_needed",
@@ -282,11 +310,15 @@ def compare(
     confidence: float = 0.95,
     family: int | None = None,
     interval: Interval = t_interval,
+    fdr: bool = True,
 ) -> pd.DataFrame:
     """Per cell and large arm (every one that has a run, paired or not): the mean paired difference to the small
-    partner with its interval for the gain over the best small arm (``versus_best``), the simultaneous interval of the family of all comparisons (at least ``family``,
-    e.g. the design's count, so missing cells do not loosen it) and the decision; thin cells are kept, with a note.
-    ``interval``: another interval method, e.g. the repeated confidence intervals of adaptive seeds."""
+    partner with its interval for the gain over the best small arm (``versus_best``), the adjusted interval over
+    the family of all comparisons (at least ``family``, e.g. the design's count, so missing cells do not loosen it)
+    and the decision it supports; thin cells are kept, with a note. ``fdr``: the family's claims control the false
+    discovery rate (Benjamini-Hochberg, ``fdr_confidence``): a per-task finding, not a family-wise guarantee;
+    otherwise Bonferroni (the adaptive rounds keep it: their looks are not a BH step-up). ``interval``: another
+    interval method, e.g. the repeated confidence intervals of adaptive seeds."""
     aggregate.check(runs)
     why, failed = unusable(runs, metric), diverged(runs)
     pairs, every = paired(runs, metric), paired(runs, metric, every=True)
@@ -296,7 +328,7 @@ def compare(
     has_small = set(map(tuple, runs.loc[runs["group"] == "small", CELL].drop_duplicates().to_numpy()))
     by = {k: g for k, g in pairs.groupby(CELL + ["arm"], sort=False)}
     by_every = {k: g for k, g in every.groupby(CELL + ["arm"], sort=False)}
-    rows = []
+    rows, tasks = [], {}  # tasks: the decidable comparisons' paired differences, by row
     for key in keys.itertuples(index=False, name=None):
         g = by.get(key, pairs.iloc[:0])
         in_cell = (runs[CELL] == key[:3]).all(axis=1) & ((runs["arm"] == key[3]) | (runs["group"] == "small"))
@@ -323,15 +355,22 @@ def compare(
         elif len(g) == 0:
             notes.append("no seed shared with a small arm")
         if len(g) >= MIN_PAIRS:
-            a = assess([g["diff"].to_numpy(), *others], rope, confidence, m, cell_interval)
-            row |= {k: float(a[k]) for k in ("lo", "hi", "adj_lo", "adj_hi")} | {"decision": a["decision"]}
-            if a["decision"] == "undecided":
-                row["seeds_needed"] = seeds_needed(g["diff"], rope, family_confidence(confidence, m))
+            tasks[len(rows)] = [g["diff"].to_numpy(), *others]
+            row |= dict(zip(("lo", "hi"), (float(x) for x in cell_interval(tasks[len(rows)], confidence)[1:])))
         else:
             row |= dict.fromkeys(("lo", "hi", "adj_lo", "adj_hi"), math.nan) | {"decision": "undecided"}
             if len(g):
                 notes.append(f"{len(g)} pair(s): at least {MIN_PAIRS} needed for a decision")
         rows.append(row | {"note": "; ".join(notes)})
+    if fdr:
+        level = fdr_confidence([float(claim_level(t, rope, cell_interval)) for t in tasks.values()], confidence, m)
+    else:
+        level = family_confidence(confidence, m)
+    for i, t in tasks.items():
+        _, lo, hi = cell_interval(t, level)
+        rows[i] |= {"adj_lo": float(lo), "adj_hi": float(hi), "decision": decide(lo, hi, rope), "adj_level": level}
+        if rows[i]["decision"] == "undecided":
+            rows[i]["seeds_needed"] = seeds_needed(t[0], rope, level)
     out = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     out["seeds_needed"] = out["seeds_needed"].astype("Int64")
     return out

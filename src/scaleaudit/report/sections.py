@@ -440,6 +440,8 @@ def statistics_paras(res: Results) -> list:
                 alpha=1 - v["confidence"],
                 m_cells=int(c["family"].max()) if len(c) else cells,
                 m_summaries=int(over["family"].max()) if len(over) else summaries,
+                adaptive=design.is_adaptive(res.config),
+                cell_level=float(c["adj_level"].min()) if len(c) else stats.family_confidence(v["confidence"], cells),
             )
         ),
         Para(calibration_text(v["confidence"])),
@@ -549,7 +551,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
                 "pairs",
                 f"Δ {res.metric}",
                 f"{v['confidence']:.0%} CI",
-                "simultaneous CI",
+                "adjusted CI",
                 "P(impr.)",
                 "decision",
                 "seeds needed",
