@@ -147,7 +147,14 @@ class Results:
             savings_total=adaptive.summary(savings) if seq else None,
             curves=curves,
             shift=shift_table if has_shift else None,
-            shift_verdicts=shift.verdicts(runs, shift_table, v["metric"], v["rope"], v["confidence"])
+            shift_verdicts=shift.verdicts(
+                runs,
+                shift_table,
+                **kw,
+                cells=cells,
+                interval=adaptive.interval(config) if seq else stats.t_interval,
+                fdr=not seq,
+            )
             if has_shift
             else None,
             severity=shift.severity_curve(shift_table, v["metric"], v["confidence"]) if has_shift else None,
