@@ -82,3 +82,15 @@ def test_per_cell_fdr_has_power_and_holds_its_rate():
     bh = calibration.simulate_fdr(5, 0.05, 0.5, 200, rng)
     assert bh["power"] >= 0.5 and bh["fdr"] <= 0.05
     assert calibration.simulate_fdr(5, 0.05, 0.5, 200, rng, fdr=False)["power"] < 0.1  # Bonferroni: almost none
+
+
+def test_every_scenario_has_its_row_nominal_against_measured():
+    rows = {r["scenario"]: r for r in calibration.measured()["scenarios"]}
+    assert len(rows) == 6
+    for name in ("heterogeneous datasets (tau 0.02)", "val/test correlated, 3 small arms", "beta noise near AUC 1"):
+        assert rows[name]["coverage"] >= 0.93 and rows[name]["false_better"] <= 1.5 * rows[name]["nominal_false"]
+    fdr = rows["per-cell FDR, half the family +0.05"]
+    assert fdr["power_0.05"] >= 0.5 and fdr["fdr"] <= 0.05
+    fresh = calibration.scenarios(1000, seed=1)
+    for r in fresh[:3]:
+        assert abs(r["coverage"] - rows[r["scenario"]]["coverage"]) < 0.03

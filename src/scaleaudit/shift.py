@@ -9,7 +9,8 @@ sees corrupted data. Conditions: ``clean``, each corruption family of medmnistc 
 task-specific: mean over its corruptions and their 5 severities) and ``all`` (mean over corruptions and severities).
 Multiplicity: the clean verdicts stay in the study's per-cell family; the shift claims (each corrupted condition's
 comparison, and whether the gain changed under shift) form one family of their own, of cells x large arms x
-(corruption families + 1) x 2, Bonferroni like the others.
+(corruption families + 1) x 2, decided by the main verdict's per-cell criterion (Benjamini-Hochberg, or Bonferroni
+with adaptive seeds); whether the gain changed: Bonferroni over that family.
 """
 
 from __future__ import annotations
