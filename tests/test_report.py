@@ -25,7 +25,7 @@ def markdown(runs, **verdict) -> str:
 
 
 def test_pdf_and_markdown_carry_summary_table_and_appendix(tmp_path):
-    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS, fractions=(0.3, 1.0), published=False)
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=THREE, fractions=(0.3, 1.0), published=False)
     runs.to_csv(tmp_path / "runs.csv", index=False)
     (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
     pdf = tmp_path / "reports" / "synthetic.pdf"
