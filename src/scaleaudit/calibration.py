@@ -85,6 +85,8 @@ def simulate_partners(
 
 SMALL_SCORE = 0.85  # a partner's mean test AUC in the divergence check
 DIVERGENCE_RATES = (0.1, 0.2)
+DIVERGENCE_RULES = ("keep", "mixture", "conditional")
+STUDY_DATASETS = 7  # cells per large arm in the divergence check: the arm's rate is pooled over all of them
 
 
 def simulate_divergence(
@@ -93,29 +95,45 @@ def simulate_divergence(
     rate: float,
     replicates: int,
     rng: np.random.Generator,
-    keep: bool = True,
+    rule: str = "conditional",
     rope: float = 0.01,
     confidence: float = 0.95,
+    datasets: int = STUDY_DATASETS,
 ) -> dict:
-    """One cell whose large arm gains ``gain`` over its partner when it trains and diverges in a share ``rate`` of
-    its seeds (its score then near chance, uniform on 0.45-0.55). The truth is the expected gain of training the arm,
-    failures included. ``keep``: diverged runs count at their score (``stats.scored``, the rule the verdict uses);
-    otherwise they are dropped (a cell with fewer than MIN_PAIRS pairs left decides nothing). Coverage of the
-    expected gain and the decisions."""
-    small = SMALL_SCORE + RUN_SD * rng.standard_normal((replicates, seeds))
-    large = SMALL_SCORE + gain + RUN_SD * rng.standard_normal((replicates, seeds))
-    failed = rng.random((replicates, seeds)) < rate
-    d = np.where(failed, rng.uniform(0.45, 0.55, failed.shape), large) - small
+    """A large arm over ``datasets`` cells of ``seeds`` seeds, gaining ``gain`` over its partner when it trains and
+    diverging in a share ``rate`` of its runs (its score then near chance, uniform on 0.45-0.55). The truth is the
+    expected gain of training the arm, failures included. Rules: ``keep`` (diverged runs counted at their score in
+    their cell, the rule before), ``mixture`` (``stats.with_divergence``: the cell's non-diverged seeds mixed with the
+    arm's rate pooled over all its runs) and ``conditional`` (the same, but the cell's own interval when no run of
+    the arm diverged, the verdict's rule). Coverage of the expected gain and the decisions, over all cells (family
+    of one each)."""
+    small = SMALL_SCORE + RUN_SD * rng.standard_normal((replicates, datasets, seeds))
+    large = SMALL_SCORE + gain + RUN_SD * rng.standard_normal(small.shape)
+    failed = rng.random(small.shape) < rate
+    d = np.where(failed, rng.uniform(0.45, 0.55, small.shape), large) - small
     truth = (1 - rate) * gain + rate * (metrics.CHANCE_AUC - SMALL_SCORE)
-    lo, hi = np.full(replicates, np.nan), np.full(replicates, np.nan)
-    decision = np.full(replicates, "undecided", dtype=object)
-    kept = np.ones_like(failed) if keep else ~failed
-    counts = kept.sum(axis=1)
-    for k in range(stats.MIN_PAIRS, seeds + 1):
-        rows = counts == k
-        if rows.any():
-            a = stats.assess([d[rows][kept[rows]].reshape(-1, k)], rope, confidence)
-            lo[rows], hi[rows], decision[rows] = a["lo"], a["hi"], a["decision"]
+    if rule == "keep":
+        a = stats.assess([d], rope, confidence)
+        lo, hi, decision = a["lo"], a["hi"], a["decision"]
+    else:
+        lo, hi = np.full(small.shape[:2], np.nan), np.full(small.shape[:2], np.nan)
+        decision = np.full(small.shape[:2], "undecided", dtype=object)
+        pooled = np.broadcast_to(failed.sum(axis=(1, 2))[:, None], small.shape[:2])
+        score_lo, score_hi = stats.diverged_score("auc")
+        counts = (~failed).sum(axis=-1)
+        for k in range(stats.MIN_PAIRS, seeds + 1):
+            cells = counts == k
+            if cells.any():
+                interval = stats.with_divergence(
+                    stats.t_interval,
+                    pooled[cells],
+                    datasets * seeds,
+                    score_lo - small[cells].max(axis=-1),
+                    score_hi - small[cells].min(axis=-1),
+                    rule == "conditional",
+                )
+                a = stats.assess([d[cells][~failed[cells]].reshape(-1, k)], rope, confidence, interval=interval)
+                lo[cells], hi[cells], decision[cells] = a["lo"], a["hi"], a["decision"]
     return {"truth": truth, "coverage": float(np.mean((lo <= truth) & (truth <= hi)))} | rates(decision.astype(str))
 
 
@@ -124,28 +142,38 @@ def trained_gain(expected: float, rate: float) -> float:
     return (expected + rate * (SMALL_SCORE - metrics.CHANCE_AUC)) / (1 - rate)
 
 
-def divergence_table(replicates: int, seeds: int = 5, rope: float = 0.01, seed: int = 0) -> list[dict]:
-    """Per divergence rate and rule (keep, the verdict's; drop): coverage of the expected gain and false "better"
-    with it on the ROPE edge, "better" when the arm gains 0.03 when it trains (expected gain below 0), and power
-    with it +0.05 (the gain when training then higher)."""
-    rng = np.random.default_rng(seed)
+def divergence_scenarios(replicates: int, rng: np.random.Generator, rope: float = 0.01) -> list[dict]:
+    """The scenario rows of divergence 10 % / 20 % under the verdict's rule: coverage of the expected gain and false
+    "better" with it on the ROPE edge, power with it +0.05 (5 seeds, STUDY_DATASETS cells per arm)."""
     rows = []
     for rate in DIVERGENCE_RATES:
-        for keep in (True, False):
+        edge, power = (
+            simulate_divergence(5, trained_gain(expected, rate), rate, replicates, rng, rope=rope)
+            for expected in (rope, 0.05)
+        )
+        rows.append(
+            {"scenario": f"divergence {rate:.0%} (rate pooled over the arm's runs)", "coverage": edge["coverage"]}
+            | {"false_better": edge["better"], "power_0.05": power["better"]}
+        )
+    return rows
+
+
+def divergence_table(
+    replicates: int, seeds: int = 5, rope: float = 0.01, seed: int = 0, rates_=(0.0, 0.05, *DIVERGENCE_RATES)
+) -> list[dict]:
+    """Per divergence rate and rule (``simulate_divergence``): coverage of the expected gain and false "better" with
+    it on the ROPE edge, and power with it +0.05."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for rate in rates_:
+        for rule in DIVERGENCE_RULES:
             edge, power = (
-                simulate_divergence(seeds, trained_gain(expected, rate), rate, replicates, rng, keep, rope)
+                simulate_divergence(seeds, trained_gain(expected, rate), rate, replicates, rng, rule, rope)
                 for expected in (rope, 0.05)
             )
             rows.append(
-                {
-                    "rate": rate,
-                    "rule": "keep" if keep else "drop",
-                    "seeds": seeds,
-                    "coverage": edge["coverage"],
-                    "false_better": edge["better"],
-                    "better_gain_0.03": simulate_divergence(seeds, 0.03, rate, replicates, rng, keep, rope)["better"],
-                    "power_0.05": power["better"],
-                }
+                {"rate": rate, "rule": rule, "seeds": seeds, "datasets": STUDY_DATASETS}
+                | {"coverage": edge["coverage"], "false_better": edge["better"], "power_0.05": power["better"]}
             )
     return rows
 
@@ -215,8 +243,7 @@ def simulate_beta(
 def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
     """One row per scenario of issue 19, nominal against measured: heterogeneous datasets (tau 0.02, the population
     mean on the ROPE edge; random effects), correlated validation and test with 3 small arms (the partner's
-    interval), skewed beta noise near AUC 1, divergence 10 % / 20 % (the keep rule: false "better" on the edge of
-    the expected gain), per-cell FDR (power at +0.05 with half the family true, and the false discovery rate)."""
+    interval), skewed beta noise near AUC 1, divergence 10 % / 20 % (``divergence_scenarios``), per-cell FDR (power at +0.05 with half the family true, and the false discovery rate)."""
     rng = np.random.default_rng(seed)
     het = simulate_heterogeneous(5, rope, 0.02, replicates, rng, rope)
     partners = simulate_partners(5, rope, 3, replicates, rng, rope)
@@ -227,12 +254,7 @@ def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
         | {"false_better": partners["better"]},
         {"scenario": "beta noise near AUC 1", "coverage": skew["coverage"], "false_better": skew["better"]},
     ]
-    for rate in DIVERGENCE_RATES:
-        d = simulate_divergence(5, trained_gain(rope, rate), rate, replicates, rng, True, rope)
-        rows.append(
-            {"scenario": f"divergence {rate:.0%} (kept at its score)"}
-            | {"coverage": d["coverage"], "false_better": d["better"]}
-        )
+    rows += divergence_scenarios(replicates, rng, rope)
     f = simulate_fdr(5, 0.05, 0.5, max(replicates // 20, 50), rng)
     rows.append({"scenario": "per-cell FDR, half the family +0.05", "power_0.05": f["power"], "fdr": f["fdr"]})
     return [{"seeds": 5, "nominal_coverage": 0.95, "nominal_false": 0.025} | r for r in rows]

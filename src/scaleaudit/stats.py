@@ -195,6 +195,9 @@ def seeds_needed(diffs, rope: float, confidence: float) -> int | None:
 # --- the run table: usable runs, diverged runs, choice of the small arm, pairs -------------------------------------
 
 CHANCE = {"auc": metrics.CHANCE_AUC}  # the score of a run that learned nothing, where the metric has one
+# A rule of no divergence seen in an arm's runs: the claim is then the cell's own (conditional on training), not the
+# mixture with the rate's upper bound (``with_divergence``; calibration.divergence_table measures both).
+CONDITIONAL_WHEN_NONE = True
 
 
 def diverged(runs: pd.DataFrame) -> pd.Series:
@@ -205,30 +208,19 @@ def diverged(runs: pd.DataFrame) -> pd.Series:
     return runs["diverged"].astype("boolean").fillna(False).astype(bool)
 
 
-def scored(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The run table as the verdict scores it. Divergence is a finding about the large arm, not an accident to
-    drop: a diverged large-arm run keeps its near-chance score, and one whose loss became non-finite (no score)
-    counts at chance (CHANCE), so the cell's gain is the expected gain of training that arm, failures included.
-    Dropping them instead would estimate the gain of the runs that happened to train, and say "better" for an arm
-    that fails (``calibration.simulate_divergence`` measures both)."""
-    col = score_column(metric)
-    test = pd.to_numeric(runs[col], errors="coerce")
-    fill = diverged(runs) & (runs["group"] == "large") & ~np.isfinite(test) & (metric in CHANCE)
-    return runs.assign(**{col: test.mask(fill, CHANCE.get(metric, math.nan))})
-
-
 def unusable(runs: pd.DataFrame, metric: str) -> pd.Series:
-    """Why each run cannot enter the verdict ('' when it can): a diverged small-arm run (never a partner: the
-    question is whether scale beats a small model that trained), a non-finite test score (a diverged large-arm run
-    counts at chance, see ``scored``), or, for a small arm, a non-finite validation score (the partner is chosen
-    on it)."""
-    test = pd.to_numeric(scored(runs, metric)[score_column(metric)], errors="coerce")
+    """Why each run cannot enter the pairs ('' when it can): a diverged run (a small one is never a partner: the
+    question is whether scale beats a small model that trained; a large one enters its cell's claim through the
+    arm's divergence rate, ``with_divergence``), a non-finite test score, or, for a small arm, a non-finite
+    validation score (the partner is chosen on it)."""
+    test = pd.to_numeric(runs[score_column(metric)], errors="coerce")
     val = pd.to_numeric(runs[score_column(metric, "val")], errors="coerce")
     small = runs["group"] == "small"
     why = pd.Series("", index=runs.index)
     why = why.mask(small & ~np.isfinite(val), f"non-finite {score_column(metric, 'val')}")
     why = why.mask(~np.isfinite(test), f"non-finite {score_column(metric)}")
-    return why.mask(small & diverged(runs), "diverged small-arm run (never a partner)")
+    why = why.mask(small & diverged(runs), "diverged small-arm run (never a partner)")
+    return why.mask(~small & diverged(runs), "diverged large-arm run (in the arm's divergence rate)")
 
 
 def small_choice(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -246,7 +238,7 @@ def paired(runs: pd.DataFrame, metric: str, every: bool = False) -> pd.DataFrame
     """One row per (cell, large arm, seed) of usable runs: the large arm's and its partner's test score and their
     difference; ``every``: one row per small arm of the cell instead of the partner only."""
     col = score_column(metric)
-    runs = scored(runs, metric)[unusable(runs, metric) == ""]
+    runs = runs[unusable(runs, metric) == ""]
     small = runs[runs["group"] == "small"][CELL + ["seed", "arm", col]].rename(columns={"arm": "small_arm"})
     if not every:
         small = small.merge(small_choice(runs, metric), on=CELL + ["small_arm"])
@@ -276,6 +268,59 @@ def versus_best(interval: Interval = t_interval) -> Interval:
 
     interval_versus_best.__name__ = f"versus_best({getattr(interval, '__name__', 'interval')})"
     return interval_versus_best
+
+
+def divergence_rate(failed, total, confidence: float) -> tuple:
+    """The exact (Clopper-Pearson) interval of a divergence rate, ``failed`` of ``total`` runs. Vectorised."""
+    k, n, tail = np.asarray(failed, dtype=float), np.asarray(total, dtype=float), (1 - confidence) / 2
+    with np.errstate(invalid="ignore"):
+        lo = np.where(k > 0, sps.beta.ppf(tail, np.maximum(k, 1), n - k + 1), 0.0)
+        hi = np.where(k < n, sps.beta.ppf(1 - tail, k + 1, np.maximum(n - k, 1)), 1.0)
+    return lo, hi
+
+
+def diverged_score(metric: str) -> tuple[float, float]:
+    """The range taken for a diverged run's test score: within metrics.DIVERGED_MARGIN of chance (its validation
+    score is, by the rule), or anywhere in [0, 1] for a metric without a chance level."""
+    if metric not in CHANCE:
+        return 0.0, 1.0
+    return CHANCE[metric] - metrics.DIVERGED_MARGIN, CHANCE[metric] + metrics.DIVERGED_MARGIN
+
+
+def divergences(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per large arm: its diverged runs (``sum``) of all its runs (``size``) in the study."""
+    large = runs[runs["group"] == "large"]
+    return large.assign(failed=diverged(large)).groupby("arm")["failed"].agg(["sum", "size"])
+
+
+def with_divergence(
+    interval: Interval, failed, total: int, gain_lo: float, gain_hi: float, conditional: bool = CONDITIONAL_WHEN_NONE
+) -> Interval:
+    """An interval for the expected gain of training a large arm, failures included, from ``interval``, the gain
+    when it trains (the pairs of its non-diverged runs). The arm diverged in ``failed`` of its ``total`` runs of the
+    study, pooled over datasets, sizes, fractions and seeds: divergence is taken to be a property of the arm and
+    its recipe, not of the cell (a 5-seed cell sees no failure of an arm that fails 10 % of the time in 59 % of
+    cells). A diverged run gains between ``gain_lo`` and ``gain_hi`` (its score, ``diverged_score``, minus the
+    partner's). At confidence 1 - alpha, alpha is split (Bonferroni) between the rate's Clopper-Pearson interval
+    [p_lo, p_hi] and the trained interval [L, U]: lower end (1 - p_hi) L + p_hi gain_lo, upper end
+    (1 - p_lo) U + p_lo gain_hi; the estimate mixes at the observed rate. ``conditional``: with no divergence seen
+    the trained interval at the full level, a claim about the arm when it trains (the report gives the rate's bound
+    beside it). ``calibration.divergence_table`` measures both rules. Vectorised over ``failed``."""
+
+    def interval_with_divergence(tasks, confidence: float) -> tuple:
+        split = 1 - (1 - confidence) / 2
+        est, lo, hi = interval(tasks, split)
+        p_lo, p_hi = divergence_rate(failed, total, split)
+        p = np.asarray(failed) / total
+        mixed = ((1 - p) * est + p * (gain_lo + gain_hi) / 2, (1 - p_hi) * lo + p_hi * gain_lo)
+        mixed += ((1 - p_lo) * hi + p_lo * gain_hi,)
+        none = np.asarray(failed) == 0
+        if not (conditional and none.any()):
+            return mixed
+        return tuple(np.where(none, a, b) for a, b in zip(interval(tasks, confidence), mixed))
+
+    interval_with_divergence.__name__ = f"with_divergence({getattr(interval, '__name__', 'interval')})"
+    return interval_with_divergence
 
 
 # --- per cell: each large arm against its small partner -------------------------------------------------------
@@ -324,11 +369,12 @@ def compare(
     pairs, every = paired(runs, metric), paired(runs, metric, every=True)
     keys = runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates().sort_values(CELL + ["arm"])
     m = max(family or 0, len(keys))
-    cell_interval = versus_best(interval)
+    rate = divergences(runs)
+    score_lo, score_hi = diverged_score(metric)
     has_small = set(map(tuple, runs.loc[runs["group"] == "small", CELL].drop_duplicates().to_numpy()))
     by = {k: g for k, g in pairs.groupby(CELL + ["arm"], sort=False)}
     by_every = {k: g for k, g in every.groupby(CELL + ["arm"], sort=False)}
-    rows, tasks = [], {}  # tasks: the decidable comparisons' paired differences, by row
+    rows, tasks, cell_interval = [], {}, {}  # the decidable comparisons' paired differences and interval, by row
     for key in keys.itertuples(index=False, name=None):
         g = by.get(key, pairs.iloc[:0])
         in_cell = (runs[CELL] == key[:3]).all(axis=1) & ((runs["arm"] == key[3]) | (runs["group"] == "small"))
@@ -348,26 +394,33 @@ def compare(
             "seeds_needed": None,
         }
         notes = [f"diverged: {', '.join(f'{r.arm} seed {r.seed}' for r in gone.itertuples())}"] if len(gone) else []
-        if dropped > (gone["group"] == "small").sum():
-            notes.append(f"{dropped - (gone['group'] == 'small').sum()} run(s) with a non-finite score dropped")
+        if dropped > len(gone):
+            notes.append(f"{dropped - len(gone)} run(s) with a non-finite score dropped")
         if key[:3] not in has_small:
             notes.append("no small arm in this cell")
         elif len(g) == 0:
             notes.append("no seed shared with a small arm")
         if len(g) >= MIN_PAIRS:
+            k, n = rate.loc[key[3]]
+            cell_interval[len(rows)] = with_divergence(
+                versus_best(interval), k, n, score_lo - g["small"].max(), score_hi - g["small"].min()
+            )
             tasks[len(rows)] = [g["diff"].to_numpy(), *others]
-            row |= dict(zip(("lo", "hi"), (float(x) for x in cell_interval(tasks[len(rows)], confidence)[1:])))
+            est, lo, hi = (float(x) for x in cell_interval[len(rows)](tasks[len(rows)], confidence))
+            row |= {"diff": est, "lo": lo, "hi": hi}
+            if k:
+                notes.append(f"{key[3]} diverged in {k} of its {n} runs: the claim is on its expected gain")
         else:
             row |= dict.fromkeys(("lo", "hi", "adj_lo", "adj_hi"), math.nan) | {"decision": "undecided"}
             if len(g):
                 notes.append(f"{len(g)} pair(s): at least {MIN_PAIRS} needed for a decision")
         rows.append(row | {"note": "; ".join(notes)})
     if fdr:
-        level = fdr_confidence([float(claim_level(t, rope, cell_interval)) for t in tasks.values()], confidence, m)
+        level = fdr_confidence([float(claim_level(t, rope, cell_interval[i])) for i, t in tasks.items()], confidence, m)
     else:
         level = family_confidence(confidence, m)
     for i, t in tasks.items():
-        _, lo, hi = cell_interval(t, level)
+        _, lo, hi = cell_interval[i](t, level)
         rows[i] |= {"adj_lo": float(lo), "adj_hi": float(hi), "decision": decide(lo, hi, rope), "adj_level": level}
         if rows[i]["decision"] == "undecided":
             rows[i]["seeds_needed"] = seeds_needed(t[0], rope, level)
@@ -393,6 +446,7 @@ def overall(
     pairs = paired(runs, metric)
     keys = cells[["arm", "fraction"]].drop_duplicates().sort_values(["arm", "fraction"])
     m = max(family or 0, len(keys))
+    rate, (score_lo, score_hi) = divergences(runs), diverged_score(metric)
     rows = []
     for arm, fraction in keys.itertuples(index=False, name=None):
         c = cells[(cells["arm"] == arm) & (cells["fraction"] == fraction)]
@@ -416,9 +470,16 @@ def overall(
         row |= {"won": counts.get("better", 0), "tied": counts.get("equivalent", 0), "lost": counts.get("worse", 0)}
         row |= heterogeneity(tasks, confidence)
         if tasks:
-            a = assess(tasks, rope, confidence, m, between_tasks)
+            # the same claim as per cell: on the expected gain, the arm's pooled divergence rate included
+            bounds = (
+                rate.loc[arm, "sum"],
+                rate.loc[arm, "size"],
+                score_lo - p["small"].max(),
+                score_hi - p["small"].min(),
+            )
+            a = assess(tasks, rope, confidence, m, with_divergence(between_tasks, *bounds))
             row |= {"mean_diff": float(a["estimate"])} | {k: float(a[k]) for k in ("lo", "hi", "adj_lo", "adj_hi")}
-            _, fe_lo, fe_hi = t_interval(tasks, confidence)
+            _, fe_lo, fe_hi = with_divergence(t_interval, *bounds)(tasks, confidence)
             row |= {"fe_lo": float(fe_lo), "fe_hi": float(fe_hi), "decision": a["decision"]}
         else:
             row |= dict.fromkeys(("mean_diff", "lo", "hi", "adj_lo", "adj_hi", "fe_lo", "fe_hi"), math.nan)
