@@ -122,12 +122,13 @@ def main() -> None:
         "then +0.05):"
     )
     print(f"{'rate':>5} {'rule':12} {'coverage':>9} {'false better':>13} {'P(better)+0.05':>15}")
-    for r in calibration.divergence_table(min(args.replicates, 2000)):
+    div = calibration.divergence_table(min(args.replicates, 2000))
+    for r in div:
         print(f"{r['rate']:5.0%} {r['rule']:12} {r['coverage']:9.3f} {r['false_better']:13.3f} {r['power_0.05']:15.3f}")
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.write:
         path = resources.files("scaleaudit").joinpath("calibration.json")
-        path.write_text(json.dumps(t | {"sequential": seq, "scenarios": scen}, indent=1) + "\n")
+        path.write_text(json.dumps(t | {"sequential": seq, "scenarios": scen, "divergence": div}, indent=1) + "\n")
         print(f"wrote {path}")
 
 

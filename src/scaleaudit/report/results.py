@@ -9,7 +9,6 @@ import os
 from dataclasses import dataclass
 
 import pandas as pd
-from scipy import stats as sps
 
 from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats
 from ..design import RUN_KEY
@@ -204,11 +203,11 @@ def divergence(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
     rows = []
     for arm, g in runs.groupby("arm", sort=True):
         k, n = int(failed[g.index].sum()), len(g)
-        ci_ = sps.binomtest(k, n).proportion_ci(confidence, method="exact")
+        lo, hi = (float(x) for x in stats.divergence_rate(k, n, confidence))
         named = [f"{cell_name(r)}, fraction {r.fraction:g}, seed {r.seed}" for r in g[failed[g.index]].itertuples()]
         rows.append(
             {"arm": arm, "group": g["group"].iloc[0], "runs": n, "diverged": k, "rate": k / n}
-            | {"lo": ci_.low, "hi": ci_.high, "which": listed(named, 6)}
+            | {"lo": lo, "hi": hi, "which": listed(named, 6)}
         )
     return pd.DataFrame(rows, columns=["arm", "group", "runs", "diverged", "rate", "lo", "hi", "which"])
 
