@@ -58,6 +58,7 @@ def make_runs(
                             "n_train": int(546 * fraction),
                             "best_epoch": 3,
                             "epochs_run": 4,
+                            "diverged": False,
                             "test_auc": auc,
                             "test_acc": auc - 0.05,
                             "test_bacc": auc - 0.08,
