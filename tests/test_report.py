@@ -128,7 +128,8 @@ def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_c
     cell = calibration.measured()["cell"]
     lo, hi = min(r["coverage"] for r in cell), max(r["coverage"] for r in cell)
     assert f"covered the planted difference in {lo:.1%}–{hi:.1%} of the studies" in md
-    assert "Wilcoxon" not in md and "bootstrap" not in md
+    # the seeds' interval is the t-interval, not a percentile bootstrap of seeds (the bootstrap is over test images)
+    assert "Wilcoxon" not in md and "percentile bootstrap" not in md and "bootstrap over test images" in md
 
 
 def test_verdict_sentence_is_a_claim_for_the_study_per_fraction():
