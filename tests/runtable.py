@@ -163,13 +163,14 @@ def make_config(runs: pd.DataFrame, **verdict) -> dict:
 def write_run_folders(runs: pd.DataFrame, root, n_test: int = 200, seed: int = 0) -> list:
     """A run folder per row of ``runs`` as ``train`` leaves it (``metrics.json`` with a per-epoch history, and
     ``predictions.npz``), consistent with the row, so ``aggregate.collect`` of the returned paths gives ``runs``
-    back; test labels are drawn from the predicted probabilities (calibrated by construction)."""
+    back. The runs of a task share one test split: its labels are drawn from per-image probabilities, and each
+    run predicts those probabilities with noise of sd 0.1 (nearly calibrated)."""
     from pathlib import Path
 
     from scaleaudit.records import COST_COLUMNS, PREDICTIONS, SPLIT_METRICS, RunInfo, RunResult
 
     rng = np.random.default_rng(seed)
-    paths = []
+    paths, splits = [], {}
     for row in runs.to_dict("records"):
         out = (
             Path(root)
@@ -179,10 +180,14 @@ def write_run_folders(runs: pd.DataFrame, root, n_test: int = 200, seed: int = 0
             / f"seed{row['seed']}"
         )
         out.mkdir(parents=True, exist_ok=True)
-        p1 = rng.uniform(0, 1, n_test)
+        if (row["dataset"], row["size"]) not in splits:
+            truth = rng.uniform(0, 1, n_test)
+            splits[row["dataset"], row["size"]] = truth, (rng.uniform(size=n_test) < truth).astype(np.int64)
+        truth, labels = splits[row["dataset"], row["size"]]
+        p1 = np.clip(truth + rng.normal(0, 0.1, n_test), 0, 1)
         np.savez_compressed(
             out / PREDICTIONS,
-            labels=(rng.uniform(size=n_test) < p1).astype(np.int64).reshape(-1, 1),
+            labels=labels.reshape(-1, 1),
             probabilities=np.column_stack([1 - p1, p1]).astype(np.float32),
         )
         history = [

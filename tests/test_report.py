@@ -128,7 +128,8 @@ def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_c
     cell = calibration.measured()["cell"]
     lo, hi = min(r["coverage"] for r in cell), max(r["coverage"] for r in cell)
     assert f"covered the planted difference in {lo:.1%}–{hi:.1%} of the studies" in md
-    assert "Wilcoxon" not in md and "bootstrap" not in md
+    # the seeds' interval is the t-interval, not a percentile bootstrap of seeds (the bootstrap is over test images)
+    assert "Wilcoxon" not in md and "percentile bootstrap" not in md and "bootstrap over test images" in md
 
 
 def test_verdict_sentence_is_a_claim_for_the_study_per_fraction():
@@ -357,3 +358,24 @@ def test_a_run_folder_not_in_the_run_table_stops_the_report(tmp_path):
 def test_without_run_files_the_report_says_how_to_get_the_curves():
     md = markdown(make_runs())
     assert "## Learning curves and reliability" in md and "scaleaudit report --metrics" in md
+
+
+def test_each_dataset_says_how_much_of_its_uncertainty_is_seeds_and_how_much_the_test_sample(tmp_path):
+    from scaleaudit.report import curves
+
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS)
+    paths = write_run_folders(runs, tmp_path, n_test=60)
+    res = report.Results.of(runs, make_config(runs), curves=curves.load(paths, runs))
+    md = report.to_markdown(report.document(res, FIGS), Path("/"))
+    split = res.test_sample.set_index("dataset")
+    assert list(split["test_images"]) == [60, 60] and (split["test_var"] > 0).all()
+    share = split["test_share"].max()
+    assert "| dataset | test images | sd from seeds | sd from test sample | test-sample share of variance |" in md
+    assert f"the test sample's 60 images account for {share:.0%} of the variance of the gain" in md
+    assert "a per-cell claim is about patients like those of these test images, and these seeds" in " ".join(md.split())
+    # without the run files the claims are about these test images, and the cells' intervals are narrower
+    seeds_only = report.Results.of(runs, make_config(runs))
+    text = " ".join(report.to_markdown(report.document(seeds_only, FIGS), Path("/")).split())
+    assert "a claim about these test images and these seeds, not about patients like them" in text
+    width = res.comparisons["hi"] - res.comparisons["lo"]
+    assert (width > seeds_only.comparisons["hi"] - seeds_only.comparisons["lo"]).all()

@@ -240,10 +240,64 @@ def simulate_beta(
     return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
 
 
+TEST_IMAGES = 156  # BreastMNIST's test split, the smallest of the study
+PREVALENCE = 0.27  # its share of malignant images (42 of 156)
+# A run's score of an image: y * mu + the image's effect shared by every run (sd 1) + the arm's own view of it,
+# the same for every seed (ARM_IMAGE_SD: what makes the test sample matter beyond the seeds) + the seed's (RUN_IMAGE_SD)
+ARM_IMAGE_SD, RUN_IMAGE_SD = 0.7, 0.3
+
+
+def simulate_test_sample(
+    seeds: int,
+    true_diff: float,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    images: int = TEST_IMAGES,
+    small_auc: float = 0.85,
+) -> dict:
+    """Test-sample noise crossed with seeds: each replicate draws a test set of ``images`` patients (labels at
+    PREVALENCE) and, per arm and seed, scores (ARM_IMAGE_SD), mu varying over seeds so that a run's AUC has seed sd
+    ~RUN_SD. The truth is the population gain, the expected AUC over seeds and patients (binormal: Phi(mu / sqrt(c^2
+    + tau^2)), c^2 twice the score variance), ``small_auc`` for the small arm. The per-cell interval with the test sample's bootstrap variance (``testsample``, the report's) against the
+    seeds' alone: coverage of the population gain, decisions, and the test sample's share of the variance."""
+    from functools import partial
+
+    from scipy.stats import norm
+
+    from . import testsample
+
+    c = np.sqrt(2 * (1 + ARM_IMAGE_SD**2 + RUN_IMAGE_SD**2))
+    tau = RUN_SD * c / norm.pdf(norm.ppf(small_auc))  # seed sd of mu that gives a run's AUC seed sd ~RUN_SD
+    wide = np.sqrt(c**2 + tau**2)
+    mu = np.array([norm.ppf(small_auc + true_diff), norm.ppf(small_auc)]) * wide  # large, small
+    w = np.vstack([np.ones(images), testsample.weights(images)])  # row 0: the test set itself
+    diffs, test_var = np.empty((replicates, seeds)), np.empty(replicates)
+    for r in range(replicates):
+        y = (rng.uniform(size=images) < PREVALENCE).astype(int)
+        image = rng.standard_normal(images) + ARM_IMAGE_SD * rng.standard_normal((2, 1, images))
+        mus = mu[:, None] + tau * rng.standard_normal((2, seeds))
+        score = mus[..., None] * y + image + RUN_IMAGE_SD * rng.standard_normal((2, seeds, images))
+        auc = np.array([[testsample.resampled(y, np.stack([-s, s], 1), "binary", "auc", w) for s in a] for a in score])
+        d = auc[0] - auc[1]  # (seeds, 1 + resamples)
+        diffs[r], test_var[r] = d[:, 0], d[:, 1:].mean(axis=0).var(ddof=1)
+    interval = partial(stats.t_interval, extra=[test_var], extra_df=testsample.RESAMPLES - 1)
+    a, seeds_only = stats.assess([diffs], rope, 0.95, interval=interval), stats.assess([diffs], rope, 0.95)
+    seed_var = np.maximum(diffs.var(axis=1, ddof=1), stats.SD_FLOOR**2) / seeds
+    return {
+        "coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"]))),
+        "coverage_seeds_only": float(np.mean((seeds_only["lo"] <= true_diff) & (true_diff <= seeds_only["hi"]))),
+        "test_share": float(np.mean(test_var / (test_var + seed_var))),
+    } | rates(a["decision"])
+
+
 def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
     """One row per scenario of issue 19, nominal against measured: heterogeneous datasets (tau 0.02, the population
     mean on the ROPE edge; random effects), correlated validation and test with 3 small arms (the partner's
-    interval), skewed beta noise near AUC 1, divergence 10 % / 20 % (``divergence_scenarios``), per-cell FDR (power at +0.05 with half the family true, and the false discovery rate)."""
+    interval), skewed beta noise near AUC 1, divergence 10 % / 20 % (``divergence_scenarios``), test-sample noise
+    crossed with seeds (the per-cell interval with the bootstrap's variance, beside the seeds' alone; its replicates
+    an eighth, each bootstraps), per-cell FDR (power at +0.05 with half the family true, and the false discovery
+    rate)."""
     rng = np.random.default_rng(seed)
     het = simulate_heterogeneous(5, rope, 0.02, replicates, rng, rope)
     partners = simulate_partners(5, rope, 3, replicates, rng, rope)
@@ -257,6 +311,12 @@ def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
     rows += divergence_scenarios(replicates, rng, rope)
     f = simulate_fdr(5, 0.05, 0.5, max(replicates // 20, 50), rng)
     rows.append({"scenario": "per-cell FDR, half the family +0.05", "power_0.05": f["power"], "fdr": f["fdr"]})
+    # its own generator, so that the rows above keep their draws
+    t = simulate_test_sample(5, rope, max(replicates // 8, 100), np.random.default_rng([seed, 19]), rope)
+    rows.append(
+        {"scenario": f"test sample of {TEST_IMAGES} images x seeds", "coverage": t["coverage"]}
+        | {"false_better": t["better"], "coverage_seeds_only": t["coverage_seeds_only"], "test_share": t["test_share"]}
+    )
     return [{"seeds": 5, "nominal_coverage": 0.95, "nominal_false": 0.025} | r for r in rows]
 
 

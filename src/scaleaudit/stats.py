@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,8 @@ MAX_SEEDS = 1000  # seeds_needed gives up beyond this
 # The least sd a task's values are taken to have. Identical paired differences over seeds mean deterministic training
 # (e.g. a probe), not a known difference: the test set still samples. 0.005 AUC is a quarter of typical seed noise
 # (0.01-0.03), so it binds rarely where noise is real (at sd 0.02 and 3 seeds in 6 % of cells, only widening them).
+# Where the test sample's variance is given (``testsample``, ``compare(test_var=...)``), that is what the floor stood
+# in for; the floor stays for tables without run folders and for the simulations.
 SD_FLOOR = 0.005
 
 Interval = Callable[[Sequence, float], tuple]  # (tasks, confidence) -> (estimate, lo, hi)
@@ -48,11 +51,13 @@ def score_column(metric: str, split: str = "test") -> str:
 # --- estimators and intervals on arrays (vectorised over leading axes, as the simulations use them) ---------------
 
 
-def t_interval(tasks: Sequence, confidence: float) -> tuple:
+def t_interval(tasks: Sequence, confidence: float, extra: Sequence | None = None, extra_df: float = math.inf) -> tuple:
     """The mean over tasks of each task's mean, with its t-interval. Each task is an array whose last axis holds its
     values (seeds). One task: the paired t-interval; several: standard error from the per-task variances and
     Welch-Satterthwaite degrees of freedom. Each task's sd is at least SD_FLOOR, so zero spread decides nothing.
-    NaN where a task has fewer than 2 values."""
+    ``extra``: per task, a further variance of its mean from another source (the test sample, ``testsample``),
+    estimated with ``extra_df`` degrees of freedom; it adds to the seed variance, and Satterthwaite's degrees of
+    freedom weigh both (with none, or 0, the seed-only interval). NaN where a task has fewer than 2 values."""
     tasks = [np.asarray(t, dtype=float) for t in tasks]
     if not tasks or min(t.shape[-1] for t in tasks) < 2:
         nan = np.full(np.broadcast_shapes(*(t.shape[:-1] for t in tasks)) if tasks else (), np.nan)
@@ -60,9 +65,10 @@ def t_interval(tasks: Sequence, confidence: float) -> tuple:
     k = len(tasks)
     estimate = sum(t.mean(axis=-1) for t in tasks) / k
     v = [np.maximum(t.var(axis=-1, ddof=1), SD_FLOOR**2) / t.shape[-1] for t in tasks]  # variance of each task mean
-    total = sum(v)
+    e = [np.asarray(x, dtype=float) for x in extra] if extra is not None else [0.0] * k
+    total = sum(v) + sum(e)
     with np.errstate(invalid="ignore", divide="ignore"):
-        df = total**2 / sum(vi**2 / (t.shape[-1] - 1) for vi, t in zip(v, tasks))
+        df = total**2 / sum(vi**2 / (t.shape[-1] - 1) + ei**2 / extra_df for vi, ei, t in zip(v, e, tasks))
         half = np.where(total > 0, sps.t.ppf(0.5 + confidence / 2, df) * np.sqrt(total) / k, 0.0)
     return estimate, estimate - half, estimate + half
 
@@ -256,13 +262,15 @@ def versus_best(interval: Interval = t_interval) -> Interval:
         confidence 1 - alpha/J (Bonferroni over the J small arms): the gain over the best is at most the gain over any
         one. Where the partner's lower end lies above that upper end, validation chose a partner that another small arm
     clearly beats on test, and the interval has no lower end (only "worse" can be decided). The estimate is the
-    partner's. Measured in ``calibration.simulate_partners``."""
+    partner's. ``extra``, ``extra_df``: as ``t_interval``'s, one per task. Measured in
+    ``calibration.simulate_partners``."""
 
-    def interval_versus_best(tasks, confidence: float) -> tuple:
+    def interval_versus_best(tasks, confidence: float, extra: Sequence | None = None, extra_df: float = math.inf):
         partner, *every = (np.asarray(t, dtype=float) for t in tasks)
-        est, lo, _ = interval([partner], confidence)
+        kw = [{} for _ in tasks] if extra is None else [{"extra": [x], "extra_df": extra_df} for x in extra]
+        est, lo, _ = interval([partner], confidence, **kw[0])
         wide = 1 - (1 - confidence) / max(len(every), 1)
-        his = [interval([d], wide)[2] for d in every if d.shape[-1] >= 2]
+        his = [interval([d], wide, **k)[2] for d, k in zip(every, kw[1:]) if d.shape[-1] >= 2]
         hi = np.fmin.reduce(his) if his else np.full(np.shape(est), np.nan)
         return est, np.where(lo > hi, -np.inf, lo), hi
 
@@ -344,6 +352,8 @@ COMPARE_COLUMNS = CELL + [
     "p_improve",
     "decision",
     "seeds_needed",
+    "seed_var",
+    "test_var",
     "note",
 ]
 
@@ -356,6 +366,7 @@ def compare(
     family: int | None = None,
     interval: Interval = t_interval,
     fdr: bool = True,
+    test_var: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per cell and large arm (every one that has a run, paired or not): the mean paired difference to the small
     partner with its interval for the gain over the best small arm (``versus_best``), the adjusted interval over
@@ -363,7 +374,10 @@ def compare(
     and the decision it supports; thin cells are kept, with a note. ``fdr``: the family's claims control the false
     discovery rate (Benjamini-Hochberg, ``fdr_confidence``): a per-task finding, not a family-wise guarantee;
     otherwise Bonferroni (the adaptive rounds keep it: their looks are not a BH step-up). ``interval``: another
-    interval method, e.g. the repeated confidence intervals of adaptive seeds."""
+    interval method, e.g. the repeated confidence intervals of adaptive seeds. ``test_var``: the test sample's
+    variance of each mean difference (``testsample.variances``: CELL, arm, small_arm, test_var, test_df), added to
+    the seed variance (``t_interval``'s ``extra``); without it the claim is about these test images only.
+    ``seed_var`` and ``test_var``: the two parts of the partner's variance."""
     aggregate.check(runs)
     why, failed = unusable(runs, metric), diverged(runs)
     pairs, every = paired(runs, metric), paired(runs, metric, every=True)
@@ -374,13 +388,22 @@ def compare(
     has_small = set(map(tuple, runs.loc[runs["group"] == "small", CELL].drop_duplicates().to_numpy()))
     by = {k: g for k, g in pairs.groupby(CELL + ["arm"], sort=False)}
     by_every = {k: g for k, g in every.groupby(CELL + ["arm"], sort=False)}
-    rows, tasks, cell_interval = [], {}, {}  # the decidable comparisons' paired differences and interval, by row
+    rows, tasks, bound = [], {}, {}  # the decidable comparisons' paired differences and their interval, by row
+    tv = (
+        {}
+        if test_var is None
+        else {
+            tuple(k): (v, d)
+            for *k, v, d in test_var[CELL + ["arm", "small_arm", "test_var", "test_df"]].itertuples(index=False)
+        }
+    )
     for key in keys.itertuples(index=False, name=None):
         g = by.get(key, pairs.iloc[:0])
         in_cell = (runs[CELL] == key[:3]).all(axis=1) & ((runs["arm"] == key[3]) | (runs["group"] == "small"))
         dropped = int((why[in_cell] != "").sum())
         gone = runs[in_cell & failed].sort_values(["group", "arm", "seed"])
-        others = [e["diff"].to_numpy() for _, e in by_every.get(key, every.iloc[:0]).groupby("small_arm", sort=True)]
+        grouped = list(by_every.get(key, every.iloc[:0]).groupby("small_arm", sort=True))
+        others = [e["diff"].to_numpy() for _, e in grouped]
         row = dict(zip(CELL + ["arm"], key)) | {
             "small_arm": g["small_arm"].iloc[0] if len(g) else None,
             "small_arms": len(others),
@@ -402,11 +425,20 @@ def compare(
             notes.append("no seed shared with a small arm")
         if len(g) >= MIN_PAIRS:
             k, n = rate.loc[key[3]]
-            cell_interval[len(rows)] = with_divergence(
-                versus_best(interval), k, n, score_lo - g["small"].max(), score_hi - g["small"].min()
-            )
-            tasks[len(rows)] = [g["diff"].to_numpy(), *others]
-            est, lo, hi = (float(x) for x in cell_interval[len(rows)](tasks[len(rows)], confidence))
+            i, t = len(rows), [g["diff"].to_numpy(), *others]
+            trained = versus_best(interval)
+            row["seed_var"] = max(float(np.var(t[0], ddof=1)), SD_FLOOR**2) / len(g)
+            if test_var is not None:
+                parts = [tv.get((*key, s)) for s in [row["small_arm"], *(s for s, _ in grouped)]]
+                if any(p is None for p in parts):
+                    notes.append("test sample not accounted for (predictions of a run not given)")
+                else:
+                    df = min(d for _, d in parts)
+                    trained = partial(trained, extra=[v for v, _ in parts], extra_df=df)
+                    row["test_var"] = parts[0][0]
+            tasks[i] = t
+            bound[i] = with_divergence(trained, k, n, score_lo - g["small"].max(), score_hi - g["small"].min())
+            est, lo, hi = (float(x) for x in bound[i](t, confidence))
             row |= {"diff": est, "lo": lo, "hi": hi}
             if k:
                 notes.append(f"{key[3]} diverged in {k} of its {n} runs: the claim is on its expected gain")
@@ -416,11 +448,11 @@ def compare(
                 notes.append(f"{len(g)} pair(s): at least {MIN_PAIRS} needed for a decision")
         rows.append(row | {"note": "; ".join(notes)})
     if fdr:
-        level = fdr_confidence([float(claim_level(t, rope, cell_interval[i])) for i, t in tasks.items()], confidence, m)
+        level = fdr_confidence([float(claim_level(t, rope, bound[i])) for i, t in tasks.items()], confidence, m)
     else:
         level = family_confidence(confidence, m)
     for i, t in tasks.items():
-        _, lo, hi = cell_interval[i](t, level)
+        _, lo, hi = bound[i](t, level)
         rows[i] |= {"adj_lo": float(lo), "adj_hi": float(hi), "decision": decide(lo, hi, rope), "adj_level": level}
         if rows[i]["decision"] == "undecided":
             rows[i]["seeds_needed"] = seeds_needed(t[0], rope, level)
@@ -433,7 +465,12 @@ def compare(
 
 
 def overall(
-    runs: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95, family: int | None = None
+    runs: pd.DataFrame,
+    metric: str = "auc",
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    family: int | None = None,
+    test_var: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per large arm and training fraction, across tasks (datasets at one image size) with at least MIN_PAIRS pairs:
     the mean of the task mean differences with its random-effects interval (``between_tasks``: a claim about such
@@ -441,8 +478,10 @@ def overall(
     (the study-level claim), the fixed-effect interval about these tasks only (``fe_lo``, ``fe_hi``: seed noise
     alone, Welch), tau, I2 and the prediction interval for a new task (``heterogeneity``), the tasks where scale
     won, tied and lost (per-cell decisions better, equivalent, worse), the IQM of all paired differences and the
-    task-averaged paired probability of improvement. Thin tasks are left out and named, never void the summary."""
-    cells = compare(runs, metric, rope, confidence)
+    task-averaged paired probability of improvement. Thin tasks are left out and named, never void the summary.
+    ``test_var`` (``compare``'s) serves the won/tied/lost counts; the random-effects interval needs none: the spread
+    of the task means already holds each task's test-sample noise."""
+    cells = compare(runs, metric, rope, confidence, test_var=test_var)
     pairs = paired(runs, metric)
     keys = cells[["arm", "fraction"]].drop_duplicates().sort_values(["arm", "fraction"])
     m = max(family or 0, len(keys))

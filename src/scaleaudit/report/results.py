@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats
+from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats, testsample
 from ..design import RUN_KEY
 from .curves import Curves
 
@@ -89,6 +89,7 @@ class Results:
     shift_verdicts: pd.DataFrame | None = None  # the verdict clean and per corrupted condition (shift.verdicts)
     severity: pd.DataFrame | None = None  # the metric against severity per arm (shift.severity_curve)
     estimate: dict | None = None  # the plan `scaleaudit plan` wrote before the study started (this study's)
+    test_sample: pd.DataFrame | None = None  # per task: seed and test-sample variance of the gain (testsample.split)
 
     @classmethod
     def of(
@@ -104,14 +105,19 @@ class Results:
         kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"])
         why = stats.unusable(runs, v["metric"])
         seq = design.is_adaptive(config)
+        # the test sample's part of each interval, from the runs' predictions where given (not yet for adaptive
+        # seeds: their repeated intervals take no second variance)
+        test_var = testsample.variances(runs, curves.resampled, v["metric"]) if curves and not seq else None
         # adaptive seeds: each comparison's decision frozen at its round; the study-level summaries from the first
         # round, the seeds every cell ran whatever the data (see scaleaudit.adaptive)
-        cells_verdict = adaptive.verdict(runs, config) if seq else stats.compare(runs, family=cells, **kw)
+        cells_verdict = (
+            adaptive.verdict(runs, config) if seq else stats.compare(runs, family=cells, test_var=test_var, **kw)
+        )
         comparisons = ledger.cost_normalised(runs, cells_verdict)
         summary = ledger.arm_summary(runs, v["metric"])
         model_scale = {axis: scaling.model_scale(runs, config, axis) for axis in scaling.MODEL_AXES}
         savings = adaptive.savings(runs, config) if seq else None
-        overall = stats.overall(adaptive.first_round(runs, config), family=summaries, **kw)
+        overall = stats.overall(adaptive.first_round(runs, config), family=summaries, test_var=test_var, **kw)
         has_shift = shift_table is not None and not shift_table.empty
         return cls(
             runs=runs,
@@ -158,6 +164,7 @@ class Results:
             else None,
             severity=shift.severity_curve(shift_table, v["metric"], v["confidence"]) if has_shift else None,
             estimate=estimate if estimate and estimate["study"] == config["study"] else None,
+            test_sample=testsample.split(cells_verdict, curves.test_images) if test_var is not None else None,
         )
 
     @property

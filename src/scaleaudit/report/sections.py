@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import calibration, design, fidelity, ledger, metrics, provenance, scaling, shift, stats
+from .. import calibration, design, fidelity, ledger, metrics, provenance, scaling, shift, stats, testsample
 from .document import Document, Figure, Heading, PageBreak, Para, Table
 from .prose import text
 from .results import NOT_PUBLISHED, Results, cell_name, ci, listed, num, partner
@@ -444,6 +444,17 @@ def statistics_paras(res: Results) -> list:
                 cell_level=float(c["adj_level"].min()) if len(c) else stats.family_confidence(v["confidence"], cells),
             )
         ),
+        Para(
+            text(
+                "statistics",
+                "test_sample",
+                given=res.curves is not None,
+                resamples=testsample.RESAMPLES,
+                floor=stats.SD_FLOOR,
+                metric=res.metric,
+                adaptive=design.is_adaptive(res.config),
+            )
+        ),
         Para(calibration_text(v["confidence"])),
         *sequential_paras(res),
     ]
@@ -561,6 +572,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
             size=7,
             caption=text("results", "comparisons_caption", family=int(c["family"].max()) if len(c) else 0),
         ),
+        *test_sample_blocks(res),
         Heading("Across datasets", 2),
         *figure_blocks(figs.get("task_forest", []), text("results", "task_forest_figure", confidence=v["confidence"])),
         Table(
@@ -641,6 +653,32 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
         *figure_blocks(figs["calibration"], text("results", "calibration_figure")),
     ]
     return blocks
+
+
+def test_sample_blocks(res: Results) -> list:
+    """How much of each dataset's uncertainty is seeds and how much the test sample (a table and one sentence, the
+    test sample's heaviest first); without run files, that the claims are about these test images."""
+    t = res.test_sample
+    if t is None or t.empty:
+        return [Para(text("results", "no_test_sample"))]
+    rows = [
+        [cell_name(r), num(r.test_images, "d"), num(r.seed_var**0.5, ".4f"), num(r.test_var**0.5, ".4f")]
+        + [f"{r.test_share:.0%}"]
+        for r in t.itertuples()
+    ]
+    shares = [
+        (cell_name(r), r.test_images, r.test_share) for r in t.sort_values("test_share", ascending=False).itertuples()
+    ]
+    return [
+        Table(
+            ["dataset", "test images", "sd from seeds", "sd from test sample", "test-sample share of variance"],
+            rows,
+            widths=[1.6, 0.9, 1.1, 1.3, 1.6],
+            size=8,
+            caption=text("results", "test_sample_caption"),
+        ),
+        Para(text("results", "test_sample_share", shares=shares)),
+    ]
 
 
 def divergence_blocks(res: Results) -> list:
