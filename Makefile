@@ -64,13 +64,19 @@ study: $(STAMP) $(MC_STAMP)  ## run the full study (config/config.yaml; GPU-size
 	$(RUN) scaleaudit plan config/config.yaml --brief
 	$(RUN) snakemake --profile workflow/profiles/local --cores $(CORES)
 
-test: $(STAMP) $(MC_STAMP)  ## run the test suite (unit tests and the whole workflow on a tiny config)
-	$(RUN) pytest
+# One worker per core; a file's tests stay on one worker, so a module's shared fixture (a tiny study) is built once.
+TEST_WORKERS ?= auto
+
+test: $(STAMP) $(MC_STAMP)  ## run the test suite in parallel (unit tests and the whole workflow on a tiny config)
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slurm: $(STAMP)  ## the tiny study through the slurm profile on a local Slurm cluster (as root: installs Slurm)
 	$(RUN) pytest -m slurm -s tests/test_slurm.py
 
-lint: $(STAMP)  ## snakemake --lint
+lint: $(STAMP)  ## ruff (lint and format), snakefmt and snakemake --lint
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow
 	$(RUN) snakemake --lint --configfile config/demo.yaml
 
 bench: $(STAMP)  ## time the training path against the MedMNIST v2 reference loop (prints ratios)

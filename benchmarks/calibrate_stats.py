@@ -7,7 +7,10 @@ how often a study with five large arms on the ROPE edge says "Scale pays". The p
 used before is measured beside it as the reference. Adaptive seeds (3, 5, ..., 15): coverage at stopping, false
 "better" on the ROPE edge and the expected seeds per comparison at true gains 0, 0.01, 0.02 and 0.05, for the
 repeated confidence intervals and for the fixed-n interval re-checked each round (which inflates them). The scale
-axis: coverage and false "better" of a ladder's gain per 10x (calibration.trend_table). ``--write`` stores the
+axis: coverage and false "better" of a ladder's gain per 10x (calibration.trend_table). One row per scenario of
+issue 19 (calibration.scenarios): heterogeneous datasets, correlated val/test with 3 small arms, beta noise near
+AUC 1, divergence 10 % and 20 % (and the divergence rules, calibration.divergence_table), per-cell FDR power,
+test-sample noise crossed with seeds. ``--write`` stores the
 figures (all but the scale axis's) in
 src/scaleaudit/calibration.json, which the report's Methods quotes.
 
@@ -104,10 +107,34 @@ def main() -> None:
             f"{r['method']:16} {r['noise']:6}: {r['family']} comparisons on the ROPE edge, Bonferroni: any false "
             f"better {r['any_better']:.3f} (nominal <= 0.05)"
         )
+    scen = calibration.scenarios(min(args.replicates, 4000))
+    print(
+        "\nScenarios (5 seeds; nominal coverage 0.95, false better <= 0.025; FDR row: power and false discovery rate):"
+    )
+    print(f"{'scenario':42} {'coverage':>9} {'false better':>13} {'P(better)+0.05':>15} {'FDR':>6}")
+    for r in scen:
+        print(
+            f"{r['scenario']:42} {r.get('coverage', float('nan')):9.3f} {r.get('false_better', float('nan')):13.3f} "
+            f"{r.get('power_0.05', float('nan')):15.3f} {r.get('fdr', float('nan')):6.3f}"
+        )
+    for r in (r for r in scen if "test_share" in r):
+        print(
+            f"(test sample: the seeds' interval alone covers {r['coverage_seeds_only']:.3f}; the test sample holds "
+            f"{r['test_share']:.0%} of the variance)"
+        )
+    print("(divergence: the truth is the expected gain, failures included; the arm's rate pooled over its runs)")
+    print(
+        f"\nDivergence rules ({calibration.STUDY_DATASETS} cells x 5 seeds per arm; expected gain on the ROPE edge, "
+        "then +0.05):"
+    )
+    print(f"{'rate':>5} {'rule':12} {'coverage':>9} {'false better':>13} {'P(better)+0.05':>15}")
+    div = calibration.divergence_table(min(args.replicates, 2000))
+    for r in div:
+        print(f"{r['rate']:5.0%} {r['rule']:12} {r['coverage']:9.3f} {r['false_better']:13.3f} {r['power_0.05']:15.3f}")
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.write:
         path = resources.files("scaleaudit").joinpath("calibration.json")
-        path.write_text(json.dumps(t | {"sequential": seq}, indent=1) + "\n")
+        path.write_text(json.dumps(t | {"sequential": seq, "scenarios": scen, "divergence": div}, indent=1) + "\n")
         print(f"wrote {path}")
 
 

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from mirror import SHARED_MIRROR, write_sums
 
 from scaleaudit.synthetic import write_npz
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_MIRROR = Path(os.environ.get("SCALEAUDIT_TEST_MIRROR", REPO.parent / "shared" / "data" / "medmnist"))
-
-
-def write_sums(mirror: Path) -> None:
-    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in sorted(mirror.glob("*.npz"))]
-    (mirror / "SHA256SUMS").write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture

@@ -58,6 +58,7 @@ def make_runs(
                             "n_train": int(546 * fraction),
                             "best_epoch": 3,
                             "epochs_run": 4,
+                            "diverged": False,
                             "test_auc": auc,
                             "test_acc": auc - 0.05,
                             "test_bacc": auc - 0.08,
@@ -161,16 +162,17 @@ def make_config(runs: pd.DataFrame, **verdict) -> dict:
 
 def write_run_folders(runs: pd.DataFrame, root, n_test: int = 200, seed: int = 0) -> list:
     """A run folder per row of ``runs`` as ``train`` leaves it (``metrics.json`` with a per-epoch history, and
-    ``predictions.npz``); test labels are drawn from the predicted probabilities (calibrated by construction). The
-    row's test metrics are set to those the predictions give (as training computes them, so the folders pass
-    ``verify``): ``aggregate.collect`` of the returned paths gives the changed ``runs`` back."""
+    ``predictions.npz``). The runs of a task share one test split: its labels are drawn from per-image
+    probabilities, and each run predicts those probabilities with noise of sd 0.1 (nearly calibrated). The row's test
+    metrics are set to those the predictions give (as training computes them, so the folders pass ``verify``):
+    ``aggregate.collect`` of the returned paths gives the changed ``runs`` back."""
     from pathlib import Path
 
+    from scaleaudit.metrics import evaluate
     from scaleaudit.records import COST_COLUMNS, PREDICTIONS, SPLIT_METRICS, RunInfo, RunResult
-    from scaleaudit.verify import recompute
 
     rng = np.random.default_rng(seed)
-    paths = []
+    paths, splits = [], {}
     for i, row in zip(runs.index, runs.to_dict("records")):
         out = (
             Path(root)
@@ -180,11 +182,14 @@ def write_run_folders(runs: pd.DataFrame, root, n_test: int = 200, seed: int = 0
             / f"seed{row['seed']}"
         )
         out.mkdir(parents=True, exist_ok=True)
-        p1 = rng.uniform(0, 1, n_test)
-        labels = (rng.uniform(size=n_test) < p1).astype(np.int64).reshape(-1, 1)
+        if (row["dataset"], row["size"]) not in splits:
+            truth = rng.uniform(0, 1, n_test)
+            splits[row["dataset"], row["size"]] = truth, (rng.uniform(size=n_test) < truth).astype(np.int64)
+        truth, labels = splits[row["dataset"], row["size"]]
+        p1 = np.clip(truth + rng.normal(0, 0.1, n_test), 0, 1)
         probabilities = np.column_stack([1 - p1, p1]).astype(np.float32)
-        np.savez_compressed(out / PREDICTIONS, labels=labels, probabilities=probabilities)
-        for k, v in recompute(labels, probabilities, row["task"]).items():
+        np.savez_compressed(out / PREDICTIONS, labels=labels.reshape(-1, 1), probabilities=probabilities)
+        for k, v in evaluate(labels, probabilities, row["task"]).items():
             runs.loc[i, f"test_{k}"] = row[f"test_{k}"] = v
         history = [
             {

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import tiny_study
 import yaml
-from conftest import write_sums
+from mirror import write_sums
 
 from scaleaudit import jobcontrol
 from scaleaudit.synthetic import write_npz

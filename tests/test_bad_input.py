@@ -11,7 +11,7 @@ import pytest
 import tiny_study
 import torch
 import yaml
-from conftest import write_sums
+from mirror import write_sums
 
 from scaleaudit import cli, job, models, train
 from scaleaudit.errors import ScaleauditError

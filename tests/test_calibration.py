@@ -16,7 +16,8 @@ ROPE = 0.01
 @pytest.mark.parametrize("seeds", [3, 5])
 def test_per_cell_interval_holds_its_coverage_and_rates(kind, seeds):
     rng = np.random.default_rng(seeds)
-    assert 0.93 <= calibration.simulate_cell(seeds, 0.03, kind, REPLICATES, rng)["coverage"] <= 0.97
+    # up to 0.98: heavy tails give small sample sds at 3 seeds, where stats.SD_FLOOR widens the interval
+    assert 0.93 <= calibration.simulate_cell(seeds, 0.03, kind, REPLICATES, rng)["coverage"] <= 0.98
     # the true difference exactly on a ROPE edge: "better" (resp. "worse") is a false claim
     assert calibration.simulate_cell(seeds, ROPE, kind, REPLICATES, rng)["better"] <= 0.035
     assert calibration.simulate_cell(seeds, -ROPE, kind, REPLICATES, rng)["worse"] <= 0.035
@@ -61,3 +62,49 @@ def test_stored_figures_are_those_of_the_current_code():
             for key, value in r.items():
                 if isinstance(value, float):
                     assert abs(value - old[r["noise"], r["seeds"]][key]) < 0.03, (kind, r["noise"], r["seeds"], key)
+
+
+def test_divergence_rule_holds_its_level_and_keeps_power_without_failures():
+    """An arm over 7 datasets x 5 seeds diverging in 10 % / 20 % of its runs, its expected gain (failures included)
+    on the ROPE edge: the verdict's rule (rate pooled over the arm's runs) says "better" within 1.5x nominal and
+    covers the expected gain, where keeping diverged runs at their score in their cell said "better" in a third to
+    a half of cells. Without divergence it finds +0.05 as often as the plain interval; the mixture alone would not."""
+    rng = np.random.default_rng(7)
+    for rate in calibration.DIVERGENCE_RATES:
+        edge = calibration.simulate_divergence(5, calibration.trained_gain(0.01, rate), rate, 300, rng)
+        assert edge["better"] <= 0.0375 and edge["coverage"] >= 0.93, (rate, edge)
+        keep = calibration.simulate_divergence(5, calibration.trained_gain(0.01, rate), rate, 300, rng, "keep")
+        assert keep["better"] > 0.2
+    assert calibration.simulate_divergence(5, 0.05, 0.0, 300, rng)["better"] >= 0.8
+    assert calibration.simulate_divergence(5, 0.05, 0.0, 300, rng, "mixture")["better"] < 0.05
+
+
+def test_per_cell_fdr_has_power_and_holds_its_rate():
+    """Half of the full design's 210 comparisons gain +0.05, the others sit on the ROPE edge: at 5 seeds and sd
+    0.02 Benjamini-Hochberg finds at least half of the gains, and false claims stay below q = 0.05 of the claims."""
+    rng = np.random.default_rng(11)
+    bh = calibration.simulate_fdr(5, 0.05, 0.5, 200, rng)
+    assert bh["power"] >= 0.5 and bh["fdr"] <= 0.05
+    assert calibration.simulate_fdr(5, 0.05, 0.5, 200, rng, fdr=False)["power"] < 0.1  # Bonferroni: almost none
+
+
+def test_every_scenario_has_its_row_nominal_against_measured():
+    rows = {r["scenario"]: r for r in calibration.measured()["scenarios"]}
+    assert len(rows) == 7
+    divergence = [name for name in rows if name.startswith("divergence")]
+    assert len(divergence) == 2
+    for name in (
+        "heterogeneous datasets (tau 0.02)",
+        "val/test correlated, 3 small arms",
+        "beta noise near AUC 1",
+        *divergence,
+    ):
+        assert rows[name]["coverage"] >= 0.93 and rows[name]["false_better"] <= 1.5 * rows[name]["nominal_false"]
+    fdr = rows["per-cell FDR, half the family +0.05"]
+    assert fdr["power_0.05"] >= 0.5 and fdr["fdr"] <= 0.05
+    test_sample = rows["test sample of 156 images x seeds"]  # the interval takes the test sample; the seeds' alone fail
+    assert test_sample["coverage"] >= 0.93 and test_sample["false_better"] <= 1.5 * test_sample["nominal_false"]
+    assert test_sample["coverage_seeds_only"] < 0.8 and test_sample["test_share"] > 0.5
+    fresh = calibration.scenarios(1000, seed=1)
+    for r in fresh[:3]:
+        assert abs(r["coverage"] - rows[r["scenario"]]["coverage"]) < 0.03

@@ -1,6 +1,6 @@
 import pytest
 import yaml
-from conftest import REPO
+from mirror import REPO
 
 from scaleaudit import config, design
 from scaleaudit.errors import ScaleauditError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import REPO
+from mirror import REPO
 from torch import nn
 
 import scaleaudit.models  # noqa: F401 - registers the scaleaudit_* architectures

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from mirror import REPO
 from PIL import Image
 
 from scaleaudit import corrupt

@@ -11,7 +11,7 @@ import pytest
 import tiny_study
 import torch
 import torch.nn.functional as F
-from conftest import REPO
+from mirror import REPO
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from scaleaudit import config, job, models, runtime, train

@@ -5,7 +5,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from conftest import write_sums
+from mirror import write_sums
 
 from scaleaudit import data
 from scaleaudit.errors import ScaleauditError

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import tiny_study
-from conftest import write_sums
+from mirror import write_sums
 
 from scaleaudit import cli, data, train
 from scaleaudit.errors import ScaleauditError

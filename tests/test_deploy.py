@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import tiny_study
 import yaml
-from conftest import REPO
+from mirror import REPO
 
 import scaleaudit
 

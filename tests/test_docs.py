@@ -7,7 +7,7 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO
+from mirror import REPO
 
 from scaleaudit import cli, config, cost, devices, plan, settings
 
@@ -261,7 +261,12 @@ def calibration_tables() -> dict[str, list[str]]:
         for r in cal["sequential"]["rows"]
         if "family" not in r
     ]
+    divergence = [
+        f"| {r['rate']:.0%} | {r['rule']} | {pct(r['coverage'])} | {pct(r['false_better'])} | {pct(r['power_0.05'])} |"
+        for r in cal["divergence"]
+    ]
     return {
+        '| divergence | rule | coverage | false "better" | "better" at +0.05 |': divergence,
         '| noise | seeds | coverage at +0.02 | "better" at +ROPE | "worse" at −ROPE | "equivalent" at +ROPE '
         '| "better" at +0.02 | "better" at +0.05 | "equivalent" at 0 |': cell,
         f'| noise | seeds | coverage, {tasks} tasks | "better", {tasks} tasks | "Scale pays", {arms} arms |': summary,

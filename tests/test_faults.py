@@ -17,6 +17,7 @@ import yaml
 
 from scaleaudit import cli, files, job, runtime, train
 from scaleaudit.files import read_json, write_json
+from scaleaudit.synthetic import write_npz
 
 # Runs `scaleaudit train`, but SIGKILLs itself right after the first optimiser step of epoch 2:
 # model and optimiser have moved on in memory, the checkpoint still holds epoch 1.
@@ -212,11 +213,18 @@ def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_m
     from mlflow import MlflowClient
 
     work = tiny_study.copy_workflow(tmp_path / "wf")
-    (work / "tiny.yaml").write_text(
-        yaml.safe_dump(
-            tiny_study.TINY_CONFIG | {"design": {"arms": ["cnn_a", "cnn_b"], "fractions": [1.0], "seeds": 1}}
-        )
-    )
+    study = tiny_study.TINY_CONFIG | {"design": {"arms": ["cnn_a"], "fractions": [1.0], "seeds": 1}}
+    study["data"] = {"datasets": [{"flag": "breastmnist", "sizes": [28, 64]}]}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(study))
+    # The 64 px file is staged as a FIFO: its fetch blocks until the file is written, so the 64 px run cannot
+    # have started, whatever the load, when Ctrl-C follows the 28 px run's end (before, under load, both runs of
+    # a two-run study had finished first).
+    staged = tmp_path / "breastmnist_64.npz"
+    write_npz(staged, size=64)
+    pending = tiny_mirror / staged.name
+    sums = tiny_mirror / "SHA256SUMS"
+    sums.write_text(sums.read_text() + f"{files.file_digest(staged)}  {staged.name}\n")
+    os.mkfifo(pending)
     env = tiny_study.env(SCALEAUDIT_MIRROR=str(tiny_mirror))
     cmd = [
         "snakemake",
@@ -225,7 +233,7 @@ def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_m
         "--configfile",
         "tiny.yaml",
         "--cores",
-        "1",
+        "2",
         "results/tiny/runs.csv",
     ]
     proc = subprocess.Popen(
@@ -233,7 +241,7 @@ def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_m
     )
     try:
         first = []
-        for line in proc.stdout:  # interrupt once Snakemake has recorded the first finished training job
+        for line in proc.stdout:  # interrupt once Snakemake has recorded the 28 px run's finished training job
             first.append(line)
             if re.search(r"Finished jobid: \d+ \(Rule: train\)", line):
                 break
@@ -242,13 +250,15 @@ def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_m
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    pending.unlink()
+    staged.rename(pending)
     finished = {p: p.stat().st_mtime_ns for p in _metrics(work)}
     assert len(finished) == 1, first
 
     rerun = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     jobs = re.search(r"^train\s+(\d+)\s*$", rerun.stdout + rerun.stderr, re.MULTILINE)
-    assert jobs and int(jobs.group(1)) == 1  # only the interrupted run
+    assert jobs and int(jobs.group(1)) == 1  # only the run that had not started
     assert len(_metrics(work)) == 2
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as transforms
-from conftest import REPO
+from mirror import REPO
 from PIL import Image
 
 from scaleaudit import config, data, job, models, train

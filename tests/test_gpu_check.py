@@ -8,7 +8,7 @@ import sys
 import pytest
 import tiny_study
 import torch
-from conftest import REPO
+from mirror import REPO
 
 from scaleaudit import devices
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import tiny_study
-from conftest import REPO
+from mirror import REPO
 
 from scaleaudit import cost
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import tiny_study
 import yaml
-from conftest import REPO
+from mirror import REPO
 from runtable import make_config, make_runs
 
 from scaleaudit import config, cost, data, design, ledger, plan, report

@@ -2,8 +2,10 @@
 
 Slurm preempts a job with SIGTERM (then SIGKILL after KillWait) and starts it again from the top. Here
 `scaleaudit train` runs as a subprocess on the CPU, is stopped by SIGTERM after its first checkpoint,
-restarted, stopped again by SIGKILL, and restarted to the end: its results must equal those of an
-uninterrupted run exactly (CPU training is deterministic), and MLflow must hold one finished run for it.
+restarted, stopped again by SIGKILL two checkpoints later, and restarted to the end: its results must equal those
+of an uninterrupted run exactly (CPU training is deterministic), and MLflow must hold one finished run for it.
+The signals come at a fixed point, right after a given epoch's checkpoint is saved (a signal from the test could
+arrive after the run had ended, under load).
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, write_sums
+from mirror import REPO, write_sums
 
 from scaleaudit import config as study_config
 from scaleaudit import data, tracking
@@ -28,6 +29,23 @@ from scaleaudit.files import write_json
 from scaleaudit.synthetic import write_npz
 
 EPOCHS = 6
+
+# `scaleaudit train` that signals itself (as a scheduler would) right after saving the checkpoint of epoch
+# $SIGNAL_AFTER_EPOCH: signal $SIGNAL_NUMBER.
+SIGNAL_AFTER_CHECKPOINT = """
+import os, sys
+from scaleaudit import cli, train
+
+save = train.Trainer.save
+
+def save_then_signal(self, path):
+    save(self, path)
+    if self.state["epoch"] == int(os.environ["SIGNAL_AFTER_EPOCH"]):
+        os.kill(os.getpid(), int(os.environ["SIGNAL_NUMBER"]))
+
+train.Trainer.save = save_then_signal
+sys.exit(cli.main(sys.argv[1:]))
+"""
 
 
 @pytest.fixture
@@ -66,11 +84,9 @@ def job(tmp_path):
     return tmp_path
 
 
-def start(job: Path, out: Path) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "scaleaudit",
+def start(job: Path, out: Path, signal_after: tuple[int, signal.Signals] | None = None) -> subprocess.Popen:
+    """`scaleaudit train` of the job into ``out``; with ``signal_after`` (epoch, signal) it signals itself then."""
+    args = [
         "train",
         "--spec",
         f"@{job / 'spec.json'}",
@@ -86,28 +102,23 @@ def start(job: Path, out: Path) -> subprocess.Popen:
         "0",
     ]
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    if signal_after is None:
+        cmd = [sys.executable, "-m", "scaleaudit", *args]
+    else:
+        cmd = [sys.executable, "-c", SIGNAL_AFTER_CHECKPOINT, *args]
+        env |= {"SIGNAL_AFTER_EPOCH": str(signal_after[0]), "SIGNAL_NUMBER": str(int(signal_after[1]))}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def checkpoint_epoch(out: Path) -> int:
-    path = out / "checkpoint.pt"
-    if not path.exists():
-        return 0
-    return torch.load(path, weights_only=True)["state"]["epoch"]  # replaced atomically: always whole
+    return torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"]
 
 
-def kill_after(proc: subprocess.Popen, out: Path, epoch: int, sig: signal.Signals) -> int:
-    """Send ``sig`` once a checkpoint after ``epoch`` exists; return the epoch it was killed after."""
-    deadline = time.monotonic() + 120
-    while checkpoint_epoch(out) <= epoch:
-        assert proc.poll() is None, f"training exited before its checkpoint:\n{proc.communicate()[0]}"
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    log = proc.communicate(timeout=60)[0]
-    reached = checkpoint_epoch(out)
-    assert not (out / "metrics.json").exists() and reached < EPOCHS, f"the run finished before the {sig.name}:\n{log}"
-    return reached
+def stopped(proc: subprocess.Popen, out: Path) -> int:
+    """Wait for ``proc``, stopped by its signal before the end; return the epoch its checkpoint holds."""
+    log = proc.communicate(timeout=300)[0]
+    assert not (out / "metrics.json").exists(), f"the run finished despite the signal:\n{log}"
+    return checkpoint_epoch(out)
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -133,8 +144,8 @@ def test_sigterm_and_sigkill_then_requeue_equals_uninterrupted(job):
     straight, preempted = job / "straight", job / "preempted"
     uninterrupted = start(job, straight)  # side by side with the interrupted one: 2 cores
 
-    proc = start(job, preempted)
-    after_term = kill_after(proc, preempted, 0, signal.SIGTERM)
+    proc = start(job, preempted, signal_after=(1, signal.SIGTERM))
+    assert stopped(proc, preempted) == 1
     assert proc.returncode == 128 + signal.SIGTERM  # exited through the handler, not killed outright
     assert not list(preempted.glob(".*.tmp")), "a temporary file was left behind"
     record = json.loads((job / "tracking.json").read_text())
@@ -142,13 +153,13 @@ def test_sigterm_and_sigkill_then_requeue_equals_uninterrupted(job):
     run_id = (preempted / "mlflow_run_id").read_text().strip()
     assert client.get_run(run_id).info.status == "KILLED"
 
-    proc = start(job, preempted)
-    after_kill = kill_after(proc, preempted, after_term, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL and after_kill > after_term
+    proc = start(job, preempted, signal_after=(3, signal.SIGKILL))
+    assert stopped(proc, preempted) == 3
+    assert proc.returncode == -signal.SIGKILL
 
     log = finish(start(job, preempted))
     finish(uninterrupted)
-    assert f"resuming after epoch {after_kill}" in log
+    assert "resuming after epoch 3" in log
     assert comparable(preempted) == comparable(straight)
     for name in ("labels", "probabilities"):
         assert np.array_equal(np.load(preempted / "predictions.npz")[name], np.load(straight / "predictions.npz")[name])

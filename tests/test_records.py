@@ -13,7 +13,7 @@ from scaleaudit.files import read_json, write_json
 @pytest.fixture(scope="module")
 def one_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("records")
-    from conftest import write_sums
+    from mirror import write_sums
 
     from scaleaudit.synthetic import write_npz
 

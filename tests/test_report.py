@@ -14,6 +14,7 @@ from scaleaudit import calibration, report
 pypdf = pytest.importorskip("pypdf")
 
 DATASETS = (("breastmnist", 28), ("pneumoniamnist", 28))
+THREE = DATASETS + (("dermamnist", 28),)  # a study-level claim about such tasks needs a few datasets
 FIGS = {name: [Path(f"/figs/{name}_1.png")] for name in ("scores", "calibration", "pareto", "forest")}
 
 
@@ -24,7 +25,7 @@ def markdown(runs, **verdict) -> str:
 
 
 def test_pdf_and_markdown_carry_summary_table_and_appendix(tmp_path):
-    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS, fractions=(0.3, 1.0), published=False)
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=THREE, fractions=(0.3, 1.0), published=False)
     runs.to_csv(tmp_path / "runs.csv", index=False)
     (tmp_path / "config.json").write_text(json.dumps(make_config(runs)))
     pdf = tmp_path / "reports" / "synthetic.pdf"
@@ -68,11 +69,14 @@ def test_pdf_and_markdown_carry_summary_table_and_appendix(tmp_path):
 
 
 def test_verdict_follows_the_runs():
-    gain = markdown(make_runs({"vit_b16_pretrained": 0.05}))
-    none = markdown(make_runs({"vit_b16_pretrained": 0.0}, seeds=10, noise=0.002))
+    gain = markdown(make_runs({"vit_b16_pretrained": 0.05}, datasets=THREE))
+    none = markdown(make_runs({"vit_b16_pretrained": 0.0}, seeds=10, noise=0.002, datasets=THREE))
     assert "Overall: Scale pays" in gain and "Overall: Scale does not pay" in none
+    assert "scale won on 3, tied on 0 and lost on 0 of 3 dataset(s)" in gain
     # the threshold comes from the config
-    assert "Overall: Scale pays" not in markdown(make_runs({"vit_b16_pretrained": 0.05}), rope=0.1)
+    assert "Overall: Scale pays" not in markdown(make_runs({"vit_b16_pretrained": 0.05}, datasets=THREE), rope=0.1)
+    # one dataset says nothing about such tasks
+    assert "Overall: Scale pays" not in markdown(make_runs({"vit_b16_pretrained": 0.05}))
 
 
 def test_single_fraction_and_cpu_runs_are_said_not_hidden():
@@ -87,7 +91,7 @@ def test_typst_escapes_markup_in_values():
 
 
 def test_reproduces_is_checked_and_leaves_training_alone():
-    from conftest import REPO
+    from mirror import REPO
 
     from scaleaudit import config
     from scaleaudit.errors import ScaleauditError
@@ -118,21 +122,28 @@ def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_c
     md = markdown(make_runs({"vit_b16_pretrained": 0.05}, datasets=DATASETS, fractions=(0.3, 1.0)))
     assert "two-sided t-interval" in md and "Welch–Satterthwaite" in md
     assert "two one-sided tests at α/2 each" in md
-    assert "Multiplicity (Bonferroni)" in md and "(m = 4: datasets" in md and "(m = 2: large arms" in md
-    assert "leave one seed out" in md
+    assert "Multiplicity:" in md and "(m = 4: datasets" in md and "(m = 2: large arms" in md
+    assert "false discovery rate (Benjamini–Hochberg at q = α)" in md and "family-wise (Bonferroni)" in md
+    assert "gain over the best small arm" in md and "random effects, k − 1 degrees of freedom" in md
     cell = calibration.measured()["cell"]
     lo, hi = min(r["coverage"] for r in cell), max(r["coverage"] for r in cell)
     assert f"covered the planted difference in {lo:.1%}–{hi:.1%} of the studies" in md
-    assert "Wilcoxon" not in md and "bootstrap" not in md
+    # the seeds' interval is the t-interval, not a percentile bootstrap of seeds (the bootstrap is over test images)
+    assert "Wilcoxon" not in md and "percentile bootstrap" not in md and "bootstrap over test images" in md
 
 
 def test_verdict_sentence_is_a_claim_for_the_study_per_fraction():
     runs = make_runs(
-        {"vit_b16_pretrained": lambda f: 0.05 if f == 1.0 else 0.0}, seeds=10, noise=0.002, fractions=(0.3, 1.0)
+        {"vit_b16_pretrained": lambda f: 0.05 if f == 1.0 else 0.0},
+        seeds=10,
+        noise=0.002,
+        fractions=(0.3, 1.0),
+        datasets=THREE,
     )
     md = markdown(runs)
-    assert "Overall: Scale pays: Vit B16 Pretrained at training fraction 1 (+0.050 AUC mean over 1 dataset(s)" in md
-    assert "1 other summary(ies) do not; a claim at 95% confidence for the study as a whole (Bonferroni over 2" in md
+    assert "Overall: Scale pays: Vit B16 Pretrained at training fraction 1 (+0.050 AUC mean over 3 dataset(s)" in md
+    assert "1 other summary(ies) do not; a claim at 95% confidence about tasks like these datasets" in md
+    assert "Bonferroni over 2 large arm" in md
 
 
 def test_an_undecided_arm_whose_interval_ends_below_the_rope_cannot_still_pay():
@@ -151,6 +162,9 @@ def test_an_undecided_arm_whose_interval_ends_below_the_rope_cannot_still_pay():
         "family": 1,
         "p_improve": 0.0,
         "decision": "undecided",
+        "won": 0,
+        "tied": 0,
+        "lost": 0,
     }
     below = pd.DataFrame([row | {"adj_lo": -0.283, "adj_hi": -0.005}])
     across = pd.DataFrame([row | {"adj_lo": -0.283, "adj_hi": 0.02}])
@@ -160,7 +174,7 @@ def test_an_undecided_arm_whose_interval_ends_below_the_rope_cannot_still_pay():
 
 
 def test_more_comparisons_in_the_design_widen_the_intervals_that_decide():
-    runs = make_runs({"vit_b16_pretrained": 0.03}, seeds=3, noise=0.004, seed=1)
+    runs = make_runs({"vit_b16_pretrained": 0.03}, seeds=3, noise=0.004, seed=1, datasets=THREE)
     assert "Overall: Scale pays" in markdown(runs)
     config = make_config(runs)
     config["design"]["fractions"] = [1.0] + [round(0.05 * k, 2) for k in range(1, 15)]  # 15 fractions, 14 not run
@@ -169,14 +183,14 @@ def test_more_comparisons_in_the_design_widen_the_intervals_that_decide():
 
 
 def test_dropped_scores_missing_seeds_and_thin_cells_are_flagged():
-    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS)
-    runs.loc[(runs["arm"] == "cnn_small") & (runs["seed"] == 1) & (runs["dataset"] == "breastmnist"), "test_auc"] = (
-        float("nan")
-    )
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=THREE)
+    runs.loc[
+        (runs["arm"] == "resnet18_scratch") & (runs["seed"] == 1) & (runs["dataset"] == "breastmnist"), "test_auc"
+    ] = float("nan")
     runs = runs[~((runs["arm"] == "vit_b16_pretrained") & (runs["dataset"] == "pneumoniamnist") & (runs["seed"] == 3))]
     md = markdown(runs)
     assert (
-        "Left out: 1 run(s) with a non-finite score: Cnn Small on breastmnist @ 28 px, fraction 1, seed 1 "
+        "Left out of the pairs: 1 run(s): Resnet18 Scratch on breastmnist @ 28 px, fraction 1, seed 1 "
         "(non-finite test\\_auc)."
     ) in md
     assert "Fewer seeds than designed: Vit B16 Pretrained on pneumoniamnist @ 28 px, fraction 1: 2 of 3." in md
@@ -188,12 +202,25 @@ def test_dropped_scores_missing_seeds_and_thin_cells_are_flagged():
         "Thin datasets left out of the summary (fewer than 3 pairs): Vit B16 Pretrained, fraction 1: "
         "pneumoniamnist @ 28 px (2 pair(s))." in md
     )
-    assert "Overall: Scale pays" in md  # the thin cell does not void the arm
+    assert "mean over 2 dataset(s)" in md and "1 thin dataset(s) left out" in md  # the thin cell does not void it
+
+
+def test_each_arm_has_a_divergence_rate_and_the_comparisons_name_diverged_runs():
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=5, datasets=THREE)
+    hit = (runs["arm"] == "vit_b16_pretrained") & (runs["dataset"] == "breastmnist") & (runs["seed"] == 2)
+    runs.loc[hit, ["diverged", "test_auc", "val_auc"]] = [True, float("nan"), float("nan")]
+    res = report.Results.of(runs, make_config(runs))
+    d = res.divergence.set_index("arm").loc["vit_b16_pretrained"]
+    assert (d["runs"], d["diverged"]) == (15, 1)
+    assert d["lo"] == pytest.approx(0.0017, abs=1e-4) and d["hi"] == pytest.approx(0.3195, abs=1e-4)  # exact 1/15
+    md = report.to_markdown(report.document(res, FIGS), Path("/"))
+    assert "Diverged runs" in md and "Clopper-Pearson" in md
+    assert "Vit B16 Pretrained on breastmnist @ 28 px, fraction 1: diverged: vit\\_b16\\_pretrained seed 2" in md
 
 
 def test_one_seed_is_never_decided():
     md = markdown(make_runs({"vit_b16_pretrained": 0.05}, seeds=1))
-    assert "Overall: Not decided yet" in md and "no interval: no dataset with 3 or more pairs" in md
+    assert "Overall: Not decided yet" in md and "no interval: fewer than 2 datasets with 3 or more pairs" in md
 
 
 def test_duplicated_run_stops_the_report(tmp_path):
@@ -252,13 +279,17 @@ def test_every_large_arm_worse_is_said_so():
         "family": 1,
         "p_improve": 0.0,
         "decision": "worse",
+        "won": 0,
+        "tied": 0,
+        "lost": 1,
     }
     text = report.verdict_sentence(pd.DataFrame([row]), 0.01, "auc", 0.95, {"vit": "ViT"})
     assert text == (
         "Scale does not pay: every large arm is worse than the best small model by more than the practical "
-        "threshold of ±0.01 AUC; the closest is ViT (-0.200 AUC mean over 1 dataset(s), simultaneous CI "
-        "[-0.300, -0.100]); a claim at 95% confidence for the study as a whole (Bonferroni over 1 large arm "
-        "× fraction summaries)."
+        "threshold of ±0.01 AUC; the closest is ViT (-0.200 AUC mean over 1 dataset(s), simultaneous CI for such "
+        "tasks [-0.300, -0.100]; scale won on 0, tied on 0 and lost on 1 of 1 dataset(s)); a claim at 95% confidence "
+        "about tasks like these datasets (random effects across datasets; Bonferroni over 1 large arm × fraction "
+        "summaries)."
     )
 
 
@@ -327,3 +358,24 @@ def test_a_run_folder_not_in_the_run_table_stops_the_report(tmp_path):
 def test_without_run_files_the_report_says_how_to_get_the_curves():
     md = markdown(make_runs())
     assert "## Learning curves and reliability" in md and "scaleaudit report --metrics" in md
+
+
+def test_each_dataset_says_how_much_of_its_uncertainty_is_seeds_and_how_much_the_test_sample(tmp_path):
+    from scaleaudit.report import curves
+
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=3, datasets=DATASETS)
+    paths = write_run_folders(runs, tmp_path, n_test=60)
+    res = report.Results.of(runs, make_config(runs), curves=curves.load(paths, runs))
+    md = report.to_markdown(report.document(res, FIGS), Path("/"))
+    split = res.test_sample.set_index("dataset")
+    assert list(split["test_images"]) == [60, 60] and (split["test_var"] > 0).all()
+    share = split["test_share"].max()
+    assert "| dataset | test images | sd from seeds | sd from test sample | test-sample share of variance |" in md
+    assert f"the test sample's 60 images account for {share:.0%} of the variance of the gain" in md
+    assert "a per-cell claim is about patients like those of these test images, and these seeds" in " ".join(md.split())
+    # without the run files the claims are about these test images, and the cells' intervals are narrower
+    seeds_only = report.Results.of(runs, make_config(runs))
+    text = " ".join(report.to_markdown(report.document(seeds_only, FIGS), Path("/")).split())
+    assert "a claim about these test images and these seeds, not about patients like them" in text
+    width = res.comparisons["hi"] - res.comparisons["lo"]
+    assert (width > seeds_only.comparisons["hi"] - seeds_only.comparisons["lo"]).all()

@@ -45,7 +45,7 @@ STUDIES = {
         3,
         _diverged,
         True,
-        ["Left out: 9 run(s) with a non-finite score", "| 0 of 3 |", "No verdict under shift"],
+        ["Left out of the pairs: 9 run(s)", "| 0 of 3 |", "No verdict under shift"],
     ),
 }
 

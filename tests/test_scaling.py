@@ -189,7 +189,7 @@ def test_data_scale_fits_the_gain_per_10x_training_images_per_arm():
 
 
 def test_shipped_ladders_have_three_rungs_that_differ_in_size_only():
-    from conftest import REPO
+    from mirror import REPO
 
     from scaleaudit import config
 
@@ -214,7 +214,7 @@ def test_shipped_ladders_have_three_rungs_that_differ_in_size_only():
 
 
 def test_a_rung_that_differs_in_more_than_size_is_a_clear_error():
-    from conftest import REPO
+    from mirror import REPO
 
     from scaleaudit import config
     from scaleaudit.errors import ScaleauditError

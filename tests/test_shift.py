@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tiny_study
 
-from scaleaudit import corrupt, files, job, shift, stats, train
+from scaleaudit import corrupt, files, job, sequential, shift, stats, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.records import RunResult
 
@@ -16,7 +16,7 @@ from scaleaudit.records import RunResult
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from conftest import write_sums
+    from mirror import write_sums
 
     from scaleaudit.synthetic import write_npz
 
@@ -127,7 +127,7 @@ def _tables(gains: dict[str, float], clean_gain: float, seeds=6, noise=0.002, se
 
 
 def test_verdicts_tell_survives_shrinks_and_only_under_shift():
-    runs, sh = _tables({"blur": 0.05, "noise": 0.0}, clean_gain=0.05)
+    runs, sh = _tables({"blur": 0.05, "noise": 0.0}, clean_gain=0.05, seeds=10)
     v = shift.verdicts(runs, sh).set_index("condition")
     assert list(v.index) == ["clean", "blur", "noise", "all"]
     assert v.loc["clean", "decision"] == "better" and v.loc["clean", "family"] == 1  # the per-cell family
@@ -159,6 +159,22 @@ def test_clean_condition_is_the_studys_own_verdict():
     clean = shift.verdicts(runs, sh).query("condition == 'clean'").drop(columns=["condition", "reading"])
     expected = stats.compare(runs, "auc", 0.01, 0.95)
     pd.testing.assert_frame_equal(clean.reset_index(drop=True)[expected.columns], expected, check_dtype=False)
+
+
+def test_the_shift_verdict_stands_on_the_main_verdict_s_footing():
+    """The family is the design's (not the cells that have shift scores) and adaptive seeds use the repeated
+    confidence intervals, as the main verdict does."""
+    runs, sh = _tables({"blur": 0.03}, clean_gain=0.03, seeds=5, noise=0.01)
+    v = shift.verdicts(runs, sh, cells=20).set_index("condition")
+    main = stats.compare(runs, family=20).iloc[0]
+    assert v.loc["clean", "family"] == 20 and v.loc["clean", "adj_lo"] == pytest.approx(main["adj_lo"])
+    assert (v.loc[["blur", "all"], "family"] == 20 * 2 * 2).all()
+    repeated = sequential.interval((3, 5))
+    a = shift.verdicts(runs, sh, interval=repeated, fdr=False).set_index("condition")
+    b = stats.compare(runs, interval=repeated, fdr=False).iloc[0]
+    assert a.loc["clean", "adj_lo"] == pytest.approx(b["adj_lo"])
+    fixed = shift.verdicts(runs, sh, fdr=False).set_index("condition")
+    assert a.loc["blur", "adj_lo"] < fixed.loc["blur", "adj_lo"]  # the repeated interval is wider
 
 
 def test_no_change_is_rarely_called_a_change():

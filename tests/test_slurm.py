@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import tiny_study
-from conftest import REPO, write_sums
+from mirror import REPO, write_sums
 from mlflow_server import MlflowServer
 
 from scaleaudit.synthetic import write_npz

@@ -5,9 +5,9 @@ import json
 import mlflow
 import numpy as np
 import pytest
-from conftest import REPO
+from mirror import REPO
 
-from scaleaudit import config, data, job, tracking, train
+from scaleaudit import config, data, job, records, tracking, train
 
 EPOCHS = 3
 
@@ -88,3 +88,24 @@ def test_resize_and_normalisation_on_device():
     assert torch.equal(out[0, 0, :2, :2], torch.full((2, 2), -1.0))  # NEAREST: each pixel becomes a 2x2 block
     pad = train.BatchTransform(recipe | {"resize": "pad"}, 1, 4, torch.device("cpu"))(x)
     assert pad.shape == (1, 1, 4, 4) and pad[0, 0, 0].abs().sum() == 0 and pad[0, 0, 1, 1] == -1
+
+
+def test_a_diverged_run_is_recorded_not_crashed(spec, data_record, experiment, tmp_path):
+    """A run whose loss becomes non-finite stops, records NaN scores and is marked diverged in metrics.json, in its
+    row of runs.csv and in MLflow (tag and metric)."""
+    spec = spec.with_changes(recipe=spec.recipe | {"lr": float("inf")})
+    out = tmp_path / "run"
+    result = job.run(spec, data_record, out, experiment, weights=None, threads=1)
+    assert result["diverged"] == "non-finite training loss"
+    assert result["epochs_run"] < EPOCHS or not np.isfinite(result["history"][-1]["train_loss"])
+    assert all(np.isnan(result["test"][k]) for k in ("auc", "acc", "bacc", "ece"))
+    row = records.RunResult.load(out / "metrics.json").row()
+    assert row["diverged"] is True and np.isnan(row["test_auc"])
+    run = mlflow.MlflowClient(experiment["tracking_uri"]).get_run(result["tracking"]["run_id"])
+    assert run.data.tags["diverged"] == "non-finite training loss" and run.data.metrics["diverged"] == 1.0
+
+
+def test_divergence_rule():
+    assert train.divergence({"diverged": True}, {"auc": float("nan")}) == "non-finite training loss"
+    assert train.divergence({}, {"auc": 0.55}).startswith("best validation AUC 0.550")
+    assert train.divergence({}, {"auc": 0.56}) == "" and train.divergence({}, {"auc": None}) == ""

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import REPO
+from mirror import REPO
 
 TINY_CONFIG = {
     "study": "tiny",

@@ -50,6 +50,7 @@ def history(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
         confidence=v["confidence"],
         family=design.families(config)[0],
         interval=interval(config),
+        fdr=False,
     )
     last = int(runs["round"].max()) if len(runs) else 0
     return (

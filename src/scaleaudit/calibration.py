@@ -16,7 +16,7 @@ from importlib import resources
 
 import numpy as np
 
-from . import design, scaling, sequential, stats
+from . import design, metrics, scaling, sequential, stats
 
 NOISE = ("normal", "t4")
 SEED_SD = 0.02  # sd of a paired difference between two runs (seed noise of 0.01-0.03 AUC per run is typical)
@@ -55,6 +55,271 @@ def simulate_cell(
     return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
 
 
+RUN_SD = SEED_SD / np.sqrt(2)  # sd of one run's score, so that a paired difference has sd SEED_SD
+VAL_TEST_CORR = 0.9  # correlation of a run's validation and test scores, as in the demo
+
+
+def simulate_partners(
+    seeds: int,
+    true_diff: float,
+    small_arms: int,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    gap: float = 0.0,
+) -> dict:
+    """One cell with ``small_arms`` small arms (the first best, each next ``gap`` worse) and a large arm
+    ``true_diff`` above the best; every run's validation score correlates VAL_TEST_CORR with its test score. The
+    partner chosen on validation and the interval of ``stats.versus_best``: coverage of the gain over the best
+    small arm and the decisions."""
+    mu = -gap * np.arange(small_arms)[:, None]
+    large = true_diff + RUN_SD * rng.standard_normal((replicates, seeds))
+    test = mu + RUN_SD * rng.standard_normal((replicates, small_arms, seeds))
+    val = mu + VAL_TEST_CORR * (test - mu) + np.sqrt(1 - VAL_TEST_CORR**2) * RUN_SD * rng.standard_normal(test.shape)
+    chosen = test[np.arange(replicates), val.mean(axis=-1).argmax(axis=-1)]
+    every = [large - test[:, j] for j in range(small_arms)]
+    a = stats.assess([large - chosen, *every], rope, confidence, interval=stats.versus_best())
+    return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
+
+
+SMALL_SCORE = 0.85  # a partner's mean test AUC in the divergence check
+DIVERGENCE_RATES = (0.1, 0.2)
+DIVERGENCE_RULES = ("keep", "mixture", "conditional")
+STUDY_DATASETS = 7  # cells per large arm in the divergence check: the arm's rate is pooled over all of them
+
+
+def simulate_divergence(
+    seeds: int,
+    gain: float,
+    rate: float,
+    replicates: int,
+    rng: np.random.Generator,
+    rule: str = "conditional",
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    datasets: int = STUDY_DATASETS,
+) -> dict:
+    """A large arm over ``datasets`` cells of ``seeds`` seeds, gaining ``gain`` over its partner when it trains and
+    diverging in a share ``rate`` of its runs (its score then near chance, uniform on 0.45-0.55). The truth is the
+    expected gain of training the arm, failures included. Rules: ``keep`` (diverged runs counted at their score in
+    their cell, the rule before), ``mixture`` (``stats.with_divergence``: the cell's non-diverged seeds mixed with the
+    arm's rate pooled over all its runs) and ``conditional`` (the same, but the cell's own interval when no run of
+    the arm diverged, the verdict's rule). Coverage of the expected gain and the decisions, over all cells (family
+    of one each)."""
+    small = SMALL_SCORE + RUN_SD * rng.standard_normal((replicates, datasets, seeds))
+    large = SMALL_SCORE + gain + RUN_SD * rng.standard_normal(small.shape)
+    failed = rng.random(small.shape) < rate
+    d = np.where(failed, rng.uniform(0.45, 0.55, small.shape), large) - small
+    truth = (1 - rate) * gain + rate * (metrics.CHANCE_AUC - SMALL_SCORE)
+    if rule == "keep":
+        a = stats.assess([d], rope, confidence)
+        lo, hi, decision = a["lo"], a["hi"], a["decision"]
+    else:
+        lo, hi = np.full(small.shape[:2], np.nan), np.full(small.shape[:2], np.nan)
+        decision = np.full(small.shape[:2], "undecided", dtype=object)
+        pooled = np.broadcast_to(failed.sum(axis=(1, 2))[:, None], small.shape[:2])
+        score_lo, score_hi = stats.diverged_score("auc")
+        counts = (~failed).sum(axis=-1)
+        for k in range(stats.MIN_PAIRS, seeds + 1):
+            cells = counts == k
+            if cells.any():
+                interval = stats.with_divergence(
+                    stats.t_interval,
+                    pooled[cells],
+                    datasets * seeds,
+                    score_lo - small[cells].max(axis=-1),
+                    score_hi - small[cells].min(axis=-1),
+                    rule == "conditional",
+                )
+                a = stats.assess([d[cells][~failed[cells]].reshape(-1, k)], rope, confidence, interval=interval)
+                lo[cells], hi[cells], decision[cells] = a["lo"], a["hi"], a["decision"]
+    return {"truth": truth, "coverage": float(np.mean((lo <= truth) & (truth <= hi)))} | rates(decision.astype(str))
+
+
+def trained_gain(expected: float, rate: float) -> float:
+    """The gain when the arm trains that makes its expected gain ``expected`` with divergence ``rate``."""
+    return (expected + rate * (SMALL_SCORE - metrics.CHANCE_AUC)) / (1 - rate)
+
+
+def divergence_scenarios(replicates: int, rng: np.random.Generator, rope: float = 0.01) -> list[dict]:
+    """The scenario rows of divergence 10 % / 20 % under the verdict's rule: coverage of the expected gain and false
+    "better" with it on the ROPE edge, power with it +0.05 (5 seeds, STUDY_DATASETS cells per arm)."""
+    rows = []
+    for rate in DIVERGENCE_RATES:
+        edge, power = (
+            simulate_divergence(5, trained_gain(expected, rate), rate, replicates, rng, rope=rope)
+            for expected in (rope, 0.05)
+        )
+        rows.append(
+            {"scenario": f"divergence {rate:.0%} (rate pooled over the arm's runs)", "coverage": edge["coverage"]}
+            | {"false_better": edge["better"], "power_0.05": power["better"]}
+        )
+    return rows
+
+
+def divergence_table(
+    replicates: int, seeds: int = 5, rope: float = 0.01, seed: int = 0, rates_=(0.0, 0.05, *DIVERGENCE_RATES)
+) -> list[dict]:
+    """Per divergence rate and rule (``simulate_divergence``): coverage of the expected gain and false "better" with
+    it on the ROPE edge, and power with it +0.05."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for rate in rates_:
+        for rule in DIVERGENCE_RULES:
+            edge, power = (
+                simulate_divergence(seeds, trained_gain(expected, rate), rate, replicates, rng, rule, rope)
+                for expected in (rope, 0.05)
+            )
+            rows.append(
+                {"rate": rate, "rule": rule, "seeds": seeds, "datasets": STUDY_DATASETS}
+                | {"coverage": edge["coverage"], "false_better": edge["better"], "power_0.05": power["better"]}
+            )
+    return rows
+
+
+FDR_FAMILY = 210  # the full design's per-cell comparisons (7 datasets x 3 fractions x 2 sizes x 5 large arms)
+
+
+def simulate_fdr(
+    seeds: int,
+    gain: float,
+    true_share: float,
+    replicates: int,
+    rng: np.random.Generator,
+    family: int = FDR_FAMILY,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    fdr: bool = True,
+) -> dict:
+    """A per-cell family of ``family`` comparisons, a share ``true_share`` of them with a true gain ``gain`` and the
+    others on the ROPE edge (+rope: any claim there is false), each with ``seeds`` paired differences of sd SEED_SD,
+    decided as ``stats.compare`` does: Benjamini-Hochberg (``fdr``) or Bonferroni. Power: the share of true gains
+    called better; fdr: the mean share of false claims among the claims; any_false: the chance of one or more."""
+    real = np.arange(family) < round(true_share * family)
+    truth = np.where(real, gain, rope)[:, None]
+    tasks = [truth + SEED_SD * rng.standard_normal((replicates, family, seeds))]
+    if fdr:
+        level = stats.fdr_confidence(stats.claim_level(tasks, rope), confidence, family)[:, None]
+    else:
+        level = stats.family_confidence(confidence, family)
+    _, lo, hi = stats.t_interval(tasks, level)
+    decision = stats.decide(lo, hi, rope)
+    claims, false = decision != "undecided", (decision != "undecided") & ~real
+    return {
+        "power": float((decision[:, real] == "better").mean()) if real.any() else float("nan"),
+        "fdr": float(np.mean(false.sum(axis=1) / np.maximum(claims.sum(axis=1), 1))),
+        "any_false": float(false.any(axis=1).mean()),
+    }
+
+
+def fdr_table(replicates: int, seeds=(3, 5), gain: float = 0.05, seed: int = 0) -> list[dict]:
+    """The per-cell criterion: power at +``gain`` and the false discovery rate with 10 %, 50 % and 100 % of the
+    comparisons true (none: every claim false), Benjamini-Hochberg against Bonferroni, per number of seeds."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in seeds:
+        for share in (0.0, 0.1, 0.5, 1.0):
+            for fdr in (True, False):
+                r = simulate_fdr(n, gain, share, replicates, rng, fdr=fdr)
+                rows.append({"seeds": n, "true_share": share, "criterion": "fdr" if fdr else "bonferroni"} | r)
+    return rows
+
+
+def simulate_beta(
+    seeds: int, true_diff: float, replicates: int, rng: np.random.Generator, rope: float = 0.01, mean: float = 0.97
+) -> dict:
+    """Skewed, bounded noise near AUC 1: each run's score is beta-distributed around ``mean`` (sd RUN_SD), the large
+    arm's around ``mean`` + ``true_diff``; the paired t-interval's coverage of the true difference and decisions."""
+
+    def beta(m: float) -> np.ndarray:
+        k = m * (1 - m) / RUN_SD**2 - 1  # a + b for sd RUN_SD
+        return rng.beta(m * k, (1 - m) * k, (replicates, seeds))
+
+    a = stats.assess([beta(mean + true_diff) - beta(mean)], rope, 0.95)
+    return {"coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"])))} | rates(a["decision"])
+
+
+TEST_IMAGES = 156  # BreastMNIST's test split, the smallest of the study
+PREVALENCE = 0.27  # its share of malignant images (42 of 156)
+# A run's score of an image: y * mu + the image's effect shared by every run (sd 1) + the arm's own view of it,
+# the same for every seed (ARM_IMAGE_SD: what makes the test sample matter beyond the seeds) + the seed's (RUN_IMAGE_SD)
+ARM_IMAGE_SD, RUN_IMAGE_SD = 0.7, 0.3
+
+
+def simulate_test_sample(
+    seeds: int,
+    true_diff: float,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    images: int = TEST_IMAGES,
+    small_auc: float = 0.85,
+) -> dict:
+    """Test-sample noise crossed with seeds: each replicate draws a test set of ``images`` patients (labels at
+    PREVALENCE) and, per arm and seed, scores (ARM_IMAGE_SD), mu varying over seeds so that a run's AUC has seed sd
+    ~RUN_SD. The truth is the population gain, the expected AUC over seeds and patients (binormal: Phi(mu / sqrt(c^2
+    + tau^2)), c^2 twice the score variance), ``small_auc`` for the small arm. The per-cell interval with the test sample's bootstrap variance (``testsample``, the report's) against the
+    seeds' alone: coverage of the population gain, decisions, and the test sample's share of the variance."""
+    from functools import partial
+
+    from scipy.stats import norm
+
+    from . import testsample
+
+    c = np.sqrt(2 * (1 + ARM_IMAGE_SD**2 + RUN_IMAGE_SD**2))
+    tau = RUN_SD * c / norm.pdf(norm.ppf(small_auc))  # seed sd of mu that gives a run's AUC seed sd ~RUN_SD
+    wide = np.sqrt(c**2 + tau**2)
+    mu = np.array([norm.ppf(small_auc + true_diff), norm.ppf(small_auc)]) * wide  # large, small
+    w = np.vstack([np.ones(images), testsample.weights(images)])  # row 0: the test set itself
+    diffs, test_var = np.empty((replicates, seeds)), np.empty(replicates)
+    for r in range(replicates):
+        y = (rng.uniform(size=images) < PREVALENCE).astype(int)
+        image = rng.standard_normal(images) + ARM_IMAGE_SD * rng.standard_normal((2, 1, images))
+        mus = mu[:, None] + tau * rng.standard_normal((2, seeds))
+        score = mus[..., None] * y + image + RUN_IMAGE_SD * rng.standard_normal((2, seeds, images))
+        auc = np.array([[testsample.resampled(y, np.stack([-s, s], 1), "binary", "auc", w) for s in a] for a in score])
+        d = auc[0] - auc[1]  # (seeds, 1 + resamples)
+        diffs[r], test_var[r] = d[:, 0], d[:, 1:].mean(axis=0).var(ddof=1)
+    interval = partial(stats.t_interval, extra=[test_var], extra_df=testsample.RESAMPLES - 1)
+    a, seeds_only = stats.assess([diffs], rope, 0.95, interval=interval), stats.assess([diffs], rope, 0.95)
+    seed_var = np.maximum(diffs.var(axis=1, ddof=1), stats.SD_FLOOR**2) / seeds
+    return {
+        "coverage": float(np.mean((a["lo"] <= true_diff) & (true_diff <= a["hi"]))),
+        "coverage_seeds_only": float(np.mean((seeds_only["lo"] <= true_diff) & (true_diff <= seeds_only["hi"]))),
+        "test_share": float(np.mean(test_var / (test_var + seed_var))),
+    } | rates(a["decision"])
+
+
+def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
+    """One row per scenario of issue 19, nominal against measured: heterogeneous datasets (tau 0.02, the population
+    mean on the ROPE edge; random effects), correlated validation and test with 3 small arms (the partner's
+    interval), skewed beta noise near AUC 1, divergence 10 % / 20 % (``divergence_scenarios``), test-sample noise
+    crossed with seeds (the per-cell interval with the bootstrap's variance, beside the seeds' alone; its replicates
+    an eighth, each bootstraps), per-cell FDR (power at +0.05 with half the family true, and the false discovery
+    rate)."""
+    rng = np.random.default_rng(seed)
+    het = simulate_heterogeneous(5, rope, 0.02, replicates, rng, rope)
+    partners = simulate_partners(5, rope, 3, replicates, rng, rope)
+    skew = simulate_beta(5, rope, replicates, rng, rope)
+    rows = [
+        {"scenario": "heterogeneous datasets (tau 0.02)", "coverage": het["coverage"], "false_better": het["better"]},
+        {"scenario": "val/test correlated, 3 small arms", "coverage": partners["coverage"]}
+        | {"false_better": partners["better"]},
+        {"scenario": "beta noise near AUC 1", "coverage": skew["coverage"], "false_better": skew["better"]},
+    ]
+    rows += divergence_scenarios(replicates, rng, rope)
+    f = simulate_fdr(5, 0.05, 0.5, max(replicates // 20, 50), rng)
+    rows.append({"scenario": "per-cell FDR, half the family +0.05", "power_0.05": f["power"], "fdr": f["fdr"]})
+    # its own generator, so that the rows above keep their draws
+    t = simulate_test_sample(5, rope, max(replicates // 8, 100), np.random.default_rng([seed, 19]), rope)
+    rows.append(
+        {"scenario": f"test sample of {TEST_IMAGES} images x seeds", "coverage": t["coverage"]}
+        | {"false_better": t["better"], "coverage_seeds_only": t["coverage_seeds_only"], "test_share": t["test_share"]}
+    )
+    return [{"seeds": 5, "nominal_coverage": 0.95, "nominal_false": 0.025} | r for r in rows]
+
+
 def planted_tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:
     """Paired differences of the seven tasks of TASK_SDS, each of shape ``shape`` + (seeds,)."""
     return [true_mean + off + sd * noise(kind, shape + (seeds,), rng) for sd, off in zip(TASK_SDS, TASK_OFFSETS)]
@@ -72,6 +337,27 @@ def simulate_tasks(
     """The across-task summary of one large arm over the seven tasks of TASK_SDS (true task differences
     ``true_mean`` + TASK_OFFSETS): coverage of the mean difference and the decisions."""
     a = stats.assess(planted_tasks(seeds, true_mean, kind, (replicates,), rng), rope, confidence)
+    return {"coverage": float(np.mean((a["lo"] <= true_mean) & (true_mean <= a["hi"])))} | rates(a["decision"])
+
+
+TAUS = (0.0, 0.01, 0.02, 0.03)  # sd of the true gains between datasets
+
+
+def simulate_heterogeneous(
+    seeds: int,
+    true_mean: float,
+    tau: float,
+    replicates: int,
+    rng: np.random.Generator,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    kind: str = "normal",
+) -> dict:
+    """The study-level claim (``stats.between_tasks``) over the seven tasks of TASK_SDS whose true gains are drawn
+    around the population mean ``true_mean`` with sd ``tau``: coverage of the population mean and the decisions."""
+    gains = true_mean + tau * rng.standard_normal((replicates, len(TASK_SDS), 1))
+    tasks = [gains[:, i] + sd * noise(kind, (replicates, seeds), rng) for i, sd in enumerate(TASK_SDS)]
+    a = stats.assess(tasks, rope, confidence, interval=stats.between_tasks)
     return {"coverage": float(np.mean((a["lo"] <= true_mean) & (true_mean <= a["hi"])))} | rates(a["decision"])
 
 

@@ -18,7 +18,7 @@ from .errors import ScaleauditError
 from .files import atomic_path, file_digest, read_json, write_json
 from .records import PREDICTIONS, RunInfo, RunResult, RunSpec
 from .tracking import TrackedRun, TrackingUnavailable
-from .train import CHECKPOINT, CHECKPOINT_EVERY_S, Trainer
+from .train import CHECKPOINT, CHECKPOINT_EVERY_S, Trainer, divergence
 
 BEST_WEIGHTS = "best.safetensors"  # the selected weights, kept after training
 RUN_CONFIG = "run_config.json"  # the resolved spec, beside the results it produced
@@ -77,6 +77,8 @@ def run(
             _end_failed(tracked, monitor, exc, log)
             raise
         checkpoint.unlink(missing_ok=True)
+        if record.diverged:
+            log(f"diverged: {record.diverged}")
         log(
             f"test auc {test['auc']:.4f} acc {test['acc']:.4f} (best epoch {trainer.state['best_epoch']}, "
             f"{record.cost['train_seconds']:.0f} s)"
@@ -165,6 +167,7 @@ def _record(
         },
         provenance={},
         tracking=None,
+        diverged=divergence(trainer.state, val),
     )
 
 
@@ -199,9 +202,11 @@ def _write_outputs(
         tracked.log_metrics(
             {f"test_{k}": v for k, v in record.test.items() if v is not None}  # a kNN vote has no loss
             | {f"best_val_{k}": v for k, v in record.val.items() if v is not None}
-            | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))},
+            | {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}
+            | {"diverged": float(bool(record.diverged))},
             step=trainer.state["epoch"],
         )
+        tracked.set_tag("diverged", record.diverged or "no")
         tracked.log_artifacts([out_dir / RUN_CONFIG, out_dir / PREDICTIONS, out_dir / BEST_WEIGHTS])
         if tracking.get("log_model"):
             tracked.log_model(trainer.model, out_dir / "mlflow_model")

@@ -161,6 +161,7 @@ class RunResult:
     provenance: dict  # code, versions, hardware, data, weights
     tracking: dict | None  # MLflow run_id, tracking_uri, experiment, experiment_id
     best_weights: dict | None = None  # the selected weights kept in the run folder: file, format, sha256, tensors
+    diverged: str = ""  # why the run counts as diverged (train.divergence), '' when it does not
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"run": asdict(self.run)}
@@ -187,6 +188,7 @@ class RunResult:
             "n_train": self.n_train,
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
+            "diverged": bool(self.diverged),
         }
         for split in ("test", "val"):
             out |= {f"{split}_{k}": getattr(self, split)[k] for k in SPLIT_METRICS}

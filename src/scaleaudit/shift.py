@@ -9,7 +9,8 @@ sees corrupted data. Conditions: ``clean``, each corruption family of medmnistc 
 task-specific: mean over its corruptions and their 5 severities) and ``all`` (mean over corruptions and severities).
 Multiplicity: the clean verdicts stay in the study's per-cell family; the shift claims (each corrupted condition's
 comparison, and whether the gain changed under shift) form one family of their own, of cells x large arms x
-(corruption families + 1) x 2, Bonferroni like the others.
+(corruption families + 1) x 2, decided by the main verdict's per-cell criterion (Benjamini-Hochberg, or Bonferroni
+with adaptive seeds); whether the gain changed: Bonferroni over that family.
 """
 
 from __future__ import annotations
@@ -71,23 +72,35 @@ def _with_score(runs: pd.DataFrame, scores: pd.DataFrame, condition: str, metric
 
 
 def verdicts(
-    runs: pd.DataFrame, shift: pd.DataFrame, metric: str = "auc", rope: float = 0.01, confidence: float = 0.95
+    runs: pd.DataFrame,
+    shift: pd.DataFrame,
+    metric: str = "auc",
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    cells: int | None = None,
+    interval: stats.Interval = stats.t_interval,
+    fdr: bool = True,
 ) -> pd.DataFrame:
     """Per cell, large arm and condition: the paired difference to the small partner and its decision
     (``stats.compare``), and for corrupted conditions the change of that gain from clean (``change``: the paired
     difference of differences, decided against the same ROPE: 'better' = the gain grows under shift, 'worse' =
-    it shrinks) and a plain reading (``reading``). ``family``: the shift family's size (module docstring)."""
+    it shrinks) and a plain reading (``reading``). ``family``: the shift family's size (module docstring).
+    On the main verdict's footing: ``cells`` is the design's per-cell family (design.families; at least the
+    comparisons present), so comparisons without shift scores do not loosen it, ``interval`` the main verdict's
+    interval method (adaptive seeds: the repeated confidence intervals) and ``fdr`` its per-cell criterion."""
     scores = condition_scores(shift, metric)
     conditions = [CLEAN] + sorted(set(scores["condition"]) - {CLEAN, ALL}) + [ALL]
-    cells = runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates()
-    family = len(cells) * (len(conditions) - 1) * 2
+    present = len(runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates())
+    cells = max(cells or 0, present)
+    family = cells * (len(conditions) - 1) * 2
+    kw = dict(interval=interval, fdr=fdr)
     clean_runs = _with_score(runs, scores, CLEAN, metric)
-    clean = stats.compare(clean_runs, metric, rope, confidence)  # the study's per-cell family, as the report's
+    clean = stats.compare(clean_runs, metric, rope, confidence, family=cells, **kw)  # the report's per-cell family
     clean_pairs = stats.paired(clean_runs, metric)
     out = [clean.assign(condition=CLEAN)]
     for condition in conditions[1:]:
         shifted = _with_score(runs, scores, condition, metric)
-        c = stats.compare(shifted, metric, rope, confidence, family=family)
+        c = stats.compare(shifted, metric, rope, confidence, family=family, **kw)
         pairs = stats.paired(shifted, metric).merge(
             clean_pairs, on=CELL + ["arm", "seed", "small_arm"], suffixes=("", "_clean")
         )
@@ -96,7 +109,7 @@ def verdicts(
             g = pairs[(pairs[CELL + ["arm"]] == key).all(axis=1)]
             dd = (g["diff"] - g["diff_clean"]).to_numpy()
             if len(dd) >= stats.MIN_PAIRS:
-                a = stats.assess([dd], rope, confidence, family)
+                a = stats.assess([dd], rope, confidence, family, interval)
                 changes.append(
                     {
                         "change": float(a["estimate"]),

@@ -390,6 +390,9 @@ class TrackedRun:
         self._call(lambda: self.client.log_artifacts(self.run_id, str(staging), "model"))
         shutil.rmtree(staging, ignore_errors=True)
 
+    def set_tag(self, key: str, value: str) -> None:
+        self._call(lambda: self.client.set_tag(self.run_id, key, value))
+
     def log_dict(self, obj: dict, name: str) -> None:
         self._call(lambda: self.client.log_dict(self.run_id, obj, name))
 

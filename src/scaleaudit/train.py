@@ -32,6 +32,18 @@ CHECKPOINT_EVERY_S = 30.0
 CHECKPOINT_SHARE = 0.02
 
 
+def divergence(state: dict, val: dict) -> str:
+    """Why a run counts as diverged, '' when it does not: its training loss became non-finite (training stops there
+    and its scores are NaN), or its best validation AUC is within metrics.DIVERGED_MARGIN of chance (it learned
+    nothing). ``state`` is the trainer's, ``val`` the validation metrics of its selected weights."""
+    if state.get("diverged"):
+        return "non-finite training loss"
+    auc = val.get("auc")
+    if auc is not None and math.isfinite(auc) and auc <= metrics.CHANCE_AUC + metrics.DIVERGED_MARGIN:
+        return f"best validation AUC {auc:.3f} <= {metrics.CHANCE_AUC + metrics.DIVERGED_MARGIN:g}"
+    return ""
+
+
 def mean_std(recipe: dict, arm: dict) -> tuple[tuple, tuple]:
     """The recipe's Normalize statistics; ``pretrained``: those of the arm's timm pretrained config, as
     MedMNIST+ takes them (``model.default_cfg['mean'/'std']``): 0.5/0.5 for AugReg ViTs, ImageNet for ResNet a1."""
@@ -359,11 +371,15 @@ class Trainer:
         recipe = self.spec.recipe
         epochs, select = recipe["epochs"], recipe["select"]
         saved_at, save_s = None, 0.0
-        while self.state["epoch"] < epochs and not self.state.get("stopped_early"):
+        while self.state["epoch"] < epochs and not (self.state.get("stopped_early") or self.state.get("diverged")):
             epoch = self.state["epoch"] + 1
             t0 = time.perf_counter()
             row = {"epoch": epoch, "train_loss": self.train_epoch(), "lr": self.optimizer.param_groups[0]["lr"]}
-            if epoch % recipe["eval_every"] == 0 or epoch == epochs:
+            if not math.isfinite(row["train_loss"]):
+                # diverged: the weights are no longer numbers; they are the run's selected weights (scores NaN)
+                self.state |= {"diverged": True, "best_epoch": epoch, "best_state": copy.deepcopy(self.trained_state())}
+                self.log(f"epoch {epoch}: training loss {row['train_loss']}: diverged, training stops")
+            elif epoch % recipe["eval_every"] == 0 or epoch == epochs:
                 val, _ = self.evaluate("val")
                 row |= {f"val_{k}": v for k, v in val.items()}
                 score = val["auc"] if select == "val_auc" else -val["loss"]
@@ -378,7 +394,7 @@ class Trainer:
             row["seconds"] = time.perf_counter() - t0
             self.state["epoch"] = epoch
             self.state["history"].append(row)
-            last = epoch == epochs or self.state.get("stopped_early")
+            last = epoch == epochs or self.state.get("stopped_early") or self.state.get("diverged")
             interval = max(checkpoint_every_s, save_s / CHECKPOINT_SHARE) if checkpoint_every_s > 0 else 0.0
             if saved_at is None or last or time.monotonic() - saved_at >= interval:
                 t0 = time.monotonic()

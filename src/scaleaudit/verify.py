@@ -24,7 +24,7 @@ from .design import RUN_KEY
 from .errors import ScaleauditError
 from .records import PREDICTIONS, SPLIT_METRICS, RunResult
 
-RECOMPUTED = ("auc", "acc", "bacc", "ece")  # the test metrics the predictions give (the loss needs the logits)
+RECOMPUTED = metrics.METRICS  # the test metrics the predictions give (the loss needs the logits)
 RANGES = dict.fromkeys(RECOMPUTED, (0.0, 1.0)) | {"loss": (0.0, math.inf)}
 TOLERANCE = 1e-9  # the same arrays give the same metrics; only the JSON round trip may differ in the last bit
 RETRAIN = "delete the run folder {} and re-run the workflow to train the run again"
@@ -39,13 +39,6 @@ def _listed(items: list[str]) -> str:
     return "; ".join(items[:MOST]) + (f"; and {len(items) - MOST} more" if len(items) > MOST else "")
 
 
-def recompute(labels: np.ndarray, probabilities: np.ndarray, task: str) -> dict[str, float]:
-    """The test metrics of saved predictions; none (NaN) from non-finite probabilities, as a diverged run gives."""
-    if not np.isfinite(probabilities).all():
-        return dict.fromkeys(RECOMPUTED, math.nan)
-    return {k: metrics.evaluate(labels, probabilities, task)[k] for k in RECOMPUTED}
-
-
 def run(path: str | os.PathLike) -> RunResult:
     """One run folder: its ``metrics.json``, checked against the predictions beside it."""
     result = RunResult.load(path)
@@ -56,7 +49,7 @@ def run(path: str | os.PathLike) -> RunResult:
             f"{predictions} is missing: every finished run writes it before metrics.json", RETRAIN.format(folder)
         )
     with np.load(predictions) as p:
-        again = recompute(p["labels"], p["probabilities"], result.task)
+        again = metrics.evaluate(p["labels"], p["probabilities"], result.task)  # as training computed them
     off = [
         f"test {k} {result.test[k]!r} in metrics.json, {again[k]!r} from predictions.npz"
         for k in RECOMPUTED

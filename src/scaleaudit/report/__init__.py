@@ -79,7 +79,7 @@ def build(
     res = Results.of(
         runs,
         config,
-        curves=curves.load(metrics, runs) if metrics else None,
+        curves=curves.load(metrics, runs, config["verdict"]["metric"]) if metrics else None,
         shift_table=pd.read_csv(shift_csv) if shift_csv else None,
         estimate=read_json(plan_json) if plan_json else None,
         verified=True,

@@ -214,6 +214,43 @@ def forest(cv: Canvas):
     return fig
 
 
+def task_forest(cv: Canvas, arm: str):
+    """One large arm's study-level claim: each dataset's gain and interval, the pooled estimate with its
+    simultaneous interval and a new task's prediction interval, against the ROPE; one panel per fraction."""
+    f, v, res = cv.res.task_forest, cv.verdict, cv.res
+    f = f[f["arm"] == arm]
+    labels = list(dict.fromkeys(f.loc[f["kind"] == "dataset", "label"])) + ["pooled", "a new task"]
+    fractions = sorted(f["fraction"].unique())
+    fig, axes = plt.subplots(
+        1,
+        len(fractions),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+        figsize=(3.2 * len(fractions) + 1.8, 0.32 * len(labels) + 1.2),
+    )
+    for ax, fraction in zip(axes[0], fractions):
+        ax.axvspan(-v["rope"], v["rope"], color="0.85", zorder=0)
+        ax.axvline(0, color="0.4", lw=0.8)
+        for r in f[f["fraction"] == fraction].itertuples():
+            y = len(labels) - 1 - labels.index("pooled" if r.kind == "pooled" else r.label)
+            colour, marker = DECISION_STYLE[r.decision] if r.kind != "prediction" else ("0.3", "")
+            if not math.isnan(r.lo):
+                ax.plot([r.lo, r.hi], [y, y], color=colour, lw=2.5 if r.kind == "pooled" else 1.5)
+            if r.kind != "prediction":
+                ax.plot(r.estimate, y, marker="D" if r.kind == "pooled" else marker, color=colour, ms=6, ls="none")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_title(f"{res.labels[arm]}" + (f", {fraction:g} of train" if len(fractions) > 1 else ""), fontsize=9)
+    axes[0, 0].set_yticks(range(len(labels)), labels[::-1], fontsize=8)
+    fig.supxlabel(
+        f"{res.metric} gain over the best small arm ({v['confidence']:.0%} CI per dataset; pooled: simultaneous CI; "
+        f"grey band: ROPE ±{v['rope']:g})",
+        fontsize=8,
+    )
+    return fig
+
+
 def pareto(cv: Canvas, part):
     """Test metric against training energy per arm, with the Pareto front."""
     summary, colours = cv.summary, cv.colours
@@ -495,4 +532,6 @@ def figures(res: Results, outdir: Path) -> dict[str, list[Path]]:
             save(name, f"{name}_{k}", draw(cv, part))
     for name, draw in WHOLE.items():
         save(name, name, draw(cv))
+    for k, arm in enumerate(sorted(res.task_forest["arm"].unique()), 1):
+        save("task_forest", f"task_forest_{k}", task_forest(cv, arm))
     return out

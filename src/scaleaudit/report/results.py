@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats, verify
+from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats, testsample, verify
 from .curves import Curves
 
 TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
@@ -40,10 +40,10 @@ def cell_name(r) -> str:
 
 
 def partner(r, labels: dict) -> str:
-    """The small arm a comparison is paired with; how the seeds split when they chose different ones."""
+    """The small arm a comparison is paired with, and how many small arms bound its interval's upper end."""
     if r.small_arm is None or (isinstance(r.small_arm, float) and math.isnan(r.small_arm)):
         return "–"
-    return labels[r.small_arm] + (f"\n({r.small_choice})" if r.small_choice else "")
+    return labels[r.small_arm] + (f"\n(upper end: all {r.small_arms})" if r.small_arms > 1 else "")
 
 
 def arm_labels(runs: pd.DataFrame, config: dict) -> dict[str, str]:
@@ -66,7 +66,9 @@ class Results:
     summary: pd.DataFrame  # per cell and arm, with its Pareto-front flag (``front``)
     comparisons: pd.DataFrame
     overall: pd.DataFrame
+    task_forest: pd.DataFrame  # per large arm and fraction: each dataset's gain, the pooled claim, a new task's range
     scores: pd.DataFrame
+    divergence: pd.DataFrame  # per arm: runs, diverged runs, the rate with its exact interval
     reproduction: pd.DataFrame
     dropped: pd.DataFrame
     missing: pd.DataFrame
@@ -86,6 +88,7 @@ class Results:
     shift_verdicts: pd.DataFrame | None = None  # the verdict clean and per corrupted condition (shift.verdicts)
     severity: pd.DataFrame | None = None  # the metric against severity per arm (shift.severity_curve)
     estimate: dict | None = None  # the plan `scaleaudit plan` wrote before the study started (this study's)
+    test_sample: pd.DataFrame | None = None  # per task: seed and test-sample variance of the gain (testsample.split)
     verified: bool = False  # the run table passed scaleaudit.verify (and its folders, where curves were given)
 
     @classmethod
@@ -103,13 +106,19 @@ class Results:
         kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"])
         why = stats.unusable(runs, v["metric"])
         seq = design.is_adaptive(config)
+        # the test sample's part of each interval, from the runs' predictions where given (not yet for adaptive
+        # seeds: their repeated intervals take no second variance)
+        test_var = testsample.variances(runs, curves.resampled, v["metric"]) if curves and not seq else None
         # adaptive seeds: each comparison's decision frozen at its round; the study-level summaries from the first
         # round, the seeds every cell ran whatever the data (see scaleaudit.adaptive)
-        cells_verdict = adaptive.verdict(runs, config) if seq else stats.compare(runs, family=cells, **kw)
+        cells_verdict = (
+            adaptive.verdict(runs, config) if seq else stats.compare(runs, family=cells, test_var=test_var, **kw)
+        )
         comparisons = ledger.cost_normalised(runs, cells_verdict)
         summary = ledger.arm_summary(runs, v["metric"])
         model_scale = {axis: scaling.model_scale(runs, config, axis) for axis in scaling.MODEL_AXES}
         savings = adaptive.savings(runs, config) if seq else None
+        overall = stats.overall(adaptive.first_round(runs, config), family=summaries, test_var=test_var, **kw)
         has_shift = shift_table is not None and not shift_table.empty
         return cls(
             runs=runs,
@@ -117,8 +126,10 @@ class Results:
             labels=arm_labels(runs, config),
             summary=summary.assign(front=ledger.pareto_front(summary)),
             comparisons=comparisons,
-            overall=stats.overall(adaptive.first_round(runs, config), family=summaries, **kw),
+            overall=overall,
+            task_forest=task_forest(cells_verdict, overall),
             scores=stats.score_summary(runs, v["metric"], v["confidence"]),
+            divergence=divergence(runs, v["confidence"]),
             reproduction=reproduction.reproduction(runs, config["arms"]),
             dropped=runs[why != ""].assign(reason=why[why != ""]),
             missing=missing_runs(runs, config),
@@ -142,11 +153,19 @@ class Results:
             savings_total=adaptive.summary(savings) if seq else None,
             curves=curves,
             shift=shift_table if has_shift else None,
-            shift_verdicts=shift.verdicts(runs, shift_table, v["metric"], v["rope"], v["confidence"])
+            shift_verdicts=shift.verdicts(
+                runs,
+                shift_table,
+                **kw,
+                cells=cells,
+                interval=adaptive.interval(config) if seq else stats.t_interval,
+                fdr=not seq,
+            )
             if has_shift
             else None,
             severity=shift.severity_curve(shift_table, v["metric"], v["confidence"]) if has_shift else None,
             estimate=estimate if estimate and estimate["study"] == config["study"] else None,
+            test_sample=testsample.split(cells_verdict, curves.test_images) if test_var is not None else None,
             verified=verified,
         )
 
@@ -160,6 +179,42 @@ def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     have = verify.designed(runs, config)
     count = have.groupby(design.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
     return count[count["present"] < count["designed"]]
+
+
+def task_forest(comparisons: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the forest plot per large arm and fraction: each dataset's gain with its interval and decision,
+    then the pooled study-level claim (random effects, simultaneous interval) and the prediction for a new task."""
+    rows = [
+        {"arm": r.arm, "fraction": r.fraction, "label": cell_name(r), "kind": "dataset"}
+        | {"estimate": r.diff, "lo": r.lo, "hi": r.hi, "decision": r.decision}
+        for r in comparisons.itertuples()
+    ]
+    for r in overall.itertuples():
+        rows.append(
+            {"arm": r.arm, "fraction": r.fraction, "label": f"pooled ({r.tasks} datasets)", "kind": "pooled"}
+            | {"estimate": r.mean_diff, "lo": r.adj_lo, "hi": r.adj_hi, "decision": r.decision}
+        )
+        rows.append(
+            {"arm": r.arm, "fraction": r.fraction, "label": "a new task", "kind": "prediction"}
+            | {"estimate": r.mean_diff, "lo": r.pred_lo, "hi": r.pred_hi, "decision": "undecided"}
+        )
+    return pd.DataFrame(rows, columns=["arm", "fraction", "label", "kind", "estimate", "lo", "hi", "decision"])
+
+
+def divergence(runs: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Per arm: its runs, how many diverged (``train.divergence``), the rate and its exact (Clopper-Pearson)
+    interval at ``confidence``, and the cells' diverged runs named (dataset, fraction, seed)."""
+    failed = stats.diverged(runs)
+    rows = []
+    for arm, g in runs.groupby("arm", sort=True):
+        k, n = int(failed[g.index].sum()), len(g)
+        lo, hi = (float(x) for x in stats.divergence_rate(k, n, confidence))
+        named = [f"{cell_name(r)}, fraction {r.fraction:g}, seed {r.seed}" for r in g[failed[g.index]].itertuples()]
+        rows.append(
+            {"arm": arm, "group": g["group"].iloc[0], "runs": n, "diverged": k, "rate": k / n}
+            | {"lo": lo, "hi": hi, "which": listed(named, 6)}
+        )
+    return pd.DataFrame(rows, columns=["arm", "group", "runs", "diverged", "rate", "lo", "hi", "which"])
 
 
 def data_efficiency(comparisons: pd.DataFrame) -> pd.DataFrame:

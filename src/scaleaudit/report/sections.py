@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import calibration, design, fidelity, ledger, metrics, provenance, scaling, shift, stats
+from .. import calibration, design, fidelity, ledger, metrics, provenance, scaling, shift, stats, testsample
 from .document import Document, Figure, Heading, PageBreak, Para, Table
 from .prose import text
 from .results import NOT_PUBLISHED, Results, cell_name, ci, listed, num, partner
@@ -450,6 +450,21 @@ def statistics_paras(res: Results) -> list:
                 alpha=1 - v["confidence"],
                 m_cells=int(c["family"].max()) if len(c) else cells,
                 m_summaries=int(over["family"].max()) if len(over) else summaries,
+                adaptive=design.is_adaptive(res.config),
+                cell_level=float(c["adj_level"].min())
+                if len(c) and c["adj_level"].notna().any()  # none when no cell has pairs enough for an interval
+                else stats.family_confidence(v["confidence"], cells),
+            )
+        ),
+        Para(
+            text(
+                "statistics",
+                "test_sample",
+                given=res.curves is not None,
+                resamples=testsample.RESAMPLES,
+                floor=stats.SD_FLOOR,
+                metric=res.metric,
+                adaptive=design.is_adaptive(res.config),
             )
         ),
         Para(calibration_text(v["confidence"])),
@@ -504,9 +519,12 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
             r.pairs,
             num(r.mean_diff, "+.3f"),
             num(r.iqm_diff, "+.3f"),
-            ci(r.lo, r.hi),
             ci(r.adj_lo, r.adj_hi),
-            num(r.p_improve, ".2f"),
+            ci(r.fe_lo, r.fe_hi),
+            num(r.tau, ".3f"),
+            num(r.i2 * 100, ".0f") + "%",
+            ci(r.pred_lo, r.pred_hi),
+            f"{r.won}/{r.tied}/{r.lost}",
             r.decision,
         ]
         for r in res.overall.itertuples()
@@ -556,7 +574,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
                 "pairs",
                 f"Δ {res.metric}",
                 f"{v['confidence']:.0%} CI",
-                "simultaneous CI",
+                "adjusted CI",
                 "P(impr.)",
                 "decision",
                 "seeds needed",
@@ -566,7 +584,9 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
             size=7,
             caption=text("results", "comparisons_caption", family=int(c["family"].max()) if len(c) else 0),
         ),
+        *test_sample_blocks(res),
         Heading("Across datasets", 2),
+        *figure_blocks(figs.get("task_forest", []), text("results", "task_forest_figure", confidence=v["confidence"])),
         Table(
             [
                 "large arm",
@@ -575,17 +595,21 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
                 "pairs",
                 f"mean Δ {res.metric}",
                 "IQM Δ",
-                f"{v['confidence']:.0%} CI",
                 "simultaneous CI",
-                "P(improve)",
+                f"these datasets {v['confidence']:.0%}",
+                "τ",
+                "I²",
+                "prediction",
+                "won/tied/lost",
                 "decision",
             ],
             over_rows,
-            widths=[1.8, 0.7, 0.7, 0.6, 0.8, 0.7, 1.4, 1.4, 0.8, 0.9],
+            widths=[1.5, 0.6, 0.6, 0.5, 0.7, 0.6, 1.3, 1.3, 0.5, 0.5, 1.3, 0.7, 0.8],
             size=7.5,
             caption=text("results", "across_caption"),
         ),
         *([Para(text("results", "thin", min_pairs=stats.MIN_PAIRS, summaries=listed(thin)))] if thin else []),
+        *divergence_blocks(res),
         Table(
             ["arm", "group", "fraction", "datasets", f"IQM test {res.metric}", "mean", f"{v['confidence']:.0%} CI"],
             score_rows,
@@ -641,6 +665,54 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
         *figure_blocks(figs["calibration"], text("results", "calibration_figure")),
     ]
     return blocks
+
+
+def test_sample_blocks(res: Results) -> list:
+    """How much of each dataset's uncertainty is seeds and how much the test sample (a table and one sentence, the
+    test sample's heaviest first); without run files, that the claims are about these test images."""
+    t = res.test_sample
+    if t is None or t.empty:
+        return [Para(text("results", "no_test_sample"))]
+    rows = [
+        [cell_name(r), num(r.test_images, "d"), num(r.seed_var**0.5, ".4f"), num(r.test_var**0.5, ".4f")]
+        + [f"{r.test_share:.0%}"]
+        for r in t.itertuples()
+    ]
+    shares = [
+        (cell_name(r), r.test_images, r.test_share) for r in t.sort_values("test_share", ascending=False).itertuples()
+    ]
+    return [
+        Table(
+            ["dataset", "test images", "sd from seeds", "sd from test sample", "test-sample share of variance"],
+            rows,
+            widths=[1.6, 0.9, 1.1, 1.3, 1.6],
+            size=8,
+            caption=text("results", "test_sample_caption"),
+        ),
+        Para(text("results", "test_sample_share", shares=shares)),
+    ]
+
+
+def divergence_blocks(res: Results) -> list:
+    """Every arm's divergence rate with its exact interval, and the comparisons whose runs diverged."""
+    d, c, L = res.divergence, res.comparisons, res.labels
+    rows = [
+        [L[r.arm], r.group, r.runs, r.diverged, f"{r.rate:.0%}", ci(r.lo, r.hi, ".0%"), r.which or "–"]
+        for r in d.itertuples()
+    ]
+    hit = c[c["note"].str.contains("diverged:", regex=False)]
+    named = [f"{L[r.arm]} on {cell_name(r)}, fraction {r.fraction:g}: {r.note}" for r in hit.itertuples()]
+    return [
+        Heading("Diverged runs", 2),
+        Table(
+            ["arm", "group", "runs", "diverged", "rate", f"{res.config['verdict']['confidence']:.0%} CI", "which"],
+            rows,
+            widths=[1.8, 0.6, 0.5, 0.7, 0.5, 1.1, 4.0],
+            size=7.5,
+            caption=text("results", "divergence_caption", margin=f"{metrics.CHANCE_AUC + metrics.DIVERGED_MARGIN:g}"),
+        ),
+        *([Para(text("results", "diverged_cells", cells=listed(named)))] if named else []),
+    ]
 
 
 def curves_section(res: Results, figs: dict[str, list[Path]]) -> list:
