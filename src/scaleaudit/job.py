@@ -219,6 +219,7 @@ def evaluate_shift(
     data_record: dict,
     weights: dict | None,
     threads: int | None = None,
+    runs_per_gpu: int = 1,
     log=print,
 ) -> dict:
     """Score a finished run's selected weights on every corruption and severity of its corrupted test set, after
