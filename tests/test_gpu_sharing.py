@@ -107,3 +107,60 @@ def test_slurm_profile_groups_as_many_runs_as_share_a_gpu():
     assert {n: profile["group-components"].get(f"gpu_share{n}") for n in allowed if n > 1} == {
         n: n for n in allowed if n > 1
     }
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch, tmp_path):
+    """A node with ``n`` visible CUDA devices, on the CPU: what pick_device sees and which device it makes current."""
+    import tempfile
+
+    import torch
+
+    from scaleaudit import runtime
+
+    current = []
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's slot locks, fresh for the test
+    monkeypatch.setattr(runtime, "_claimed", [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+
+    def layout(n):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        return current
+
+    yield layout
+    for fh in runtime._claimed:
+        fh.close()
+
+
+def test_each_job_binds_its_own_gpu_on_a_multi_gpu_node(fake_gpus):
+    """Jobs that gpu_slots=8k lets run at once on k GPUs fill them one after the other, never all on GPU 0."""
+    from scaleaudit import runtime
+
+    current = fake_gpus(3)
+    shared = [runtime.pick_device("cuda", runs_per_gpu=8) for _ in range(8)]  # 8 ResNet-18 runs: one GPU
+    whole = runtime.pick_device("cuda")  # a ViT-B run: a GPU of its own
+    halves = [runtime.pick_device("cuda", runs_per_gpu=2) for _ in range(2)]
+    assert [d.index for d in shared] == [0] * 8 and whole.index == 1 and [d.index for d in halves] == [2, 2]
+    assert str(whole) == "cuda:1" and current == [0] * 8 + [1, 2, 2]  # made current: kernels and caches go there
+
+
+def test_a_single_visible_gpu_is_the_jobs_own(fake_gpus, monkeypatch):
+    """On Slurm a job sees only the GPUs it booked: the one visible device, without slot locks."""
+    from scaleaudit import runtime
+
+    fake_gpus(1)
+    assert [runtime.pick_device("cuda", runs_per_gpu=8).index for _ in range(9)] == [0] * 9
+    assert runtime._claimed == []
+
+
+def test_gpu_slots_are_named_by_the_nodes_gpu(fake_gpus, monkeypatch, tmp_path):
+    """Slot locks name the physical GPU (CUDA_VISIBLE_DEVICES), so jobs that see different subsets still agree."""
+    from scaleaudit import runtime
+
+    fake_gpus(2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    assert runtime.pick_device("cuda").index == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,5")
+    assert runtime.pick_device("cuda").index == 0  # GPU 7, the first this job sees, is free (by index it was not)
+    assert {p.name.split(".")[0] for p in tmp_path.glob("scaleaudit-gpu-slots-*/*")} == {"gpu5", "gpu7"}

@@ -48,7 +48,7 @@ def run(
 
     with jobcontrol.locked_run_folder(out_dir):
         write_json(out_dir / RUN_CONFIG, spec.to_dict())
-        trainer = _trainer(spec, data_record, weights, threads, log)
+        trainer = _trainer(spec, data_record, weights, threads, runs_per_gpu, log)
         checkpoint = out_dir / CHECKPOINT
         if trainer.load(checkpoint):
             log(f"resuming after epoch {trainer.state['epoch']} from {checkpoint}")
@@ -84,12 +84,14 @@ def run(
         return result
 
 
-def _trainer(spec: RunSpec, data_record: dict, weights: dict | None, threads: int | None, log) -> Trainer:
+def _trainer(
+    spec: RunSpec, data_record: dict, weights: dict | None, threads: int | None, runs_per_gpu: int, log
+) -> Trainer:
     """The run's trainer on its device, after the weights file is checked and torch is set up for the run."""
     if weights is not None:
         models.verify_weights(weights)
     runtime.configure_torch(spec.seed, threads, spec.hardware["determinism"])
-    device = runtime.pick_device(spec.device)
+    device = runtime.pick_device(spec.device, runs_per_gpu)
     return Trainer(spec, data_record["file"], weights, device, log=log, synthetic=bool(data_record.get("synthetic")))
 
 
@@ -223,7 +225,8 @@ def evaluate_shift(
     log=print,
 ) -> dict:
     """Score a finished run's selected weights on every corruption and severity of its corrupted test set, after
-    checking that they give the test scores its metrics.json recorded; the content of ``shift.json``."""
+    checking that they give the test scores its metrics.json recorded; the content of ``shift.json``. On the run's
+    device (``runs_per_gpu``: the jobs sharing its GPU, as in training)."""
     run_dir = Path(run_dir)
     result = RunResult.load(run_dir / "metrics.json")
     spec = RunSpec.from_dict(read_json(run_dir / RUN_CONFIG))
@@ -237,7 +240,8 @@ def evaluate_shift(
     except corrupt.CorruptedSetError as exc:
         raise ScaleauditError(str(exc)) from None
     runtime.configure_torch(spec.seed, threads, spec.hardware["determinism"])
-    trainer = Trainer(spec, data_record["file"], weights, runtime.pick_device(spec.device), log=log)
+    device = runtime.pick_device(spec.device, runs_per_gpu)
+    trainer = Trainer(spec, data_record["file"], weights, device, log=log)
     trainer.prepare()  # a probe's features, as in training: its clean score comes from the same path
     trainer.state["best_state"] = load_best_weights(run_dir, result.best_weights)
     _, clean, _ = trainer.test()
