@@ -200,7 +200,7 @@ class Trainer:
         """Replace each split's images by the frozen backbone's features (all training rows are cached, so
         that every fraction and seed shares them; this run keeps its subset)."""
         spec = self.spec
-        name = features.key(spec, data_path, weights, self.input_size, self.precision)
+        name = features.key(spec, data_path, weights, self.input_size, self.precision, self.device)
         path = data_path.parent / "features" / f"{spec.dataset}_{spec.size}" / f"{name}.pt"
         bs = max(256, 4 * spec.recipe["batch_size"])
 
