@@ -57,3 +57,44 @@ def test_resume_check_finds_sigterm_and_resume_equal_to_an_uninterrupted_run(tmp
     )
     assert ok, result
     assert "equals the uninterrupted one exactly" in result
+
+
+def test_shared_throughput_counts_only_runs_that_shared_one_window():
+    """Two runs of 1000 images/s one after the other are 1000 images/s in all, not 2000: per-process rates summed
+    over windows that never overlap would report a sharing gain that never happened."""
+    import bench_train
+
+    together = [{"start": 0.0, "end": 10.0, "images": 10_000}, {"start": 0.0, "end": 10.2, "images": 10_000}]
+    assert bench_train.aggregate_rate(together) == pytest.approx(20_000 / 10.2)
+    one_after_the_other = [
+        {"start": 0.0, "end": 10.0, "images": 10_000},
+        {"start": 10.0, "end": 20.0, "images": 10_000},
+    ]
+    with pytest.raises(ValueError, match="barrier"):
+        bench_train.aggregate_rate(one_after_the_other)
+
+
+@pytest.mark.slow
+def test_shared_runs_start_behind_a_barrier_and_share_the_window(tmp_path, monkeypatch):
+    """Two step-timing processes on the CPU: both warm up, start at the time the parent sends, train until the same
+    end, and the aggregate is their images over that one window."""
+    import argparse
+
+    import bench_train
+
+    from scaleaudit import synthetic
+
+    data = synthetic.write_npz(tmp_path / "breastmnist.npz")  # BreastMNIST's split lengths
+    seen = []
+    real = bench_train.aggregate_rate
+    monkeypatch.setattr(bench_train, "aggregate_rate", lambda results: seen.append(results) or real(results))
+    args = argparse.Namespace(
+        batch_size=16, threads=1, seed=0, device="cpu", determinism="deterministic", precision="fp32", warmup=1
+    )
+    rate = bench_train.run_shared(args, 2, 1.0, dataset="breastmnist", data=str(data), model="scaleaudit_cnn_small")
+    (results,) = seen
+    assert len(results) == 2 and results[0]["start"] == results[1]["start"]
+    assert all(r["images"] > 0 and r["end"] >= r["start"] + 1.0 for r in results)
+    assert rate == pytest.approx(
+        sum(r["images"] for r in results) / (max(r["end"] for r in results) - results[0]["start"])
+    )
