@@ -38,7 +38,7 @@ DEFAULT_MIRROR = REPO.parent / "shared" / "data" / "medmnist"
 # The report stack, experiment tracking and sklearn's pandas: none belongs in a training job's start-up.
 REPORT_STACK = ("matplotlib", "seaborn", "typst", "pandas", "mlflow")
 # The transformers timed step by step: (model, batch size of its recipe in config/config.yaml).
-VIT_RUNS = (("vit_small_patch16_224", 128), ("vit_base_patch16_224", 64))
+VIT_RUNS = (("vit_tiny_patch16_224", 128), ("vit_small_patch16_224", 128), ("vit_base_patch16_224", 64))
 SYNC_EVERY = 5  # steps between synchronisations of a shared run: its count stays within 5 steps of the work done
 FIRST_STEP_CHILD = """\
 import os, sys, time
@@ -504,7 +504,7 @@ def main() -> None:
         f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch threads {args.threads}"
     )
     print(
-        f"model scaleaudit_resnet18_cifar (ResNet-18, CIFAR stem) at 28 px, batch {args.batch_size}, "
+        f"model {args.model} at 28 px, batch {args.batch_size}, "
         f"{args.epochs} epochs, seed {args.seed}, same for both sides on {args.device}, each in its own process; "
         f"scaleaudit {args.determinism}"
     )
@@ -549,12 +549,12 @@ def main() -> None:
         base = dict(
             dataset=flag,
             data=str(data_file(flag, args.data)),
-            model="scaleaudit_resnet18_cifar",
+            model=args.model,
             batch_size=args.batch_size,
             steps=args.vit_steps,
         )
         print(
-            f"\nruns sharing one {args.device}: ResNet-18 at 28 px, batch {args.batch_size}, started together after "
+            f"\nruns sharing one {args.device}: {args.model} at 28 px, batch {args.batch_size}, started together after "
             f"their warm-up and timed over the same {args.shared_window:g} s"
         )
         rates = {n: run_shared(args, n, args.shared_window, **base) for n in args.shared}
