@@ -82,8 +82,10 @@ lint: $(STAMP)  ## ruff (lint and format), snakefmt and snakemake --lint
 bench: $(STAMP)  ## time the training path against the MedMNIST v2 reference loop (prints ratios)
 	$(RUN) python benchmarks/bench_train.py $(BENCH_ARGS)
 
-gpu-check: $(STAMP)  ## on a CUDA machine: driver, SIGTERM/resume equality, GPU benchmarks, one table
-	$(RUN) python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+# No install: the image's python3 with the checkout on PYTHONPATH (a GPU node may have no internet; README).
+GPU_PYTHON ?= python3
+gpu-check:  ## on a CUDA node, no install: versions, determinism, SIGTERM/resume, kNN, GPU benchmarks, one table
+	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:  ## remove results, logs and reports (keeps the venv)
 	rm -rf results logs .snakemake dist report.html reports/*.pdf reports/*.md reports/demo reports/full

@@ -38,7 +38,8 @@ DEFAULT_MIRROR = REPO.parent / "shared" / "data" / "medmnist"
 # The report stack, experiment tracking and sklearn's pandas: none belongs in a training job's start-up.
 REPORT_STACK = ("matplotlib", "seaborn", "typst", "pandas", "mlflow")
 # The transformers timed step by step: (model, batch size of its recipe in config/config.yaml).
-VIT_RUNS = (("vit_small_patch16_224", 128), ("vit_base_patch16_224", 64))
+VIT_RUNS = (("vit_tiny_patch16_224", 128), ("vit_small_patch16_224", 128), ("vit_base_patch16_224", 64))
+SYNC_EVERY = 5  # steps between synchronisations of a shared run: its count stays within 5 steps of the work done
 FIRST_STEP_CHILD = """\
 import os, sys, time
 from scaleaudit import cli, train
@@ -252,6 +253,8 @@ def side_steps(args) -> dict:
         return time.perf_counter() - t0
 
     steps(args.warmup)
+    if args.window:  # one of several runs sharing the device: timed over the window they all share
+        return _shared_window(lambda: steps(SYNC_EVERY), SYNC_EVERY * args.batch_size)
     rate = args.steps * args.batch_size / steps(args.steps)
     flops = cost.flops_per_image(trainer.model, trainer.in_chans, trainer.input_size)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else devices.current("cpu")["name"]
@@ -275,7 +278,8 @@ SIDES = {"reference": side_reference, "scaleaudit": side_scaleaudit, "steps": si
 def _side_argv(args, side: str, overrides: dict) -> list[str]:
     argv = [sys.executable, __file__, "--side", side]
     for key, value in (vars(args) | overrides).items():
-        if key in ("side", "startup", "fp32", "datasets", "vit", "json", "vit_steps", "shared") or value is None:
+        main_only = ("side", "startup", "fp32", "datasets", "vit", "json", "vit_steps", "shared", "shared_window")
+        if key in main_only or value is None:
             continue
         argv += [f"--{key.replace('_', '-')}", str(value)]
     return argv
@@ -294,19 +298,45 @@ def run_side(args, side: str, **overrides) -> dict:
     )
 
 
-def run_shared(args, n: int, **overrides) -> float:
-    """Aggregate images/s of ``n`` step-timing processes training at once on the same device (runs sharing a GPU)."""
+def _shared_window(steps, images_per_call: int) -> dict:
+    """After the warm-up: READY to the parent, then wait for the start time and window end it sends to every run
+    (a barrier), and train from that start until the end is passed; the images trained and when they were done."""
+    print("READY", flush=True)
+    start, end = map(float, sys.stdin.readline().split())
+    time.sleep(max(0.0, start - time.time()))
+    images = 0
+    while time.time() < end:
+        steps()  # synchronised: the images counted are trained, not queued
+        images += images_per_call
+    return {"start": start, "end": time.time(), "images": images}
+
+
+def aggregate_rate(results: list[dict]) -> float:
+    """Images/s of runs that shared the device: all their images over the one window from the common start to the
+    last end (per-process rates summed over windows that need not overlap would count runs that never shared)."""
+    if len({r["start"] for r in results}) != 1:
+        raise ValueError("the runs did not start together behind the barrier")
+    return sum(r["images"] for r in results) / (max(r["end"] for r in results) - results[0]["start"])
+
+
+def run_shared(args, n: int, window: float, **overrides) -> float:
+    """Aggregate images/s of ``n`` step-timing processes training at once on the same device (runs sharing a GPU):
+    each warms up, then all start together behind a barrier and are timed over the same ``window`` seconds."""
+    argv = _side_argv(args, "steps", overrides | {"window": window})
     procs = [
         subprocess.Popen(
-            _side_argv(args, "steps", overrides), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for _ in range(n)
     ]
-    results = []
+    for proc in procs:  # the barrier: every run has warmed up
+        if proc.stdout.readline().strip() != "READY":
+            _side_result("steps", (proc.wait() or 1, "", proc.stderr.read()))
+    start = time.time() + 0.1
     for proc in procs:
-        stdout, stderr = proc.communicate()
-        results.append(_side_result("steps", (proc.returncode, stdout, stderr)))
-    return sum(r["images_per_s"] for r in results)
+        proc.stdin.write(f"{start!r} {start + window!r}\n")
+        proc.stdin.flush()
+    return aggregate_rate([_side_result("steps", (p.wait(), p.stdout.read(), p.stderr.read())) for p in procs])
 
 
 # -- start-up ----------------------------------------------------------------------------------------
@@ -433,7 +463,7 @@ def main() -> None:
         "--vit-steps",
         type=int,
         default=100,
-        help="timed training steps (after 10 warm-up steps) of the ViT and shared-run timings",
+        help="timed training steps (after 10 warm-up steps) of the ViT timings",
     )
     p.add_argument(
         "--shared",
@@ -441,6 +471,9 @@ def main() -> None:
         nargs="*",
         help="aggregate 28 px ResNet-18 images/s with these many runs "
         "training at once on the device (default on CUDA: 1 2 4 8; pass none to skip)",
+    )
+    p.add_argument(
+        "--shared-window", type=float, default=20.0, help="seconds over which the shared runs are timed together"
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
     # internal: one side in a subprocess
@@ -451,6 +484,7 @@ def main() -> None:
     p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=10, help=argparse.SUPPRESS)
+    p.add_argument("--window", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
         print(json.dumps(SIDES[args.side](args)))
@@ -470,7 +504,7 @@ def main() -> None:
         f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; torch threads {args.threads}"
     )
     print(
-        f"model scaleaudit_resnet18_cifar (ResNet-18, CIFAR stem) at 28 px, batch {args.batch_size}, "
+        f"model {args.model} at 28 px, batch {args.batch_size}, "
         f"{args.epochs} epochs, seed {args.seed}, same for both sides on {args.device}, each in its own process; "
         f"scaleaudit {args.determinism}"
     )
@@ -515,14 +549,15 @@ def main() -> None:
         base = dict(
             dataset=flag,
             data=str(data_file(flag, args.data)),
-            model="scaleaudit_resnet18_cifar",
+            model=args.model,
             batch_size=args.batch_size,
             steps=args.vit_steps,
         )
         print(
-            f"\nruns sharing one {args.device}: ResNet-18 at 28 px, batch {args.batch_size}, {args.vit_steps} steps each"
+            f"\nruns sharing one {args.device}: {args.model} at 28 px, batch {args.batch_size}, started together after "
+            f"their warm-up and timed over the same {args.shared_window:g} s"
         )
-        rates = {n: run_shared(args, n, **base) for n in args.shared}
+        rates = {n: run_shared(args, n, args.shared_window, **base) for n in args.shared}
         for n, rate in rates.items():
             print(
                 f"  {n} at once: {rate:9.1f} img/s in all, {rate / rates[args.shared[0]]:.2f}x {args.shared[0]} run(s)"

@@ -19,6 +19,9 @@ def tiny_data(tiny_mirror, tmp_path):
     return tiny_study.fetch(tiny_mirror, tmp_path / "data")
 
 
+CPU = torch.device("cpu")
+
+
 def probe_spec(seed=1, fraction=1.0, **recipe):
     raw = copy.deepcopy(tiny_study.TINY_CONFIG)
     raw["arms"]["probe"] = PROBE
@@ -70,12 +73,41 @@ def test_pretrained_backbone_features_do_not_depend_on_the_seed(tiny_data):
     spec = spec.with_changes(arm_spec=dict(spec.arm_spec, pretrained=True))
     weights = {"sha256": "ab" * 32}
     keys = {
-        features.key(spec.with_changes(seed=s, fraction=f), tiny_data["file"], weights, 32, "fp32")
+        features.key(spec.with_changes(seed=s, fraction=f), tiny_data["file"], weights, 32, "fp32", CPU)
         for s in (1, 2)
         for f in (0.1, 1.0)
     }
     assert len(keys) == 1
-    assert features.key(spec, tiny_data["file"], {"sha256": "cd" * 32}, 32, "fp32") not in keys
+    assert features.key(spec, tiny_data["file"], {"sha256": "cd" * 32}, 32, "fp32", CPU) not in keys
+
+
+def test_features_are_keyed_by_the_device_and_the_libraries_that_computed_them(tiny_data, monkeypatch):
+    """Another GPU model, cuDNN, timm or torch computes other last bits: the first node's features must not serve
+    all (the shift step's re-check of clean test scores would fail on them)."""
+    import torch
+
+    from scaleaudit import provenance
+
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "cudnn": 91002, "timm": "1.0.20"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: gpu["cudnn"])
+    real_version = provenance.metadata.version
+    monkeypatch.setattr(
+        provenance.metadata, "version", lambda name: gpu["timm"] if name == "timm" else real_version(name)
+    )
+    spec = probe_spec()
+
+    def key(device="cuda:0"):
+        return features.key(spec, tiny_data["file"], None, 32, "bf16", torch.device(device))
+
+    first = key()
+    assert key() == first and key("cpu") != first
+    for field, other in (("name", "NVIDIA A100-SXM4-80GB"), ("cudnn", 90100), ("timm", "1.0.21")):
+        before, gpu[field] = gpu[field], other
+        assert key() != first, field
+        gpu[field] = before
+    monkeypatch.setattr(torch, "__version__", "2.99.0")
+    assert key() != first
 
 
 def test_augmented_probe_keeps_the_end_to_end_path():

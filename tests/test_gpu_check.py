@@ -37,7 +37,7 @@ def test_bf16_peak_is_looked_up_by_the_full_device_name(name, peak):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_check_without_cuda_says_so_and_exits_0():
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py")],
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cuda"],
         env=tiny_study.env(),
         capture_output=True,
         text=True,
@@ -47,13 +47,83 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
     assert "no CUDA on this machine" in done.stdout and f"CUDA {torch.version.cuda}" in done.stdout
 
 
+BARE_IMAGE = """import sys
+
+for name in ("jsonschema", "codecarbon", "mlflow", "snakemake"):
+    sys.modules[name] = None  # as if not installed
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run; on CUDA it is the full check")
+def test_gpu_check_runs_on_a_bare_image_and_prints_its_table_on_the_cpu(tmp_path):
+    """A CUDA image's python3 with PYTHONPATH=src: no jsonschema, codecarbon, mlflow or snakemake (here: hidden from
+    this process and every one it starts). Without CUDA every check runs on the CPU and the table is printed."""
+    (tmp_path / "sitecustomize.py").write_text(BARE_IMAGE)
+    env = tiny_study.env() | {"PYTHONPATH": f"{tmp_path}:{REPO / 'src'}"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--no-bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = done.stdout[done.stdout.index("\ngpu-check\n") :]
+    for row in ("versions", "every arm", "bitwise equal", "SIGTERM", "kNN search"):
+        assert row in table
+    assert "energy not measured: no codecarbon" in table and "FAIL" not in table
+
+
 def test_resume_check_finds_sigterm_and_resume_equal_to_an_uninterrupted_run(tmp_path):
     """The gpu-check's resume path, on the CPU: the same code runs on CUDA there."""
     from scaleaudit import synthetic
 
     data = synthetic.write_npz(tmp_path / "breastmnist.npz", splits=synthetic.small_splits(2000))
-    label, result, ok = gpu_check.resume_check(
+    (twice, twice_result, twice_ok), (label, result, ok) = gpu_check.resume_check(
         "cpu", data, tmp_path, model="scaleaudit_cnn_small", epochs=3, stop_after=1
     )
+    assert twice_ok and twice_result == "equal over 3 epochs", twice_result
     assert ok, result
     assert "equals the uninterrupted one exactly" in result
+
+
+def test_shared_throughput_counts_only_runs_that_shared_one_window():
+    """Two runs of 1000 images/s one after the other are 1000 images/s in all, not 2000: per-process rates summed
+    over windows that never overlap would report a sharing gain that never happened."""
+    import bench_train
+
+    together = [{"start": 0.0, "end": 10.0, "images": 10_000}, {"start": 0.0, "end": 10.2, "images": 10_000}]
+    assert bench_train.aggregate_rate(together) == pytest.approx(20_000 / 10.2)
+    one_after_the_other = [
+        {"start": 0.0, "end": 10.0, "images": 10_000},
+        {"start": 10.0, "end": 20.0, "images": 10_000},
+    ]
+    with pytest.raises(ValueError, match="barrier"):
+        bench_train.aggregate_rate(one_after_the_other)
+
+
+@pytest.mark.slow
+def test_shared_runs_start_behind_a_barrier_and_share_the_window(tmp_path, monkeypatch):
+    """Two step-timing processes on the CPU: both warm up, start at the time the parent sends, train until the same
+    end, and the aggregate is their images over that one window."""
+    import argparse
+
+    import bench_train
+
+    from scaleaudit import synthetic
+
+    data = synthetic.write_npz(tmp_path / "breastmnist.npz")  # BreastMNIST's split lengths
+    seen = []
+    real = bench_train.aggregate_rate
+    monkeypatch.setattr(bench_train, "aggregate_rate", lambda results: seen.append(results) or real(results))
+    args = argparse.Namespace(
+        batch_size=16, threads=1, seed=0, device="cpu", determinism="deterministic", precision="fp32", warmup=1
+    )
+    rate = bench_train.run_shared(args, 2, 1.0, dataset="breastmnist", data=str(data), model="scaleaudit_cnn_small")
+    (results,) = seen
+    assert len(results) == 2 and results[0]["start"] == results[1]["start"]
+    assert all(r["images"] > 0 and r["end"] >= r["start"] + 1.0 for r in results)
+    assert rate == pytest.approx(
+        sum(r["images"] for r in results) / (max(r["end"] for r in results) - results[0]["start"])
+    )

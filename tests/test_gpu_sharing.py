@@ -33,13 +33,28 @@ def test_runs_sharing_a_gpu_are_charged_their_share_of_its_energy():
     assert shared["co2e_kg"] == pytest.approx(0.4 * 0.3)
 
 
-def _train_jobs(dry_run: str) -> dict[str, dict]:
+def _jobs(dry_run: str, rule: str = "train", command: str = "train") -> dict[str, dict]:
+    """Per arm, the resources (and shell command) a dry run printed for the rule's jobs."""
     jobs = {}
-    for block in dry_run.split("rule train:")[1:]:
+    for block in dry_run.split(f"rule {rule}:")[1:]:
         arm = re.search(r"arm=(\w+)", block).group(1)
         resources = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block).group(1).split(", "))
-        jobs[arm] = resources | {"shell": re.search(r"scaleaudit train .*", block).group(0)}
+        jobs[arm] = resources | {"shell": re.search(rf"scaleaudit {command} .*", block).group(0)}
     return jobs
+
+
+def _dry_run(work, targets) -> str:
+    done = subprocess.run(
+        [shutil.which("snakemake") or "snakemake", "-n", "-p", "--profile", "workflow/profiles/local", "--cores", "4"]
+        + targets,
+        cwd=work,
+        env=tiny_study.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -49,25 +64,7 @@ def test_full_study_books_one_gpu_per_run_or_a_slot_of_a_shared_one(tmp_path):
         f"results/full/runs/pathmnist_28/{arm}/frac1.0/seed1/metrics.json"
         for arm in ("resnet18_scratch", "vit_b16_pretrained", "cnn_small")
     ]
-    done = subprocess.run(
-        [
-            shutil.which("snakemake") or "snakemake",
-            "-n",
-            "-p",
-            "--profile",
-            "workflow/profiles/local",
-            "--cores",
-            "4",
-            *targets,
-        ],
-        cwd=work,
-        env=tiny_study.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    jobs = _train_jobs(done.stdout + done.stderr)
+    jobs = _jobs(_dry_run(work, targets))
     # resnet18_scratch: 8 runs share a GPU: no whole GPU (--gpus) but one GPU per group (--gres=gpu:1), 1 of 8 slots
     assert (
         jobs["resnet18_scratch"]["gpu"],
@@ -84,6 +81,22 @@ def test_full_study_books_one_gpu_per_run_or_a_slot_of_a_shared_one(tmp_path):
     assert (jobs["cnn_small"]["gpu"], jobs["cnn_small"]["gpu_slots"]) == ("0", "0")
 
 
+@pytest.mark.slow
+def test_shift_evaluation_is_booked_grouped_and_shared_as_its_training(tmp_path):
+    """The full config scores every run on MedMNIST-C on the run's own device: a GPU arm's shift job books what its
+    training booked (a whole GPU, or a slot of a shared one; on Slurm grouped as its training), a CPU arm's no GPU."""
+    work = tiny_study.copy_workflow(tmp_path / "wf")
+    arms = ("resnet18_scratch", "vit_b16_pretrained", "cnn_small")
+    dry = _dry_run(work, [f"results/full/runs/pathmnist_28/{arm}/frac1.0/seed1/shift.json" for arm in arms])
+    train, shift = _jobs(dry), _jobs(dry, "shift_eval", "shift-eval")
+    for arm in arms:
+        assert {k: shift[arm][k] for k in ("gpu", "gres", "gpu_slots")} == {
+            k: train[arm][k] for k in ("gpu", "gres", "gpu_slots")
+        }
+    assert shift["vit_b16_pretrained"]["gpu"] == "1" and shift["cnn_small"]["gpu_slots"] == "0"
+    assert "--runs-per-gpu 8" in shift["resnet18_scratch"]["shell"]
+
+
 def test_slurm_profile_groups_as_many_runs_as_share_a_gpu():
     import yaml
 
@@ -94,3 +107,60 @@ def test_slurm_profile_groups_as_many_runs_as_share_a_gpu():
     assert {n: profile["group-components"].get(f"gpu_share{n}") for n in allowed if n > 1} == {
         n: n for n in allowed if n > 1
     }
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch, tmp_path):
+    """A node with ``n`` visible CUDA devices, on the CPU: what pick_device sees and which device it makes current."""
+    import tempfile
+
+    import torch
+
+    from scaleaudit import runtime
+
+    current = []
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's slot locks, fresh for the test
+    monkeypatch.setattr(runtime, "_claimed", [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+
+    def layout(n):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        return current
+
+    yield layout
+    for fh in runtime._claimed:
+        fh.close()
+
+
+def test_each_job_binds_its_own_gpu_on_a_multi_gpu_node(fake_gpus):
+    """Jobs that gpu_slots=8k lets run at once on k GPUs fill them one after the other, never all on GPU 0."""
+    from scaleaudit import runtime
+
+    current = fake_gpus(3)
+    shared = [runtime.pick_device("cuda", runs_per_gpu=8) for _ in range(8)]  # 8 ResNet-18 runs: one GPU
+    whole = runtime.pick_device("cuda")  # a ViT-B run: a GPU of its own
+    halves = [runtime.pick_device("cuda", runs_per_gpu=2) for _ in range(2)]
+    assert [d.index for d in shared] == [0] * 8 and whole.index == 1 and [d.index for d in halves] == [2, 2]
+    assert str(whole) == "cuda:1" and current == [0] * 8 + [1, 2, 2]  # made current: kernels and caches go there
+
+
+def test_a_single_visible_gpu_is_the_jobs_own(fake_gpus, monkeypatch):
+    """On Slurm a job sees only the GPUs it booked: the one visible device, without slot locks."""
+    from scaleaudit import runtime
+
+    fake_gpus(1)
+    assert [runtime.pick_device("cuda", runs_per_gpu=8).index for _ in range(9)] == [0] * 9
+    assert runtime._claimed == []
+
+
+def test_gpu_slots_are_named_by_the_nodes_gpu(fake_gpus, monkeypatch, tmp_path):
+    """Slot locks name the physical GPU (CUDA_VISIBLE_DEVICES), so jobs that see different subsets still agree."""
+    from scaleaudit import runtime
+
+    fake_gpus(2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    assert runtime.pick_device("cuda").index == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,5")
+    assert runtime.pick_device("cuda").index == 0  # GPU 7, the first this job sees, is free (by index it was not)
+    assert {p.name.split(".")[0] for p in tmp_path.glob("scaleaudit-gpu-slots-*/*")} == {"gpu5", "gpu7"}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import tiny_study
+import torch
 
-from scaleaudit import corrupt, files, job, sequential, shift, stats, train
+from scaleaudit import corrupt, files, job, provenance, sequential, shift, stats, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.records import RunResult
 
@@ -87,6 +90,33 @@ def test_shift_eval_of_a_probe_scores_through_its_features_like_training(kind, f
     rec = job.evaluate_shift(out, _corrupted(tmp_path, record["file"]), record, None, threads=1, log=lambda m: None)
     assert rec["clean"] == {k: result.test[k] for k in job.SHIFT_METRICS}
     assert rec["corrupted"]["darken"][-1]["auc"] == 0.5  # black images: every image gets the same score
+
+
+def test_shift_recheck_is_exact_on_the_training_numerics_and_tolerant_elsewhere(finished_run, tmp_path):
+    """On the device and libraries that trained the weights the clean scores must be the recorded ones; on another
+    GPU model (or cuDNN, torch, timm) rounding may move them by the stated tolerance, and shift.json says which."""
+    out, record = finished_run
+    corrupted = _corrupted(tmp_path, record["file"])
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    result = RunResult.load(copy / "metrics.json")
+    assert result.provenance["numerics"] == provenance.numerics(torch.device("cpu"))  # recorded by training
+    result.test["acc"] += 0.003  # what a flipped prediction or two does on another GPU
+    result.save(copy / "metrics.json")
+    with pytest.raises(ScaleauditError, match="same device and libraries"):  # same numerics: exact
+        job.evaluate_shift(copy, corrupted, record, None, threads=1, log=lambda m: None)
+
+    result.provenance["numerics"] |= {"device": "cuda", "model": "NVIDIA H100 80GB HBM3", "cudnn": 91002}
+    result.save(copy / "metrics.json")
+    rec = job.evaluate_shift(copy, corrupted, record, None, threads=1, log=lambda m: None)
+    assert rec["recheck"]["same_numerics"] is False and rec["recheck"]["tolerance"] == max(0.005, 2 / 156)
+    assert (
+        rec["recheck"]["trained_on"]["model"] == "NVIDIA H100 80GB HBM3" and "other kernels" in rec["recheck"]["reason"]
+    )
+    result.test["acc"] += 0.02  # beyond rounding: other weights or another pipeline
+    result.save(copy / "metrics.json")
+    with pytest.raises(ScaleauditError, match="does not give the test scores"):
+        job.evaluate_shift(copy, corrupted, record, None, threads=1, log=lambda m: None)
 
 
 def test_shift_eval_refuses_other_weights(finished_run, tmp_path):

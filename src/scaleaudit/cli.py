@@ -154,6 +154,7 @@ def cmd_shift_eval(args) -> None:
         read_json(args.data),
         weights,
         args.threads,
+        runs_per_gpu=args.runs_per_gpu,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     write_json(args.out, record)
@@ -313,6 +314,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="the clean dataset's record (results/data/*.json)")
     s.add_argument("--weights", help="the arm's pretrained weights record (pretrained arms)")
     s.add_argument("--threads", type=int, help="CPU threads")
+    s.add_argument(
+        "--runs-per-gpu", type=int, default=1, help="jobs sharing this GPU at once (its slot on a multi-GPU node)"
+    )
     s.add_argument("--out", required=True, help="shift.json of the run")
     s.set_defaults(func=cmd_shift_eval)
 

@@ -7,7 +7,6 @@ import math
 from importlib import resources
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 from . import data, design, models, published, scaling
@@ -22,28 +21,47 @@ def schema() -> dict:
     return yaml.safe_load(resources.files(__package__).joinpath(SCHEMA_FILE).read_text())
 
 
-def _with_defaults(validator_class):
-    """A validator that fills in schema defaults, as Snakemake's ``validate(..., set_default=True)`` does."""
-    validate_properties = validator_class.VALIDATORS["properties"]
+def _fill_defaults(instance, sub: dict, root: dict) -> None:
+    """Fill in schema defaults, as Snakemake's ``validate(..., set_default=True)`` does: of each object's
+    properties (through ``$ref``, maps' ``additionalProperties``, arrays' items and object branches of ``oneOf``)."""
+    if "$ref" in sub:
+        sub = root["$defs"][sub["$ref"].rsplit("/", 1)[1]]
+    if isinstance(instance, dict):
+        properties = sub.get("properties", {})
+        for name, prop in properties.items():
+            if "default" in prop and name not in instance:
+                instance[name] = copy.deepcopy(prop["default"])
+            if name in instance:
+                _fill_defaults(instance[name], prop, root)
+        if isinstance(sub.get("additionalProperties"), dict):
+            for name in instance.keys() - properties.keys():
+                _fill_defaults(instance[name], sub["additionalProperties"], root)
+        for branch in sub.get("oneOf", []):
+            if branch.get("type") == "object":
+                _fill_defaults(instance, branch, root)
+    elif isinstance(instance, list) and isinstance(sub.get("items"), dict):
+        for item in instance:
+            _fill_defaults(item, sub["items"], root)
 
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
-        yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+def _errors(config: dict, schema_: dict) -> list[str]:
+    """The schema's complaints; none where jsonschema is not installed (a bare CUDA image running gpu_check.py:
+    its configs are built by code, and the checks below still run)."""
+    try:
+        import jsonschema
+    except ImportError:
+        return []
 
+    def where(error) -> str:
+        return "/".join(str(p) for p in error.absolute_path) or "(top level)"
 
-def _where(error: jsonschema.ValidationError) -> str:
-    return "/".join(str(p) for p in error.absolute_path) or "(top level)"
+    def expected(error) -> str:
+        """The failing key's schema description, so that e.g. a bad ``oneOf`` says what would be valid."""
+        desc = error.schema.get("description") if isinstance(error.schema, dict) else None
+        return f" (expected: {desc})" if desc else ""
 
-
-def _expected(error: jsonschema.ValidationError) -> str:
-    """The failing key's schema description, so that e.g. a bad ``oneOf`` says what would be valid."""
-    desc = error.schema.get("description") if isinstance(error.schema, dict) else None
-    return f" (expected: {desc})" if desc else ""
+    errors = sorted(jsonschema.Draft202012Validator(schema_).iter_errors(config), key=lambda e: list(e.absolute_path))
+    return [f"  - at {where(e)}: {e.message}{expected(e)}" for e in errors]
 
 
 def _non_finite(value, where: str = ""):
@@ -68,10 +86,9 @@ def validate(config: dict) -> dict:
             "replace .nan / .inf with a finite number in range (workflow/schemas/config.schema.yaml gives each range)",
         )
     schema_ = schema()
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema_)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  - at {_where(e)}: {e.message}{_expected(e)}" for e in errors]
+    _fill_defaults(config, schema_, schema_)
+    lines = _errors(config, schema_)
+    if lines:
         raise ScaleauditError(
             "invalid configuration:\n" + "\n".join(lines),
             "correct these keys (workflow/schemas/config.schema.yaml lists every allowed key)",

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .files import atomic_path, canonical_hash
+from .provenance import numerics
 from .records import RunSpec
 
 
@@ -25,9 +26,12 @@ def usable(spec: RunSpec) -> bool:
     return train == "knn_probe" or (train == "linear_probe" and spec.recipe["augment"] == "none")
 
 
-def key(spec: RunSpec, data_path: Path, weights: dict | None, input_size: int, precision: str) -> str:
+def key(
+    spec: RunSpec, data_path: Path, weights: dict | None, input_size: int, precision: str, device: torch.device
+) -> str:
     """What the features depend on: data file, backbone weights (the seed where they are not pretrained),
-    preprocessing, precision and torch version."""
+    preprocessing, precision, and the device's kind and model and the library versions (another GPU model runs
+    other kernels: its features differ in the last bits, so the first node's must not stand for all)."""
     arm, stat = spec.arm_spec, Path(data_path).stat()
     return canonical_hash(
         {
@@ -41,7 +45,7 @@ def key(spec: RunSpec, data_path: Path, weights: dict | None, input_size: int, p
             "rgb": bool(spec.recipe.get("rgb")),
             "resize": spec.recipe["resize"],
             "precision": precision,
-            "torch": torch.__version__,
+            "numerics": numerics(device),
         }
     )
 

@@ -61,6 +61,23 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def numerics(device) -> dict:
+    """What decides a torch device's floating-point results bit for bit: its kind and model and the libraries that
+    pick and run its kernels (cuBLAS ships inside torch's CUDA build, so torch's and CUDA's versions name it; the
+    driver only loads the kernels)."""
+    import torch
+
+    cuda = device.type == "cuda"
+    return {
+        "device": device.type,
+        "model": torch.cuda.get_device_name(device) if cuda else _cpu_model(),
+        "torch": torch.__version__,
+        "timm": metadata.version("timm"),
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+    }
+
+
 def record() -> dict:
     """Everything above, for a metrics or provenance file."""
     return {"code": code_version(), "versions": package_versions(), "hardware": hardware()}

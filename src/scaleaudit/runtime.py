@@ -3,7 +3,11 @@ precision, and images on the device."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +15,10 @@ import torch
 from .errors import ScaleauditError
 
 CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace: required for deterministic cuBLAS results
+# A GPU is GPU_SLOTS slots (the workflow's `gpu_slots` resource counts them): a job that has a GPU to itself takes
+# them all, one of n jobs sharing a GPU (resources.runs_per_gpu) takes GPU_SLOTS / n.
+GPU_SLOTS = 8
+_claimed: list = []  # the slot locks this process holds, until it ends
 
 
 def configure_torch(seed: int, threads: int | None, determinism: str = "deterministic") -> None:
@@ -55,8 +63,9 @@ def cuda_diagnosis() -> str:
     )
 
 
-def pick_device(requested: str) -> torch.device:
+def pick_device(requested: str, runs_per_gpu: int = 1) -> torch.device:
     """``cpu``; ``cuda``, which fails at once with the reason when CUDA is not usable; ``auto``: cuda when visible.
+    On CUDA, the GPU this job claims (``claim_gpu``), made the current device.
 
     A run that asks for a GPU must not fall back to the CPU: it would run for hours on one thread and
     time out on every retry instead of failing with the reason.
@@ -64,7 +73,9 @@ def pick_device(requested: str) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        index = claim_gpu(runs_per_gpu)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     if requested == "auto":
         return torch.device("cpu")
     raise ScaleauditError(
@@ -72,6 +83,41 @@ def pick_device(requested: str) -> torch.device:
         "run it where a GPU is visible (on Slurm: book one, e.g. resources: {gpu: 1}), install a driver that fits "
         "this CUDA version, or set hardware.device: cpu to train on the CPU on purpose",
     )
+
+
+def claim_gpu(runs_per_gpu: int = 1, lock_dir: Path | None = None, poll_s: float = 5.0, log=print) -> int:
+    """The index of the visible GPU this job uses: with one visible (a Slurm job sees the GPU it booked), that one;
+    with several (a local node), the first with GPU_SLOTS / runs_per_gpu free slots, held by file locks until the
+    process ends, so that jobs the `gpu_slots` resource lets run at once spread over the GPUs instead of all
+    landing on GPU 0. Waits while none is free (slots can be free in total yet split over GPUs)."""
+    count = torch.cuda.device_count()
+    if count <= 1:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    names = visible if len(visible) == count else [str(i) for i in range(count)]  # the node's GPU, not the index
+    lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"scaleaudit-gpu-slots-{os.getuid()}")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    need, waited = max(1, GPU_SLOTS // runs_per_gpu), False
+    while True:
+        for index, name in enumerate(names):
+            held = []
+            for slot in range(GPU_SLOTS):
+                fh = open(lock_dir / f"gpu{name}.slot{slot}", "w")
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    fh.close()
+                    continue
+                held.append(fh)
+                if len(held) == need:
+                    _claimed.extend(held)
+                    return index
+            for fh in held:
+                fh.close()
+        if not waited:
+            log(f"no GPU has {need} of {GPU_SLOTS} slots free; waiting")
+            waited = True
+        time.sleep(poll_s)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

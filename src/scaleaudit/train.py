@@ -192,6 +192,7 @@ class Trainer:
         # A linear probe whose images never change (no augmentation) trains its head on cached features; a kNN
         # probe votes among them. They are computed (or loaded) by prepare(), inside the run's metered time.
         self.knn = arm["train"] == "knn_probe"
+        self._knn_index = None
         self.cached_features = features.usable(spec)
         self._prepare = (
             (lambda: self._use_cached_features(Path(data_path), weights, keep)) if self.cached_features else None
@@ -211,7 +212,7 @@ class Trainer:
         """Replace each split's images by the frozen backbone's features (all training rows are cached, so
         that every fraction and seed shares them; this run keeps its subset)."""
         spec = self.spec
-        name = features.key(spec, data_path, weights, self.input_size, self.precision)
+        name = features.key(spec, data_path, weights, self.input_size, self.precision, self.device)
         path = data_path.parent / "features" / f"{spec.dataset}_{spec.size}" / f"{name}.pt"
         bs = max(256, 4 * spec.recipe["batch_size"])
 
@@ -342,8 +343,7 @@ class Trainer:
         images = runtime.on_device(images if images.ndim == 4 else images[..., None], self.device)
         bs = max(256, 4 * self.spec.recipe["batch_size"])
         if self.knn:
-            feats = features.compute(self.model, self.transform, images, bs, self.autocast).cpu().numpy()
-            return self._knn_shares({"q": feats})["q"]
+            return self.knn_index().shares(features.compute(self.model, self.transform, images, bs, self.autocast))
         probs = []
         for start in range(0, len(images), bs):
             with self.autocast:
@@ -414,17 +414,18 @@ class Trainer:
         test, probs = self.evaluate("test")
         return val, test, probs
 
-    def _knn_shares(self, queries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The k-nearest-neighbour vote (knn.py) of each set of feature rows against the training split's features
-        (one index for all of them)."""
-        k = min(self.spec.arm_spec.get("knn_k", knn.K), self.n_train)
-        support, support_labels = (t.cpu().numpy() for t in self.tensors["train"])
-        return knn.vote_shares(
-            support, support_labels, queries, k, self.task, data.info(self.spec.dataset)["n_classes"]
-        )
+    def knn_index(self) -> knn.Index:
+        """The k-nearest-neighbour index (knn.py) of the training split's features on the device, built once for
+        the run's val, test and corrupted sets."""
+        if self._knn_index is None:
+            k = min(self.spec.arm_spec.get("knn_k", knn.K), self.n_train)
+            support, labels = self.tensors["train"]
+            n_classes = data.info(self.spec.dataset)["n_classes"]
+            self._knn_index = knn.Index(support, labels.cpu().numpy(), k, self.task, n_classes)
+        return self._knn_index
 
     def _knn_test(self) -> tuple[dict, dict, np.ndarray]:
         """Val and test metrics of the k-nearest-neighbour vote; a vote has no loss."""
-        shares = self._knn_shares({s: self.tensors[s][0].cpu().numpy() for s in ("val", "test")})
+        shares = {s: self.knn_index().shares(self.tensors[s][0]) for s in ("val", "test")}
         val, test = ({**metrics.evaluate(self.labels[s], shares[s], self.task), "loss": None} for s in ("val", "test"))
         return val, test, shares["test"]

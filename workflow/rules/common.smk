@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from scaleaudit import design, plan
+from scaleaudit import design, plan, runtime
 from scaleaudit import config as study_config
 from scaleaudit import settings
 from scaleaudit.errors import ScaleauditError
@@ -41,9 +41,9 @@ CONDA_ENV = "../../envs/scaleaudit.yaml"
 # grouped (the slurm profile's group-components says how many share one booking).
 SHORT_TRAIN_GROUP = "short_train"
 SHORT_TRAIN_MAX_SIZE = 64
-# A GPU is GPU_SLOTS of the `gpu_slots` resource (the local profile has one GPU): a run that books a whole
-# GPU takes them all, one of n runs sharing a GPU (resources.runs_per_gpu) takes 1/n of them.
-GPU_SLOTS = 8
+# A GPU is GPU_SLOTS of the `gpu_slots` resource (runtime.py; the local profile has one GPU); each job claims
+# its slots on one GPU when it starts (runtime.claim_gpu).
+GPU_SLOTS = runtime.GPU_SLOTS
 
 
 wildcard_constraints:

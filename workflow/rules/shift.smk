@@ -45,7 +45,8 @@ rule corrupt_test_set:
 
 
 rule shift_eval:
-    """One finished run's kept weights on every corruption and severity of its dataset (no retraining)."""
+    """One finished run's kept weights on every corruption and severity of its dataset (no retraining), on the
+    run's device: booked, grouped and shared as its training is (a GPU arm's job gets a GPU, or a slot of one)."""
     input:
         metrics=f"{RUN_DIR}/metrics.json",
         corrupted=f"{CORRUPTED}.json",
@@ -56,18 +57,24 @@ rule shift_eval:
         f"{RUN_DIR}/shift.json",
     log:
         f"{LOGS}/shift/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}_seed{{seed}}.log",
+    group:
+        train_group
     conda:
         CONDA_ENV
-    threads: 1
+    threads: train_resource("cpus", 1)
     resources:
         mem_mb=train_resource("mem_mb", 2000),
         runtime=train_resource("runtime", 10),
+        gpu=train_gpu,
+        gres=train_gres,
+        gpu_slots=train_gpu_slots,
     params:
         run=lambda wildcards, input: Path(input.metrics).parent,
         weights=lambda wildcards, input: f"--weights {input.weights}" if input.weights else "",
+        share=runs_per_gpu,
     shell:
         "scaleaudit shift-eval --run {params.run} --corrupted {input.corrupted} --data {input.record} "
-        "{params.weights} --threads {threads} --out {output} > {log} 2>&1"
+        "{params.weights} --threads {threads} --runs-per-gpu {params.share} --out {output} > {log} 2>&1"
 
 
 rule aggregate_shift:
