@@ -10,7 +10,7 @@ import pytest
 from runtable import make_runs
 from scipy import stats as sps
 
-from scaleaudit import aggregate, calibration, stats
+from scaleaudit import calibration, stats, verify
 from scaleaudit.errors import ScaleauditError
 
 DATASETS = (("breastmnist", 28), ("pneumoniamnist", 28), ("dermamnist", 28))
@@ -153,7 +153,7 @@ def test_duplicate_run_is_rejected():
     with pytest.raises(ScaleauditError, match=r"1 run\(s\) appear more than once.*vit_b16_pretrained.*seed 3"):
         stats.compare(twice)
     with pytest.raises(ScaleauditError, match="each \\(dataset, size, fraction, arm, seed\\) must appear once"):
-        aggregate.check(twice)
+        verify.unique(twice)
 
 
 def test_non_finite_score_is_dropped_counted_and_said():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from runtable import make_config, make_runs, write_run_folders
 
-from scaleaudit import cli, report
+from scaleaudit import adaptive, cli, report
 from scaleaudit.files import read_json, write_json
 from scaleaudit.records import PREDICTIONS
 
@@ -115,7 +115,7 @@ def test_a_run_without_a_score_is_counted_as_none(capsys, study):
     from scaleaudit.verify import rows, scores, seeds
 
     runs, config = report.read_runs(tmp / "runs.csv"), read_json(tmp / "config.json")
-    scores(runs), seeds(runs, config), rows(runs, paths)  # what `report` checks first: all pass
+    scores(runs), seeds(adaptive.designed(runs, config)), rows(runs, paths)  # what `report` checks first: all pass
     res = report.Results.of(runs, config, verified=True)
     figs = {name: [Path(f"/figs/{name}_1.png")] for name in ("scores", "calibration", "pareto", "forest")}
     md = report.to_markdown(report.document(res, figs), Path("/"))

@@ -170,3 +170,12 @@ def summary(saved: pd.DataFrame) -> dict:
         "share_saved": (full - hours) / full if full > 0 else math.nan,
         "hours_column": saved["hours_column"].iloc[0] if len(saved) else "device_hours",
     }
+
+
+def designed(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Every run the design asks for, with whether the table has it (``present``); with adaptive seeds, the rounds
+    the table's decisions called for."""
+    want = (planned(runs, config) if design.is_adaptive(config) else pd.DataFrame(design.runs(config)))[RUN_KEY]
+    have = want.merge(runs[RUN_KEY].drop_duplicates(), on=RUN_KEY, how="left", indicator=True)
+    have["present"] = have.pop("_merge") == "both"
+    return have

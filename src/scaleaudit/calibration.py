@@ -11,12 +11,13 @@ reference that the calibration must tell apart from a calibrated one).
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 
 import numpy as np
+from scipy.stats import norm
 
-from . import design, metrics, scaling, sequential, stats
+from . import design, metrics, scaling, sequential, stats, testsample
 
 NOISE = ("normal", "t4")
 SEED_SD = 0.02  # sd of a paired difference between two runs (seed noise of 0.01-0.03 AUC per run is typical)
@@ -261,12 +262,6 @@ def simulate_test_sample(
     ~RUN_SD. The truth is the population gain, the expected AUC over seeds and patients (binormal: Phi(mu / sqrt(c^2
     + tau^2)), c^2 twice the score variance), ``small_auc`` for the small arm. The per-cell interval with the test sample's bootstrap variance (``testsample``, the report's) against the
     seeds' alone: coverage of the population gain, decisions, and the test sample's share of the variance."""
-    from functools import partial
-
-    from scipy.stats import norm
-
-    from . import testsample
-
     c = np.sqrt(2 * (1 + ARM_IMAGE_SD**2 + RUN_IMAGE_SD**2))
     tau = RUN_SD * c / norm.pdf(norm.ppf(small_auc))  # seed sd of mu that gives a run's AUC seed sd ~RUN_SD
     wide = np.sqrt(c**2 + tau**2)

@@ -1,4 +1,4 @@
-"""Typed run records: the spec a training job gets, and the result it writes as ``metrics.json``.
+"""Typed run records: the spec a training job gets, the result it writes as ``metrics.json``, the run table's reader.
 
 The layout of ``metrics.json`` lives here and nowhere else: ``train`` builds a ``RunResult`` and saves
 it, ``aggregate`` loads it back and flattens it with ``RunResult.row``, and the tests read it the same
@@ -11,6 +11,8 @@ import math
 import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
+
+import pandas as pd
 
 from .errors import ScaleauditError
 from .files import canonical_hash, read_json, write_json
@@ -208,3 +210,14 @@ class RunResult:
             "mlflow_run_id": (self.tracking or {}).get("run_id", ""),
         }
         return out
+
+
+# runs.csv columns that stay text
+TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
+
+
+def read_runs(runs_csv: str | os.PathLike) -> pd.DataFrame:
+    """The run table; hashes and ids stay text (an all-digit hash is no number), an empty cell means none."""
+    runs = pd.read_csv(runs_csv, dtype=dict.fromkeys(TEXT_COLUMNS, str))
+    runs[TEXT_COLUMNS] = runs[TEXT_COLUMNS].fillna("")
+    return runs

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from . import aggregate, metrics
+from . import metrics, verify
 from .design import CELL, TASK
 
 DECISIONS = ("better", "equivalent", "worse", "undecided")
@@ -378,7 +378,7 @@ def compare(
     variance of each mean difference (``testsample.variances``: CELL, arm, small_arm, test_var, test_df), added to
     the seed variance (``t_interval``'s ``extra``); without it the claim is about these test images only.
     ``seed_var`` and ``test_var``: the two parts of the partner's variance."""
-    aggregate.check(runs)
+    verify.unique(runs)
     why, failed = unusable(runs, metric), diverged(runs)
     pairs, every = paired(runs, metric), paired(runs, metric, every=True)
     keys = runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates().sort_values(CELL + ["arm"])

@@ -18,7 +18,7 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from . import stats
+from . import metrics, stats
 from .design import CELL, TASK
 
 RESAMPLES = 200  # bootstrap resamples of the test images: the variance's Monte Carlo error is ~sqrt(2/199) = 10 %
@@ -52,8 +52,6 @@ def _binary_auc(positive: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.nd
 def resampled(y: np.ndarray, scores: np.ndarray, task: str, metric: str, w: np.ndarray) -> np.ndarray:
     """``metric`` (auc, acc or bacc, as ``metrics.py`` computes it) of one run's test predictions on each resample
     (rows of ``w``); NaN throughout where a score is not finite (a diverged run)."""
-    from . import metrics
-
     scores = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(scores).all():
         return np.full(len(w), math.nan)

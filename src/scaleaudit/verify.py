@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import design, metrics
+from . import metrics
 from .design import RUN_KEY
 from .errors import ScaleauditError
-from .records import PREDICTIONS, SPLIT_METRICS, RunResult
+from .records import PREDICTIONS, SPLIT_METRICS, RunResult, read_runs
 
 RECOMPUTED = metrics.METRICS  # the test metrics the predictions give (the loss needs the logits)
 RANGES = dict.fromkeys(RECOMPUTED, (0.0, 1.0)) | {"loss": (0.0, math.inf)}
@@ -70,8 +70,6 @@ def _nan(x) -> bool:
 def rows(runs: pd.DataFrame, paths: list[str | os.PathLike], runs_csv: str | os.PathLike = "runs.csv") -> None:
     """Each row of the table whose run folder is given equals that run's ``metrics.json`` (after the same CSV round
     trip), and each given folder is a row of the table."""
-    from .report.results import read_runs
-
     results = [run(p) for p in paths]
     if not results:
         return
@@ -124,25 +122,26 @@ def scores(runs: pd.DataFrame, where: str | os.PathLike = "runs.csv") -> None:
         )
 
 
-def designed(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """Every run the design asks for, with whether the table has it (``present``); with adaptive seeds, the rounds
-    the table's decisions called for."""
-    from . import adaptive  # it needs stats, which needs aggregate, which needs this module
-
-    want = (adaptive.planned(runs, config) if design.is_adaptive(config) else pd.DataFrame(design.runs(config)))[
-        RUN_KEY
-    ]
-    have = want.merge(runs[RUN_KEY].drop_duplicates(), on=RUN_KEY, how="left", indicator=True)
-    have["present"] = have.pop("_merge") == "both"
-    return have
-
-
-def seeds(runs: pd.DataFrame, config: dict, runs_csv: str | os.PathLike = "runs.csv") -> None:
-    """Every run (every seed) the design asks for is in the table."""
-    gone = designed(runs, config).query("~present")
+def seeds(designed: pd.DataFrame, runs_csv: str | os.PathLike = "runs.csv") -> None:
+    """Every run (every seed) the design asks for is in the table: ``designed`` is ``adaptive.designed``'s."""
+    gone = designed.query("~present")
     if len(gone):
         raise ScaleauditError(
             f"{runs_csv} lacks {len(gone)} run(s) the design asks for: {_listed([run_name(r) for r in gone.itertuples()])}",
             "re-run the workflow (it trains the missing runs and aggregates again); to report fewer seeds, change "
             "design.seeds in the config",
+        )
+
+
+def unique(table: pd.DataFrame) -> None:
+    """Reject a table in which a run appears twice: pairing by seed would silently count it twice."""
+    dup = table[table.duplicated(RUN_KEY, keep=False)]
+    if len(dup):
+        keys = dup.drop_duplicates(RUN_KEY)
+        listed = "; ".join(run_name(r) for r in keys.head(5).itertuples())
+        raise ScaleauditError(
+            f"{len(keys)} run(s) appear more than once in the run table ({len(dup)} rows): {listed}"
+            + (" ..." if len(keys) > 5 else ""),
+            "each (dataset, size, fraction, arm, seed) must appear once: aggregate the metrics.json of one study "
+            "only (or remove the duplicated rows of runs.csv)",
         )

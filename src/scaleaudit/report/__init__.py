@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import verify
+from .. import adaptive, verify
 from ..files import atomic_path, read_json, write_text
+from ..records import TEXT_COLUMNS, read_runs
 from . import curves
 from .document import Document, Figure, Heading, PageBreak, Para, Table, esc, to_markdown, to_typst
-from .results import NOT_PUBLISHED, TEXT_COLUMNS, Results, arm_labels, data_efficiency, missing_runs, read_runs
+from .results import NOT_PUBLISHED, Results, arm_labels, data_efficiency, missing_runs
 from .sections import document, verdict_sentence
 
 __all__ = [
@@ -71,7 +72,7 @@ def build(
     runs = read_runs(runs_csv)
     config = read_json(config_json)
     verify.scores(runs, runs_csv)
-    verify.seeds(runs, config, runs_csv)
+    verify.seeds(adaptive.designed(runs, config), runs_csv)
     verify.rows(runs, metrics or [], runs_csv)
     out_pdf = Path(out_pdf)
     assets = Path(assets) if assets else out_pdf.with_suffix("")

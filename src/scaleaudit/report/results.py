@@ -5,23 +5,14 @@ and how arms and numbers are written."""
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats, testsample, verify
+from .. import adaptive, design, fidelity, ledger, reproduction, scaling, shift, stats, testsample
 from .curves import Curves
 
-TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
 NOT_PUBLISHED = "†"
-
-
-def read_runs(runs_csv: str | os.PathLike) -> pd.DataFrame:
-    """The run table; hashes and ids stay text (an all-digit hash is no number), an empty cell means none."""
-    runs = pd.read_csv(runs_csv, dtype=dict.fromkeys(TEXT_COLUMNS, str))
-    runs[TEXT_COLUMNS] = runs[TEXT_COLUMNS].fillna("")
-    return runs
 
 
 def num(x, spec: str = ".3f") -> str:
@@ -176,7 +167,7 @@ class Results:
 
 def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     """Per cell and arm of the design with fewer runs in the table than designed: runs present and designed."""
-    have = verify.designed(runs, config)
+    have = adaptive.designed(runs, config)
     count = have.groupby(design.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
     return count[count["present"] < count["designed"]]
 
