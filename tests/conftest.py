@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from mirror import SHARED_MIRROR, write_sums
 
+from scaleaudit import jobcontrol
 from scaleaudit.synthetic import write_npz
+
+
+@pytest.fixture(autouse=True)
+def steps_called_in_process_leave_the_test_runner_alone(monkeypatch):
+    """A step called in-process (``cli.main``) would arm its job control in the test runner itself: SIGTERM
+    raised as an exception anywhere, and a parent-death signal that a pytest-xdist worker gets when the thread
+    that spawned it ends. Job control is tested on steps run as processes, as a workflow runs them."""
+    monkeypatch.setattr(jobcontrol, "stop_with_workflow", lambda: None)
 
 
 @pytest.fixture
