@@ -69,5 +69,6 @@ def test_training_flops_are_recorded_and_a_run_recorded_before_them_reads_as_unk
     doc = read_json(one_run)
     del doc["cost"]["train_flops"]
     write_json(tmp_path / "metrics.json", doc)
-    shutil.copy(one_run.parent / records.PREDICTIONS, tmp_path)  # aggregate checks the metrics against them
+    for kept in (records.PREDICTIONS, doc["best_weights"]["file"]):  # aggregate checks the metrics against them
+        shutil.copy(one_run.parent / kept, tmp_path)
     assert aggregate.collect([tmp_path / "metrics.json"])["train_flops"].isna().all()

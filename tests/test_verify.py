@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from runtable import make_config, make_runs, write_run_folders
 
-from scaleaudit import adaptive, cli, report
-from scaleaudit.files import read_json, write_json
+from scaleaudit import adaptive, cli, report, tracking
+from scaleaudit.files import file_digest, read_json, write_json
 from scaleaudit.records import PREDICTIONS
 
 VIT_SEED2 = "vit_b16_pretrained on breastmnist @ 28 px, fraction 1, seed 2"
@@ -55,6 +56,87 @@ def test_a_hand_edited_metrics_json_stops_aggregate(capsys, study):
     err = capsys.readouterr().err
     assert f"does not match its predictions ({VIT_SEED2}): test auc 0.99 in metrics.json" in err
     assert "delete the run folder" in err and not (tmp / "again.csv").exists()
+
+
+def keep_weights(folder: Path, content: bytes = b"selected weights") -> Path:
+    """The run folder keeps its selected weights (as job.save_best_weights does), recorded in its metrics.json."""
+    (folder / "best.safetensors").write_bytes(content)
+    d = read_json(folder / "metrics.json")
+    d["best_weights"] = {
+        "file": "best.safetensors",
+        "format": "safetensors",
+        "sha256": file_digest(folder / "best.safetensors"),
+        "tensors": 1,
+    }
+    write_json(folder / "metrics.json", d)
+    return folder / "best.safetensors"
+
+
+@pytest.mark.parametrize("change", ["replaced", "deleted"])
+def test_selected_weights_that_are_not_the_recorded_file_stop_aggregate(capsys, study, change):
+    tmp, paths = study
+    weights = keep_weights(vit_seed2(paths).parent)
+    assert cli.main(["aggregate", *map(str, paths), "--out", str(tmp / "again.csv")]) == 0  # kept and recorded: passes
+    weights.write_bytes(b"other weights") if change == "replaced" else weights.unlink()
+    assert cli.main(["aggregate", *map(str, paths), "--out", str(tmp / "again2.csv")]) == 2
+    err = capsys.readouterr().err
+    what = "is not the file its run recorded" if change == "replaced" else "(the run's selected weights"
+    assert f"{weights} {what}" in err and VIT_SEED2 in err
+    assert f"delete the run folder {weights.parent}" in err and not (tmp / "again2.csv").exists()
+
+
+@pytest.fixture
+def tracked_study(study):
+    """The study's runs logged to a SQLite MLflow store (their final test metrics, as job.py logs them), and its
+    tracking record."""
+    tmp, paths = study
+    record = tracking.init_experiment(f"sqlite:///{tmp / 'mlflow.db'}", "scaleaudit/verify", tmp / "artifacts")
+    write_json(tmp / "tracking.json", record)
+    client = mlflow.MlflowClient(tracking_uri=record["tracking_uri"])
+    for path in paths:
+        d = read_json(path)
+        run_id = client.create_run(record["experiment_id"]).info.run_id
+        for k, v in d["test"].items():
+            client.log_metric(run_id, f"test_{k}", v, step=d["epochs_run"])
+        d["tracking"] = {"run_id": run_id} | {k: record[k] for k in ("tracking_uri", "experiment", "experiment_id")}
+        write_json(path, d)
+    return tmp, paths, client
+
+
+def aggregate(tmp, paths, record: Path) -> int:
+    return cli.main(["aggregate", *map(str, paths), "--tracking", str(record), "--out", str(tmp / "runs.csv")])
+
+
+def test_aggregate_compares_every_run_with_its_mlflow_run(capsys, tracked_study):
+    tmp, paths, client = tracked_study
+    assert aggregate(tmp, paths, tmp / "tracking.json") == 0
+    assert "9 runs, 9 compared with their MLflow runs" in capsys.readouterr().out
+    assert report.read_runs(tmp / "runs.csv")["mlflow_checked"].all()
+
+    run_id = read_json(vit_seed2(paths))["tracking"]["run_id"]
+    client.log_metric(run_id, "test_auc", 0.5, step=99)  # the MLflow run says otherwise (files of another run)
+    assert aggregate(tmp, paths, tmp / "tracking.json") == 2
+    err = capsys.readouterr().err
+    assert f"differ from the runs' metrics.json: {VIT_SEED2} (MLflow run {run_id}): test_auc 0.5 in MLflow" in err
+    assert "delete the named run folders" in err
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9/", "sqlite:///{tmp}/gone/mlflow.db"])
+def test_an_unreachable_tracking_store_is_a_warning_and_the_report_says_so(capsys, tracked_study, uri):
+    tmp, paths, _ = tracked_study
+    record = read_json(tmp / "tracking.json") | {"tracking_uri": uri.format(tmp=tmp)}
+    write_json(tmp / "down.json", record)
+    assert aggregate(tmp, paths, tmp / "down.json") == 0
+    out, err = capsys.readouterr()
+    assert "9 runs, 0 compared with their MLflow runs" in out
+    assert "warning: MLflow metrics not compared with metrics.json: the MLflow " in err
+    assert not (tmp / "gone").exists()  # reading never creates a store
+    runs = report.read_runs(tmp / "runs.csv")
+    res = report.Results.of(runs, read_json(tmp / "config.json"), verified=True)
+    figs = {name: [Path(f"/figs/{name}_1.png")] for name in ("scores", "calibration", "pareto", "forest")}
+    assert "The runs' metrics were not compared with MLflow" in report.to_markdown(
+        report.document(res, figs), Path("/")
+    )
 
 
 def test_a_hand_edited_row_stops_the_report(capsys, study):

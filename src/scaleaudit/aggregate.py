@@ -1,5 +1,5 @@
 """One table of all runs, built from the per-run ``metrics.json`` files (records.RunResult), each checked against its
-predictions first (``verify``)."""
+predictions and selected weights first, and with their MLflow runs where the store answers (``verify``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from . import verify
 from .files import atomic_path
 
 
-def collect(paths: list[str | os.PathLike]) -> pd.DataFrame:
-    table = pd.DataFrame([verify.run(p).row() for p in paths])
+def collect(paths: list[str | os.PathLike], tracking: dict | None = None) -> pd.DataFrame:
+    """The run table; with the study's tracking record (``tracking.job_tracking``), each run is also compared with its
+    MLflow run, and the column ``verify.MLFLOW_CHECKED`` says whether it was."""
+    results = [verify.run(p) for p in paths]
+    table = pd.DataFrame([r.row() for r in results])
+    table[verify.MLFLOW_CHECKED] = verify.tracked(results, tracking)
     verify.unique(table)
     verify.scores(table, "the runs' metrics.json")
     return table.sort_values(["dataset", "size", "arm", "fraction", "seed"], ignore_index=True)

@@ -136,11 +136,13 @@ def cmd_plan(args) -> None:
 
 
 def cmd_aggregate(args) -> None:
-    from . import aggregate
+    from . import aggregate, verify
+    from .tracking import job_tracking
 
-    table = aggregate.collect(args.metrics)
+    table = aggregate.collect(args.metrics, job_tracking(args.tracking) if args.tracking else None)
     aggregate.write(table, args.out)
-    print(f"{args.out}: {len(table)} runs")
+    compared = int(table[verify.MLFLOW_CHECKED].sum())
+    print(f"{args.out}: {len(table)} runs, {compared} compared with their MLflow runs")
 
 
 def cmd_shift_eval(args) -> None:
@@ -305,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("aggregate", help="one table of all runs from their metrics.json files")
     s.add_argument("metrics", nargs="+", help="metrics.json files")
+    s.add_argument(
+        "--tracking", help="the study's tracking record (init-tracking's): compare each run with its MLflow run"
+    )
     s.add_argument("--out", required=True, help="CSV table")
     s.set_defaults(func=cmd_aggregate)
 

@@ -13,7 +13,7 @@ import numpy as np
 import timm
 import torch
 
-from . import corrupt, cost, jobcontrol, metrics, models, provenance, runtime, settings
+from . import corrupt, cost, jobcontrol, metrics, models, provenance, runtime, settings, verify
 from .errors import ScaleauditError
 from .files import atomic_path, file_digest, read_json, write_json
 from .records import PREDICTIONS, RunInfo, RunResult, RunSpec
@@ -328,13 +328,8 @@ def load_best_weights(run_dir: Path, record: dict) -> dict[str, torch.Tensor]:
     """A run's kept weights, checked against the SHA-256 its metrics.json recorded."""
     from safetensors.torch import load_file
 
-    path = Path(run_dir) / record["file"]
-    fix = f"train the run again (delete {run_dir})"
-    if not path.exists():
-        raise ScaleauditError(f"{path} (the run's selected weights) is missing", fix)
-    if file_digest(path, "sha256") != record["sha256"]:
-        raise ScaleauditError(f"{path} is not the file its run recorded (SHA-256 differs)", fix)
-    return load_file(str(path))
+    verify.weights(run_dir, record)
+    return load_file(str(Path(run_dir) / record["file"]))
 
 
 def _end_failed(tracked, monitor, exc: BaseException, log: Callable[[str], None]) -> None:

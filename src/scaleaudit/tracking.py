@@ -272,6 +272,37 @@ def job_tracking(record_path: str | os.PathLike) -> dict:
     return record
 
 
+def final_metrics(record: dict, run_ids: list[str]) -> dict[str, dict[str, float] | None]:
+    """The last logged value of every metric of each MLflow run (None: the store has no such run), read from the
+    study's store (``record``: ``job_tracking``'s). Only reads: a missing SQLite file is unreachable, not created; a
+    server that does not answer is not waited for."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = record["tracking_uri"]
+    configure_client()
+    db = _local_db(uri)
+    if db is not None and not db.is_file():
+        raise TrackingUnavailable(f"the MLflow store {db} does not exist")
+    try:
+        check_reachable(uri)
+    except ScaleauditError as exc:
+        raise TrackingUnavailable(exc.problem, exc.fix) from None
+    client = mlflow.MlflowClient(tracking_uri=uri)
+
+    def run_metrics(run_id: str) -> dict[str, float] | None:
+        try:
+            return retry(lambda: client.get_run(run_id)).data.metrics
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            if _server_outage(exc):
+                raise TrackingUnavailable(f"the MLflow tracking server {uri} stopped answering ({exc})") from None
+            raise
+
+    return {run_id: run_metrics(run_id) for run_id in run_ids}
+
+
 class TrackedRun:
     """One MLflow run per training job and run identity, resumed (never duplicated) when the job restarts.
 

@@ -1,7 +1,10 @@
 """The run table verified, not trusted: before ``aggregate`` writes it and before ``report`` reads it.
 
 - every run's test AUC, ACC, balanced accuracy and ECE, recomputed from its ``predictions.npz`` with ``metrics``,
-  equal its ``metrics.json`` (a hand-edited or mixed-up run folder is refused);
+  equal its ``metrics.json`` (a hand-edited or mixed-up run folder is refused), and its selected weights are the file
+  whose SHA-256 it recorded;
+- at ``aggregate``, where the study's tracking store answers, every run's final test metrics in MLflow equal its
+  ``metrics.json`` (an unreachable store is a warning, and the run table records which runs were compared);
 - every row of ``runs.csv`` equals the ``metrics.json`` it came from (a hand-edited table is refused);
 - every score is in range, and finite or absent (NaN: the run has no such score, and is counted without it);
 - every run the design asks for is in the table.
@@ -14,14 +17,16 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import metrics, tracking
 from .design import RUN_KEY
 from .errors import ScaleauditError
+from .files import file_digest
 from .records import PREDICTIONS, SPLIT_METRICS, RunResult, read_runs
 
 RECOMPUTED = metrics.METRICS  # the test metrics the predictions give (the loss needs the logits)
@@ -29,6 +34,7 @@ RANGES = dict.fromkeys(RECOMPUTED, (0.0, 1.0)) | {"loss": (0.0, math.inf)}
 TOLERANCE = 1e-9  # the same arrays give the same metrics; only the JSON round trip may differ in the last bit
 RETRAIN = "delete the run folder {} and re-run the workflow to train the run again"
 MOST = 5  # runs named in one message
+MLFLOW_CHECKED = "mlflow_checked"  # run table column: the run's MLflow metrics were compared at aggregate
 
 
 def run_name(r) -> str:
@@ -53,18 +59,70 @@ def run(path: str | os.PathLike) -> RunResult:
     off = [
         f"test {k} {result.test[k]!r} in metrics.json, {again[k]!r} from predictions.npz"
         for k in RECOMPUTED
-        if not (math.isclose(result.test[k], again[k], abs_tol=TOLERANCE) or (_nan(result.test[k]) and _nan(again[k])))
+        if not _same(result.test[k], again[k])
     ]
     if off:
         raise ScaleauditError(
             f"{path} does not match its predictions ({run_name(result.run)}): {'; '.join(off)}",
             RETRAIN.format(folder) + " (a metrics.json edited by hand, or files of two runs mixed)",
         )
+    if result.best_weights is not None:  # a kNN probe or an older run keeps none
+        weights(folder, result.best_weights, run_name(result.run))
     return result
 
 
-def _nan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
+def weights(folder: str | os.PathLike, record: dict, name: str = "") -> None:
+    """The run folder's selected weights are the file its ``metrics.json`` recorded (``best_weights``: its SHA-256)."""
+    path = Path(folder) / record["file"]
+    of = f" ({name})" if name else ""
+    if not path.exists():
+        raise ScaleauditError(f"{path} (the run's selected weights{of}) is missing", RETRAIN.format(folder))
+    if file_digest(path, "sha256") != record["sha256"]:
+        raise ScaleauditError(
+            f"{path} is not the file its run recorded{of}: SHA-256 differs from best_weights in metrics.json",
+            RETRAIN.format(folder),
+        )
+
+
+def tracked(results: list[RunResult], record: dict | None) -> list[bool]:
+    """Each run's final test metrics in the study's MLflow store (``record``: ``tracking.job_tracking``'s) equal its
+    ``metrics.json``; per run, whether it was compared. An unreachable store, or a run it lacks (a store reset since),
+    is a warning on stderr and the run is not compared: ``metrics.json`` was checked against the predictions."""
+    ids = [(r.tracking or {}).get("run_id") for r in results]
+    if record is None or not any(ids):
+        return [False] * len(results)
+    try:
+        logged = tracking.final_metrics(record, [i for i in ids if i])
+    except tracking.TrackingUnavailable as exc:
+        _warn(f"MLflow metrics not compared with metrics.json: {exc.problem}")
+        return [False] * len(results)
+    off, lacking = [], []
+    for r, run_id in zip(results, ids):
+        if run_id and logged.get(run_id) is None:
+            lacking.append(run_name(r.run))
+            continue
+        off += [
+            f"{run_name(r.run)} (MLflow run {run_id}): test_{k} {got!r} in MLflow, {v!r} in metrics.json"
+            for k, v in r.test.items()
+            if run_id and v is not None and not _same(got := logged[run_id].get(f"test_{k}", math.nan), v)
+        ]
+    if off:
+        raise ScaleauditError(
+            f"{len(off)} test metric(s) in MLflow differ from the runs' metrics.json: {_listed(off)}",
+            "delete the named run folders and re-run the workflow to train them again (a metrics.json edited by hand, "
+            "or a run folder that is not the MLflow run it names)",
+        )
+    if lacking:
+        _warn(f"{record['tracking_uri']} has no MLflow run for {len(lacking)} run(s), not compared: {_listed(lacking)}")
+    return [bool(i) and logged.get(i) is not None for i in ids]
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, abs_tol=TOLERANCE) or (math.isnan(a) and math.isnan(b))
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def rows(runs: pd.DataFrame, paths: list[str | os.PathLike], runs_csv: str | os.PathLike = "runs.csv") -> None:

@@ -22,9 +22,10 @@ rule resolve_config:
 
 
 rule aggregate:
-    """One table of every run, from the per-run metrics files."""
+    """One table of every run, from the per-run metrics files, each compared with its MLflow run."""
     input:
-        all_metrics,
+        metrics=all_metrics,
+        tracking=f"{RESULTS}/tracking.json",
     output:
         report(RUN_TABLE, caption="../report/runs.rst", category="Runs"),
     log:
@@ -32,7 +33,7 @@ rule aggregate:
     conda:
         CONDA_ENV
     shell:
-        "scaleaudit aggregate {input} --out {output} > {log} 2>&1"
+        "scaleaudit aggregate {input.metrics} --tracking {input.tracking} --out {output} > {log} 2>&1"
 
 
 rule report:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import calibration, design, fidelity, ledger, metrics, provenance, scaling, shift, stats, testsample
+from .. import calibration, design, fidelity, ledger, metrics, provenance, scaling, shift, stats, testsample, verify
 from .document import Document, Figure, Heading, PageBreak, Para, Table
 from .prose import text
 from .results import NOT_PUBLISHED, Results, cell_name, ci, listed, num, partner
@@ -293,7 +293,11 @@ def checked_text(res: Results) -> str:
         return text("methods", "unchecked")
     runs, col = res.runs, stats.score_column(res.config["verdict"]["metric"])
     folders = 0 if res.curves is None else len(runs) - len(res.curves.missing)
-    return text("methods", "checked", runs=len(runs), folders=folders, without=int(runs[col].isna().sum()))
+    # aggregate records per run whether its MLflow metrics were compared (a table written otherwise: none)
+    mlflow = int(runs[verify.MLFLOW_CHECKED].sum()) if verify.MLFLOW_CHECKED in runs else 0
+    return text(
+        "methods", "checked", runs=len(runs), folders=folders, without=int(runs[col].isna().sum()), mlflow=mlflow
+    )
 
 
 def fidelity_section(res: Results) -> list:
