@@ -72,7 +72,7 @@ def test_verdict_follows_the_runs():
     gain = markdown(make_runs({"vit_b16_pretrained": 0.05}, datasets=THREE))
     none = markdown(make_runs({"vit_b16_pretrained": 0.0}, seeds=10, noise=0.002, datasets=THREE))
     assert "Overall: Scale pays" in gain and "Overall: Scale does not pay" in none
-    assert "scale won on 3, tied on 0 and lost on 0 of 3 dataset(s)" in gain
+    assert "scale won on 3, tied on 0, lost on 0 and is undecided on 0 of 3 dataset(s)" in gain
     # the threshold comes from the config
     assert "Overall: Scale pays" not in markdown(make_runs({"vit_b16_pretrained": 0.05}, datasets=THREE), rope=0.1)
     # one dataset says nothing about such tasks
@@ -165,6 +165,7 @@ def test_an_undecided_arm_whose_interval_ends_below_the_rope_cannot_still_pay():
         "won": 0,
         "tied": 0,
         "lost": 0,
+        "undecided": 1,
     }
     below = pd.DataFrame([row | {"adj_lo": -0.283, "adj_hi": -0.005}])
     across = pd.DataFrame([row | {"adj_lo": -0.283, "adj_hi": 0.02}])
@@ -221,6 +222,8 @@ def test_each_arm_has_a_divergence_rate_and_the_comparisons_name_diverged_runs()
 def test_one_seed_is_never_decided():
     md = markdown(make_runs({"vit_b16_pretrained": 0.05}, seeds=1))
     assert "Overall: Not decided yet" in md and "no interval: fewer than 2 datasets with 3 or more pairs" in md
+    # one dataset: the sentence still counts it, and says what a claim about such tasks needs
+    assert "undecided on 1 of 1 dataset(s)" in md and "a claim about such tasks needs at least 2 datasets" in md
 
 
 def test_duplicated_run_stops_the_report(tmp_path):
@@ -282,14 +285,15 @@ def test_every_large_arm_worse_is_said_so():
         "won": 0,
         "tied": 0,
         "lost": 1,
+        "undecided": 0,
     }
     text = report.verdict_sentence(pd.DataFrame([row]), 0.01, "auc", 0.95, {"vit": "ViT"})
     assert text == (
         "Scale does not pay: every large arm is worse than the best small model by more than the practical "
         "threshold of ±0.01 AUC; the closest is ViT (-0.200 AUC mean over 1 dataset(s), simultaneous CI for such "
-        "tasks [-0.300, -0.100]; scale won on 0, tied on 0 and lost on 1 of 1 dataset(s)); a claim at 95% confidence "
-        "about tasks like these datasets (random effects across datasets; Bonferroni over 1 large arm × fraction "
-        "summaries)."
+        "tasks [-0.300, -0.100]; scale won on 0, tied on 0, lost on 1 and is undecided on 0 of 1 dataset(s)); a claim at 95% "
+        "confidence about tasks like these datasets (random effects across datasets; Bonferroni over 1 large arm × "
+        "fraction summaries)."
     )
 
 

@@ -477,7 +477,7 @@ def overall(
     tasks) and the simultaneous interval of the family of all such summaries (at least ``family``), the decision
     (the study-level claim), the fixed-effect interval about these tasks only (``fe_lo``, ``fe_hi``: seed noise
     alone, Welch), tau, I2 and the prediction interval for a new task (``heterogeneity``), the tasks where scale
-    won, tied and lost (per-cell decisions better, equivalent, worse), the IQM of all paired differences and the
+    won, tied, lost and undecided (per-cell decisions better, equivalent, worse, undecided), the IQM of all paired differences and the
     task-averaged paired probability of improvement. Thin tasks are left out and named, never void the summary.
     ``test_var`` (``compare``'s) serves the won/tied/lost counts; the random-effects interval needs none: the spread
     of the task means already holds each task's test-sample noise."""
@@ -505,8 +505,9 @@ def overall(
             "family": m,
             "p_improve": float(np.mean([prob_improvement(t) for t in tasks])) if tasks else math.nan,
         }
-        counts = full["decision"].value_counts()
+        counts = c["decision"].value_counts()  # a thin cell (too few pairs) counts as undecided
         row |= {"won": counts.get("better", 0), "tied": counts.get("equivalent", 0), "lost": counts.get("worse", 0)}
+        row["undecided"] = counts.get("undecided", 0)
         row |= heterogeneity(tasks, confidence)
         if tasks:
             # the same claim as per cell: on the expected gain, the arm's pooled divergence rate included
@@ -548,6 +549,7 @@ def overall(
             "won",
             "tied",
             "lost",
+            "undecided",
             "family",
             "p_improve",
             "decision",

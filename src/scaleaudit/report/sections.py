@@ -26,7 +26,7 @@ def verdict_sentence(
     def desc(r) -> str:
         arm, where = (labels or {}).get(r.arm, r.arm), f" at training fraction {r.fraction:g}" if several else ""
         if math.isnan(r.adj_lo):
-            return text("verdict", "arm_without_interval", arm=arm, where=where, min_pairs=stats.MIN_PAIRS)
+            return text("verdict", "arm_without_interval", arm=arm, where=where, r=r, min_pairs=stats.MIN_PAIRS)
         return text(
             "verdict",
             "arm_with_interval",
@@ -53,7 +53,11 @@ def verdict_sentence(
     still_open = by["undecided"][~(by["undecided"]["adj_hi"] <= rope)]
     if len(still_open):
         return text(
-            "verdict", "not_decided", margin=margin, still_open=", ".join(desc(r) for r in still_open.itertuples())
+            "verdict",
+            "not_decided",
+            margin=margin,
+            still_open=", ".join(desc(r) for r in still_open.itertuples()),
+            few_datasets=bool(still_open["adj_lo"].isna().any()),
         )
     best = over.sort_values("mean_diff", ascending=False).iloc[0]
     if len(by["worse"]) == len(over):
@@ -526,9 +530,9 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
             ci(r.adj_lo, r.adj_hi),
             ci(r.fe_lo, r.fe_hi),
             num(r.tau, ".3f"),
-            num(r.i2 * 100, ".0f") + "%",
+            "–" if math.isnan(r.i2) else f"{r.i2 * 100:.0f}%",
             ci(r.pred_lo, r.pred_hi),
-            f"{r.won}/{r.tied}/{r.lost}",
+            f"{r.won}/{r.tied}/{r.lost}/{r.undecided}",
             r.decision,
         ]
         for r in res.overall.itertuples()
@@ -604,7 +608,7 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
                 "τ",
                 "I²",
                 "prediction",
-                "won/tied/lost",
+                "won/tied/lost/undecided",
                 "decision",
             ],
             over_rows,
