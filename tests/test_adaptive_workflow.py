@@ -63,7 +63,7 @@ def snakemake(work, env, *args) -> list[str]:
 
 
 def run(work, env, *args) -> str:
-    done = subprocess.run(snakemake(work, env, *args), cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(snakemake(work, env, *args), cwd=work, env=env, capture_output=True, text=True, timeout=2700)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
 
@@ -107,7 +107,7 @@ def test_rounds_stop_when_decided_run_to_max_when_not_and_resume_after_a_crash(s
     (work / "tiny.yaml").write_text(yaml.safe_dump(config(rope=0.0)))
     held = work / "results" / "tiny" / "runs" / "breastmnist_28" / "cnn_a" / "frac1.0" / "seed4"
     with jobcontrol.locked_run_folder(held):
-        crashed = subprocess.run(snakemake(work, env), cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        crashed = subprocess.run(snakemake(work, env), cwd=work, env=env, capture_output=True, text=True, timeout=2700)
     seen = crashed.stdout + crashed.stderr
     assert crashed.returncode != 0 and "Finished jobid" in seen, seen[-3000:]
     assert ("cnn_a", 4) not in seeds_run(work) and len(seeds_run(work)) < 8

@@ -176,7 +176,7 @@ def test_snakemake_rejects_a_bad_config_at_parse_time(tmp_path, edit, expected):
         env=tiny_study.env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode != 0
     assert expected in proc.stdout + proc.stderr and "fix:" in proc.stdout + proc.stderr
@@ -203,7 +203,7 @@ def test_pretrained_weights_missing_offline(tmp_path):
         env=tiny_study.env(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1"),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 2, proc.stderr
     assert "pretrained weights resnet18.a1_in1k are not available" in proc.stderr

@@ -41,7 +41,7 @@ NOT_SOURCE = shutil.ignore_patterns(
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, **kw)
     assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 

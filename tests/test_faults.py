@@ -82,7 +82,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_result_and_one_mlflow_
         env=tiny_study.env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "metrics.json").exists()
@@ -90,7 +90,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_result_and_one_mlflow_
     run_id = (out / "mlflow_run_id").read_text().strip()
 
     rerun = subprocess.run(
-        tiny_study.scaleaudit_cli() + args, env=tiny_study.env(), capture_output=True, text=True, timeout=300
+        tiny_study.scaleaudit_cli() + args, env=tiny_study.env(), capture_output=True, text=True, timeout=900
     )
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming after epoch 1" in rerun.stderr
@@ -246,7 +246,7 @@ def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_m
             if re.search(r"Finished jobid: \d+ \(Rule: train\)", line):
                 break
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        first = "".join(first) + proc.communicate(timeout=120)[0]
+        first = "".join(first) + proc.communicate(timeout=360)[0]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -255,7 +255,7 @@ def test_ctrl_c_of_the_workflow_then_rerun_does_not_retrain_finished_runs(tiny_m
     finished = {p: p.stat().st_mtime_ns for p in _metrics(work)}
     assert len(finished) == 1, first
 
-    rerun = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     jobs = re.search(r"^train\s+(\d+)\s*$", rerun.stdout + rerun.stderr, re.MULTILINE)
     assert jobs and int(jobs.group(1)) == 1  # only the run that had not started

@@ -41,7 +41,7 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
         env=tiny_study.env(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=360,
     )
     assert done.returncode == 0, done.stderr
     assert "no CUDA on this machine" in done.stdout and f"CUDA {torch.version.cuda}" in done.stdout
@@ -66,7 +66,7 @@ def test_gpu_check_runs_on_a_bare_image_and_prints_its_table_on_the_cpu(tmp_path
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=2700,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     table = done.stdout[done.stdout.index("\ngpu-check\n") :]

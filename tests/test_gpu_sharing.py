@@ -51,7 +51,7 @@ def _dry_run(work, targets) -> str:
         env=tiny_study.env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout + done.stderr

@@ -45,7 +45,7 @@ def job(tiny_mirror, tmp_path):
     return uri, args
 
 
-def _wait_for(path, text, proc, timeout=240):
+def _wait_for(path, text, proc, timeout=720):
     deadline = time.monotonic() + timeout
     while text not in (path.read_text() if path.exists() else ""):
         assert proc.poll() is None, path.read_text()
@@ -78,7 +78,7 @@ def _kill_once_training(workflow: subprocess.Popen, log) -> None:
     """SIGKILL ``workflow`` (alone, as `kill -9` does: nothing is sent to its jobs) once its job has trained
     two epochs; its training job must be gone within a minute."""
     try:
-        _wait_for(log, "epoch 2/", workflow, timeout=300)
+        _wait_for(log, "epoch 2/", workflow, timeout=900)
         trainer = _trainer_in_session(workflow.pid)
         os.kill(workflow.pid, signal.SIGKILL)
         workflow.wait(timeout=30)

@@ -66,7 +66,7 @@ def test_cli_plan_calibrates_on_this_machine_and_writes_the_plan(tmp_path):
         env=tiny_study.env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr
     assert "plan for study 'tiny': 4 runs" in done.stdout and "calibrating cnn_a at 28 px on cpu" in done.stderr

@@ -116,13 +116,13 @@ def checkpoint_epoch(out: Path) -> int:
 
 def stopped(proc: subprocess.Popen, out: Path) -> int:
     """Wait for ``proc``, stopped by its signal before the end; return the epoch its checkpoint holds."""
-    log = proc.communicate(timeout=300)[0]
+    log = proc.communicate(timeout=900)[0]
     assert not (out / "metrics.json").exists(), f"the run finished despite the signal:\n{log}"
     return checkpoint_epoch(out)
 
 
 def finish(proc: subprocess.Popen) -> str:
-    log = proc.communicate(timeout=300)[0]
+    log = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, log
     return log
 

@@ -34,7 +34,7 @@ CANNOT = 3  # cluster.sh: Slurm cannot run on this machine
 def slurm_cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm-state")
     t0 = time.monotonic()
-    started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True, timeout=900)
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True, timeout=2700)
     if started.returncode != 0:
         subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=60)  # whatever it had started
         if started.returncode == CANNOT and os.environ.get("SCALEAUDIT_REQUIRE_SLURM") != "1":
@@ -77,7 +77,7 @@ def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
         "config/test.yaml",
     ]
     t0 = time.monotonic()
-    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=2700)
     print(f"tiny study through Slurm: {time.monotonic() - t0:.1f} s")
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-6000:]

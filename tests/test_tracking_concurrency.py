@@ -36,7 +36,7 @@ def test_eight_processes_log_to_one_sqlite_store(tmp_path):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=600)
+        p.join(timeout=1800)
     assert [p.exitcode for p in procs] == [0] * JOBS  # a 'database is locked' would have failed a job
 
     client = MlflowClient(tracking_uri=record["tracking_uri"])

@@ -95,7 +95,7 @@ def _init_in_subprocess(uri, name, folder):
         ],
         env=tiny_study.env(),
         check=True,
-        timeout=300,
+        timeout=900,
     )
     return read_json(out)
 

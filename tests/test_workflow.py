@@ -58,7 +58,7 @@ def snakemake(work: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
         "tiny.yaml",
         *args,
     ]
-    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
 
 
 def test_tiny_study_end_to_end(study):
