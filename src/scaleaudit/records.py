@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas
 
 from .errors import ScaleauditError
 from .files import canonical_hash, read_json, write_json
@@ -216,8 +217,10 @@ class RunResult:
 TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
 
 
-def read_runs(runs_csv: str | os.PathLike) -> pd.DataFrame:
+def read_runs(runs_csv: str | os.PathLike) -> pandas.DataFrame:
     """The run table; hashes and ids stay text (an all-digit hash is no number), an empty cell means none."""
+    import pandas as pd  # not at the top: the trainer imports this module and needs no pandas
+
     runs = pd.read_csv(runs_csv, dtype=dict.fromkeys(TEXT_COLUMNS, str))
     runs[TEXT_COLUMNS] = runs[TEXT_COLUMNS].fillna("")
     return runs
