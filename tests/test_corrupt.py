@@ -14,7 +14,7 @@ import pytest
 from mirror import REPO
 from PIL import Image
 
-from scaleaudit import corrupt
+from scaleaudit import corrupt, files
 
 MC_PYTHON = REPO / ".venv-medmnistc" / "bin" / "python"
 BREAST_CORRUPTIONS = [
@@ -84,7 +84,7 @@ def _fake_set(tmp_path, n=4, size=8):
     np.savez(tmp_path / "clean.npz", test_images=clean, test_labels=labels)
     arrays = {"blur": np.stack([clean // (s + 2) for s in range(5)]), "labels": labels}
     np.savez(tmp_path / "c.npz", **arrays)
-    record = {"file": str(tmp_path / "c.npz"), "sha256": corrupt._sha256(tmp_path / "c.npz"), "corruptions": ["blur"]}
+    record = {"file": str(tmp_path / "c.npz"), "sha256": files.file_digest(tmp_path / "c.npz"), "corruptions": ["blur"]}
     return record, arrays, clean, labels
 
 

@@ -10,7 +10,7 @@ import pytest
 import tiny_study
 import torch
 
-from scaleaudit import corrupt, files, job, provenance, sequential, shift, stats, train
+from scaleaudit import files, job, provenance, sequential, shift, stats, train
 from scaleaudit.errors import ScaleauditError
 from scaleaudit.records import RunResult
 
@@ -43,7 +43,7 @@ def _corrupted(tmp_path, data_file, levels=5) -> dict:
     np.savez(tmp_path / "c.npz", **arrays)
     return {
         "file": str(tmp_path / "c.npz"),
-        "sha256": corrupt._sha256(tmp_path / "c.npz"),
+        "sha256": files.file_digest(tmp_path / "c.npz"),
         "corruptions": ["darken"],
         "severities": [1, 2, 3, 4, 5],
         "seed": 0,

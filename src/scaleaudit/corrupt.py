@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import jobcontrol
-from .files import atomic_path, write_text
+from .files import atomic_path, file_digest, write_text
 
 SEVERITIES = (1, 2, 3, 4, 5)
 LABELS = "labels"
@@ -39,14 +38,6 @@ LABELS = "labels"
 
 class CorruptedSetError(Exception):
     """A corrupted test set that does not match its record or its clean test split."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -186,7 +177,7 @@ def build(data: Path, flag: str, size: int, seed: int, out: Path, record_out: Pa
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
-        sha = _sha256(tmp)
+        sha = file_digest(tmp)
         from medmnistc.corruptions.registry import CORRUPTIONS_DS_FOLDS, DATASET_RGB
 
         family = {name: fam for fam, members in CORRUPTIONS_DS_FOLDS.items() for name in members}
@@ -211,7 +202,7 @@ def build(data: Path, flag: str, size: int, seed: int, out: Path, record_out: Pa
             "severities": list(SEVERITIES),
             "rgb": bool(DATASET_RGB[flag]),
             "shape": list(arrays[names[0]].shape),
-            "source": {"file": str(data), "sha256": _sha256(data)},
+            "source": {"file": str(data), "sha256": file_digest(data)},
             "versions": _versions(),
         }
     write_text(record_out, json.dumps(record, indent=2) + "\n")
@@ -224,7 +215,7 @@ def check(record: dict, clean_data: Path) -> dict[str, np.ndarray]:
     fix = f"delete {path} and its .json record so that the corruption step builds it again"
     if not path.exists():
         raise CorruptedSetError(f"{path} is missing; {fix}")
-    if _sha256(path) != record["sha256"]:
+    if file_digest(path) != record["sha256"]:
         raise CorruptedSetError(f"{path} does not have the SHA-256 of its record (changed since it was built); {fix}")
     images, labels = _clean_test(clean_data)
     with np.load(path) as npz:
