@@ -1,4 +1,9 @@
+import copy
+import subprocess
+import sys
+
 import pytest
+import tiny_study
 import yaml
 from mirror import REPO
 
@@ -53,3 +58,19 @@ def test_run_spec_hash_identifies_the_configuration():
     assert a == config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1)  # no re-training for these
     cfg["recipes"]["demo_v2"]["lr"] = 0.1
     assert a.config_hash != config.run_spec(cfg, "breastmnist", 28, "cnn_small", 1.0, 1).config_hash
+
+
+def test_the_workflow_reads_its_config_without_torch_and_a_cluster_job_skips_the_registry():
+    # Every Snakefile parse (each cluster job parses it again) imports these; timm and torch cost ~10 s a parse.
+    code = (
+        "import sys; from scaleaudit import config, design, devices, settings, tracking; "
+        "print(sorted(m for m in ('torch', 'timm', 'pandas', 'scipy') if m in sys.modules))"
+    )
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    raw = copy.deepcopy(tiny_study.TINY_CONFIG)
+    raw["arms"]["cnn_a"]["model"] = "no_such_model"
+    assert config.validate(raw, registry=False)["arms"]["cnn_a"]["model"] == "no_such_model"
+    with pytest.raises(ScaleauditError, match="unknown model 'no_such_model'"):
+        config.validate(raw)

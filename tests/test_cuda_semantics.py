@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mirror import REPO
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from scaleaudit import config, job, models, runtime, train
+from scaleaudit import config, job, modelnames, models, runtime, train
 from scaleaudit.errors import ScaleauditError
 
 # ATen ops that raise under use_deterministic_algorithms(True) on CUDA (torch's list of ops without a
@@ -128,7 +128,7 @@ def test_training_step_of_every_arm_has_deterministic_cuda_kernels(arm):
 
     cfg = config.load(REPO / "config" / "config.yaml")
     spec = dict(cfg["arms"][arm], pretrained=False)  # the architecture; weights do not change the ops
-    size = 32 if models.is_transformer(models.split_name(spec["model"])[0]) else (spec["input_size"] or 28)
+    size = 32 if models.is_transformer(modelnames.split_name(spec["model"])[0]) else (spec["input_size"] or 28)
     model = models.build(spec, 3, 3, size)
     x, y = torch.randn(2, 3, size, size), torch.tensor([0, 2])
     with Ops() as ops, torch.autocast("cpu", dtype=torch.bfloat16):
@@ -156,7 +156,7 @@ def test_device_request_follows_the_gpu_booking_and_the_test_config_trains_on_cp
     assert config.run_spec(full, "breastmnist", 28, "cnn_small", 1.0, 1).device == "cpu"
     # The Slurm test's cluster declares a GPU that is not real: its GPU arm books it and trains on the CPU.
     test = config.load(REPO / "config" / "config.yaml", REPO / "config" / "test.yaml")
-    assert test["arms"]["resnet18_scratch"]["resources"]["gpu"] == 1
+    assert test["arms"]["cnn_gpu"]["resources"]["gpu"] == 1
     assert {config.run_spec(test, "breastmnist", 28, a, 1.0, 1).device for a in test["design"]["arms"]} == {"cpu"}
     demo = config.load(REPO / "config" / "config.yaml", REPO / "config" / "demo.yaml")
     assert {config.run_spec(demo, "breastmnist", 28, a, 1.0, 1).device for a in demo["design"]["arms"]} == {"cpu"}

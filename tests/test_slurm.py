@@ -92,17 +92,15 @@ def test_tiny_study_through_slurm(slurm_cluster, mlflow_server, tmp_path):
     assert set(submitted.values()) == set(slurm_logs)
     with open(work / "results" / "test" / "runs.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert sorted((r["arm"], r["seed"]) for r in rows) == [
-        (a, s) for a in ("cnn_small", "resnet18_scratch") for s in ("1", "2")
-    ]
+    assert sorted((r["arm"], r["seed"]) for r in rows) == [(a, s) for a in ("cnn_gpu", "cnn_small") for s in ("1", "2")]
     for r in rows:
         out = f"results/test/runs/breastmnist_28/{r['arm']}/frac1.0/seed{r['seed']}/metrics.json"
         ran_in = [job for job, text in slurm_logs.items() if out in text]
         assert len(ran_in) == 1, f"{out} ran in Slurm jobs {ran_in}"
     assert len(submitted) < len(rows), "the short jobs were not grouped"
-    gpu_jobs = [job for job, text in slurm_logs.items() if "resnet18_scratch" in text]
+    gpu_jobs = [job for job, text in slurm_logs.items() if "/cnn_gpu/" in text]
     assert len(gpu_jobs) == 2
-    for job in gpu_jobs:  # MinJobAge keeps finished jobs known to slurmctld for 300 s
+    for job in gpu_jobs:  # cluster.sh's MinJobAge keeps finished jobs known for a day
         shown = subprocess.run(
             ["scontrol", "-o", "show", "job", job], capture_output=True, text=True, check=True
         ).stdout

@@ -128,7 +128,7 @@ def cmd_plan(args) -> None:
         utilization=args.utilization,
         log=lambda msg: print(msg, file=sys.stderr),
     )
-    out = Path(args.out) if args.out else plan.default_path(cfg)
+    out = Path(args.out) if args.out else design.plan_path(cfg)
     write_json(out, estimate)
     if not args.brief:
         print(plan.table(estimate))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from . import data, design, models, published, scaling
+from . import data, design, modelnames, published
 from .errors import ScaleauditError
 from .records import RunSpec
 
@@ -76,8 +76,11 @@ def _non_finite(value, where: str = ""):
             yield from _non_finite(sub, f"{where}/{i}" if where else str(i))
 
 
-def validate(config: dict) -> dict:
-    """Validate against the JSON schema (filling defaults) and check cross-references; return a copy."""
+def validate(config: dict, registry: bool = True) -> dict:
+    """Validate against the JSON schema (filling defaults) and check cross-references; return a copy.
+
+    ``registry=False`` leaves out the model names' check against timm's registry (checked once by the process
+    that plans the study; a cluster job re-reading the Snakefile need not import timm again)."""
     config = copy.deepcopy(config)
     # JSON-schema bounds compare false with NaN, so a NaN passes every minimum and maximum: refuse it first.
     if bad := list(_non_finite(config)):
@@ -93,12 +96,16 @@ def validate(config: dict) -> dict:
             "invalid configuration:\n" + "\n".join(lines),
             "correct these keys (workflow/schemas/config.schema.yaml lists every allowed key)",
         )
-    check_references(config)
+    check_references(config, registry)
     return config
 
 
-def check_references(config: dict) -> None:
-    """Names that the schema cannot check: datasets, arms, recipes, sizes, timm models and published results."""
+def check_references(config: dict, registry: bool = True) -> None:
+    """Names that the schema cannot check: datasets, arms, recipes, sizes, published results and (``registry``)
+    timm models and weights."""
+    if registry:
+        from . import models  # timm's registry: the one part of config that needs torch (~10 s to import)
+
     for entry in config["data"]["datasets"]:
         for size in entry["sizes"]:
             data.official_source(entry["flag"], size)
@@ -122,6 +129,9 @@ def check_references(config: dict) -> None:
             )
         if arm.get("reproduces"):
             published.check(arm["reproduces"], where=f"arm {name!r}")
+        if not registry:
+            continue
+        if arm.get("reproduces"):
             published.check_weights(
                 arm["reproduces"], models.pretrained_name(arm) if arm["pretrained"] else None, where=f"arm {name!r}"
             )
@@ -132,7 +142,7 @@ def check_references(config: dict) -> None:
                     models.pretrained_mean_std(arm)
                 except ScaleauditError as exc:
                     raise ScaleauditError(f"arm {name!r} (recipe {arm['recipe']!r}): {exc.problem}", exc.fix) from None
-    scaling.check_ladders(config)
+    design.check_ladders(config)
 
 
 def load(*paths: str | Path, overrides: dict | None = None) -> dict:
@@ -166,7 +176,7 @@ def run_spec(config: dict, dataset: str, size: int, arm: str, fraction: float, s
     """Everything one training job needs, resolved; its hash identifies the run's configuration."""
     # Display, comparison and scheduling keys do not change what is trained: they must not re-run it.
     arm_spec = {k: v for k, v in config["arms"][arm].items() if k not in NOT_TRAINING_KEYS}
-    if definition := models.DEFINITIONS.get(models.split_name(arm_spec["model"])[0]):
+    if definition := modelnames.DEFINITIONS.get(modelnames.split_name(arm_spec["model"])[0]):
         arm_spec["definition"] = definition  # a model scaleaudit defines: which definition trained it
     # the protocol a recipe follows is documentation for the report, not a training setting
     recipe = {k: v for k, v in config["recipes"][arm_spec["recipe"]].items() if k != "protocol"} | {

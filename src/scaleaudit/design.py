@@ -1,5 +1,6 @@
 """The study design, read off a validated config: the run grid, its seeds (fixed, or adaptive rounds), the arms by
-group and the multiplicity families of the verdict. Every other module asks here instead of re-deriving them.
+group and by ladder, the multiplicity families of the verdict. Every other module asks here instead of re-deriving
+them.
 
 A *cell* is one (dataset, size, fraction), a *task* one dataset at one image size. Adaptive seeds
 (``design.seeds: {initial, step, max, spending}``): round 1 trains seeds 1..initial of every run, round r >= 2 the
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ScaleauditError
 
 RUN_KEY = ["dataset", "size", "fraction", "arm", "seed"]
 CELL = ["dataset", "size", "fraction"]
@@ -75,3 +79,30 @@ def families(config: dict) -> tuple[int, int]:
     (large arms x fractions). Counted from the design, so cells that did not run do not loosen them."""
     large, fractions = len(arms(config, "large")), len(config["design"]["fractions"])
     return len(tasks(config)) * fractions * large, large * fractions
+
+
+def plan_path(config: dict) -> Path:
+    """Where ``scaleaudit plan`` writes the study's cost plan; the workflow and the report read it from there."""
+    return Path("results") / config["study"] / "plan.json"
+
+
+LADDER_SHARED = ("group", "pretrained", "weights_tag", "train", "recipe", "input_size")
+
+
+def check_ladders(config: dict) -> None:
+    """The rungs of a ladder (the arms of design.arms that name it) differ in model size only: a rung with another
+    pretraining, recipe, training mode or input size would put its difference on the size axis."""
+    by_ladder: dict[str, list[str]] = {}
+    for name in config["design"]["arms"]:
+        if config["arms"][name].get("ladder"):
+            by_ladder.setdefault(config["arms"][name]["ladder"], []).append(name)
+    for ladder, names in by_ladder.items():
+        for key in LADDER_SHARED:
+            values = {n: config["arms"][n].get(key) for n in names}
+            if len(set(map(repr, values.values()))) > 1:
+                listed = ", ".join(f"{n}: {v!r}" for n, v in values.items())
+                raise ScaleauditError(
+                    f"the rungs of ladder {ladder!r} differ in {key} ({listed})",
+                    f"give every arm of ladder {ladder!r} the same {key}, or put the odd arm on "
+                    "another ladder (arms.<name>.ladder)",
+                )

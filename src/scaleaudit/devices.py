@@ -6,6 +6,10 @@ an L4. A device that is not listed has no peak (a share of peak is then not prin
 
 from __future__ import annotations
 
+# A GPU is GPU_SLOTS slots (the workflow's `gpu_slots` resource counts them): a job that has a GPU to itself takes
+# them all, one of n jobs sharing a GPU (resources.runs_per_gpu) takes GPU_SLOTS / n (runtime.claim_gpu).
+GPU_SLOTS = 8
+
 # (dense bf16 tensor-core FLOP/s without sparsity, board power in W), from NVIDIA's data sheets.
 DATASHEET: dict[str, tuple[float, float]] = {
     "NVIDIA H100 80GB HBM3": (989e12, 700),  # H100 SXM5

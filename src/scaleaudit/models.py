@@ -18,6 +18,7 @@ from torch import nn
 from . import reference_models, settings
 from .errors import ScaleauditError
 from .files import file_digest
+from .modelnames import split_name
 
 WEIGHTS_ENV = settings.BY_KEY["weights.dir"].env
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -73,14 +74,6 @@ def scaleaudit_resnet18_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
 
 # scaleaudit's own definitions of registered models, by source: recorded with every run that uses one, and part
 # of its config hash, so that results of an earlier definition are never taken for this one's
-DEFINITIONS = {"scaleaudit_resnet18_cifar": reference_models.SOURCE}
-
-
-def split_name(model: str) -> tuple[str, str | None]:
-    arch, _, tag = model.partition(".")
-    return arch, tag or None
-
-
 def check_arm(arm: dict, where: str = "") -> None:
     """Fail early on a model name timm does not know, or an unknown pretrained tag."""
     arch, _ = split_name(arm["model"])

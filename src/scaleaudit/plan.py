@@ -30,7 +30,6 @@ from .train import Trainer
 DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
 DEFAULT_UTILIZATION = 0.35
 CPU_CALIBRATION_BATCH = 16  # keeps a CPU calibration of a ViT-B short; GPUs use the recipe's batch
-PLAN_FILE = "plan.json"
 
 
 def n_train_of(flag: str, fraction: float) -> int:
@@ -219,7 +218,3 @@ def table(plan: dict) -> str:
             f"{r['device_hours']:9.3g} {r['energy_kwh']:8.3g}  {r['device']} ({r['method']})"
         )
     return "\n".join(lines)
-
-
-def default_path(config: dict) -> Path:
-    return Path("results") / config["study"] / PLAN_FILE

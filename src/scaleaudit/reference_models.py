@@ -15,10 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SOURCE = (
-    "MedMNIST/experiments@70b6b3a7ad7afddff1df2a3b735235830fbdb142 MedMNIST2D/models.py ResNet18 "
-    "(PyTorch default initialisation)"
-)
+from .modelnames import DEFINITIONS
 
 
 class BasicBlock(nn.Module):
@@ -47,7 +44,7 @@ class MedMNISTResNet(nn.Module):
     """Their ``ResNet(block, num_blocks, in_channels, num_classes)`` with timm's classifier interface added
     (``get_classifier``, ``reset_classifier``, ``num_features``), which the trainer and the feature cache use."""
 
-    definition = SOURCE
+    definition = DEFINITIONS["scaleaudit_resnet18_cifar"]
 
     def __init__(self, block=BasicBlock, num_blocks=(2, 2, 2, 2), in_chans: int = 1, num_classes: int = 2, **_):
         super().__init__()

@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import GPU_SLOTS
 from .errors import ScaleauditError
 
 CUBLAS_WORKSPACE = ":4096:8"  # a fixed cuBLAS workspace: required for deterministic cuBLAS results
-# A GPU is GPU_SLOTS slots (the workflow's `gpu_slots` resource counts them): a job that has a GPU to itself takes
-# them all, one of n jobs sharing a GPU (resources.runs_per_gpu) takes GPU_SLOTS / n.
-GPU_SLOTS = 8
 _claimed: list = []  # the slot locks this process holds, until it ends
 
 

@@ -25,7 +25,6 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import design, stats
-from .errors import ScaleauditError
 
 AXES = {"params": "parameters", "train_flops": "training FLOPs", "n_train": "training images"}
 MODEL_AXES = ("params", "train_flops")  # the axes of a model-size ladder
@@ -169,28 +168,6 @@ def across_tasks(per_task: pd.DataFrame, by: list[str], rope: float, confidence:
     return pd.DataFrame(
         rows, columns=by + ["tasks", "mean_slope", "lo", "hi", "adj_lo", "adj_hi", "family", "decision"]
     )
-
-
-LADDER_SHARED = ("group", "pretrained", "weights_tag", "train", "recipe", "input_size")
-
-
-def check_ladders(config: dict) -> None:
-    """The rungs of a ladder (the arms of design.arms that name it) differ in model size only: a rung with another
-    pretraining, recipe, training mode or input size would put its difference on the size axis."""
-    by_ladder: dict[str, list[str]] = {}
-    for name in config["design"]["arms"]:
-        if config["arms"][name].get("ladder"):
-            by_ladder.setdefault(config["arms"][name]["ladder"], []).append(name)
-    for ladder, names in by_ladder.items():
-        for key in LADDER_SHARED:
-            values = {n: config["arms"][n].get(key) for n in names}
-            if len(set(map(repr, values.values()))) > 1:
-                listed = ", ".join(f"{n}: {v!r}" for n, v in values.items())
-                raise ScaleauditError(
-                    f"the rungs of ladder {ladder!r} differ in {key} ({listed})",
-                    f"give every arm of ladder {ladder!r} the same {key}, or put the odd arm on "
-                    "another ladder (arms.<name>.ladder)",
-                )
 
 
 def ladder_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from . import conv_gemm, data, features, knn, metrics, models, runtime
 from .files import atomic_path
+from .modelnames import split_name
 from .records import RunSpec
 
 MEAN_STD = {"half": ((0.5,), (0.5,)), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
@@ -173,7 +174,7 @@ class Trainer:
         self.bf16 = runtime.use_bf16(spec.hardware.get("precision", "auto"), device)
         # channels_last suits the convolutions of CUDA and of oneDNN's bf16 kernels (measured: ~10% per
         # step on CPU in bf16, nothing in fp32); transformers gain nothing from it.
-        is_cnn = not models.is_transformer(models.split_name(arm["model"])[0])
+        is_cnn = not models.is_transformer(split_name(arm["model"])[0])
         fmt = torch.channels_last if is_cnn and (device.type == "cuda" or self.bf16) else torch.contiguous_format
         self.transform = BatchTransform(
             recipe, in_chans, self.input_size, device, memory_format=fmt, mean_std=mean_std(recipe, arm)

@@ -13,8 +13,9 @@
 # goes to /etc/slurm/{slurm,gres}.conf, where every client looks: the Snakemake jobstep drops SLURM_*
 # variables (SLURM_CONF too) before its srun. A config that this script did not write is never
 # overwritten, and `stop` removes only its own.
-# Without an accounting database pass `--slurm-status-command squeue` to Snakemake; MinJobAge stays at
-# 300 s so squeue still knows finished jobs when Snakemake asks.
+# Without an accounting database pass `--slurm-status-command squeue` to Snakemake; MinJobAge is a day,
+# so squeue and scontrol still know every finished job when Snakemake (or a test) asks, however long the
+# study took on a loaded machine.
 set -euo pipefail
 
 cmd=${1:-}
@@ -90,7 +91,7 @@ ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
-MinJobAge=300
+MinJobAge=86400
 KillWait=5
 Waittime=0
 GresTypes=gpu

@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from scaleaudit import design, plan, runtime
+from scaleaudit import design, devices
 from scaleaudit import config as study_config
 from scaleaudit import settings
 from scaleaudit.errors import ScaleauditError
@@ -15,8 +15,9 @@ min_version("9.0")
 
 # The package's validation (schema with defaults + names the schema cannot check), so that a bad
 # config fails at parse time with the same problem-and-fix message as `scaleaudit validate-config`.
+# A job on a cluster node parses this file again: the registry check (timm, ~10 s to import) ran here before.
 try:
-    config.update(study_config.validate(config))
+    config.update(study_config.validate(config, registry=not workflow.remote_exec))
 except ScaleauditError as exc:
     raise WorkflowError(f"config: {exc}") from None
 validate(config, schema="../schemas/config.schema.yaml")
@@ -27,7 +28,7 @@ LOGS = f"logs/{STUDY}"
 RUN_DIR = f"{RESULTS}/runs/{{dataset}}_{{size}}/{{arm}}/frac{{fraction}}/seed{{seed}}"
 RUN_TABLE = f"{RESULTS}/runs.csv"
 REPORT = f"reports/{STUDY}.pdf"
-PLAN = str(plan.default_path(config))  # written by `scaleaudit plan` before the study (make study), if at all
+PLAN = str(design.plan_path(config))  # written by `scaleaudit plan` before the study (make study), if at all
 RUNS = list(design.runs(config))  # with adaptive seeds: the first round
 ADAPTIVE = design.adaptive_seeds(config)
 ROUND_PLAN = f"{RESULTS}/rounds/round{{round}}.json"
@@ -41,9 +42,9 @@ CONDA_ENV = "../../envs/scaleaudit.yaml"
 # grouped (the slurm profile's group-components says how many share one booking).
 SHORT_TRAIN_GROUP = "short_train"
 SHORT_TRAIN_MAX_SIZE = 64
-# A GPU is GPU_SLOTS of the `gpu_slots` resource (runtime.py; the local profile has one GPU); each job claims
+# A GPU is GPU_SLOTS of the `gpu_slots` resource (devices.py; the local profile has one GPU); each job claims
 # its slots on one GPU when it starts (runtime.claim_gpu).
-GPU_SLOTS = runtime.GPU_SLOTS
+GPU_SLOTS = devices.GPU_SLOTS
 
 
 wildcard_constraints:
