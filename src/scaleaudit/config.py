@@ -129,13 +129,11 @@ def check_references(config: dict, registry: bool = True) -> None:
             )
         if arm.get("reproduces"):
             published.check(arm["reproduces"], where=f"arm {name!r}")
-        if not registry:
-            continue
-        if arm.get("reproduces"):
-            published.check_weights(
-                arm["reproduces"], models.pretrained_name(arm) if arm["pretrained"] else None, where=f"arm {name!r}"
-            )
-        if name in config["design"]["arms"]:
+            if registry:
+                published.check_weights(
+                    arm["reproduces"], models.pretrained_name(arm) if arm["pretrained"] else None, where=f"arm {name!r}"
+                )
+        if registry and name in config["design"]["arms"]:
             models.check_arm(arm, where=f"arm {name!r}")
             if config["recipes"][arm["recipe"]]["normalize"] == "pretrained":
                 try:

@@ -1,4 +1,4 @@
-"""Accelerator data sheets: dense bf16 peak and board power, keyed by the exact name CUDA reports.
+"""Accelerator data sheets: dense bf16 peak and board power, keyed by the exact name CUDA reports; a GPU's slots.
 
 Names are matched whole, never by substring: "NVIDIA H100 NVL" is not an H100 SXM, "NVIDIA L40" is not
 an L4. A device that is not listed has no peak (a share of peak is then not printed) rather than a guess.

@@ -7,7 +7,9 @@ including each cluster job's, so this module stays free of torch (timm's import 
 
 from __future__ import annotations
 
-# A model scaleaudit defines -> the definition it follows (reference_models.py holds the code).
+# scaleaudit's own definitions of registered models (reference_models.py holds the code), by source: recorded with
+# every run that uses one, and part of its config hash, so that results of an earlier definition are never taken for
+# this one's.
 DEFINITIONS = {
     "scaleaudit_resnet18_cifar": (
         "MedMNIST/experiments@70b6b3a7ad7afddff1df2a3b735235830fbdb142 MedMNIST2D/models.py ResNet18 "

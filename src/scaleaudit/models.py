@@ -72,8 +72,6 @@ def scaleaudit_resnet18_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
     return reference_models.MedMNISTResNet(**kwargs)
 
 
-# scaleaudit's own definitions of registered models, by source: recorded with every run that uses one, and part
-# of its config hash, so that results of an earlier definition are never taken for this one's
 def check_arm(arm: dict, where: str = "") -> None:
     """Fail early on a model name timm does not know, or an unknown pretrained tag."""
     arch, _ = split_name(arm["model"])
