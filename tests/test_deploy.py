@@ -42,7 +42,10 @@ NOT_SOURCE = shutil.ignore_patterns(
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, **kw)
-    assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    # Snakemake's first failed job (rule, log, command) is often far above the end of its output
+    failed = done.stderr.find("Error in rule")
+    first = done.stderr[failed : failed + 3000] if failed >= 0 else ""
+    assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{first}\n...\n{done.stderr[-3000:]}"
     return done
 
 
