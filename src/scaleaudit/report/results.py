@@ -174,21 +174,24 @@ def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
 
 def task_forest(comparisons: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFrame:
     """The rows of the forest plot per large arm and fraction: each dataset's gain with its interval and decision,
-    then the pooled study-level claim (random effects, simultaneous interval) and the prediction for a new task."""
+    then, across at least 2 datasets, the pooled study-level claim (random effects, simultaneous interval) and,
+    where it is defined (``stats.heterogeneity``: 3 datasets), the prediction for a new task. One dataset has no
+    pooled row: it would only repeat the dataset's own."""
     rows = [
         {"arm": r.arm, "fraction": r.fraction, "label": cell_name(r), "kind": "dataset"}
         | {"estimate": r.diff, "lo": r.lo, "hi": r.hi, "decision": r.decision}
         for r in comparisons.itertuples()
     ]
-    for r in overall.itertuples():
+    for r in overall[overall["tasks"] >= 2].itertuples():
         rows.append(
             {"arm": r.arm, "fraction": r.fraction, "label": f"pooled ({r.tasks} datasets)", "kind": "pooled"}
             | {"estimate": r.mean_diff, "lo": r.adj_lo, "hi": r.adj_hi, "decision": r.decision}
         )
-        rows.append(
-            {"arm": r.arm, "fraction": r.fraction, "label": "a new task", "kind": "prediction"}
-            | {"estimate": r.mean_diff, "lo": r.pred_lo, "hi": r.pred_hi, "decision": "undecided"}
-        )
+        if math.isfinite(r.pred_lo):
+            rows.append(
+                {"arm": r.arm, "fraction": r.fraction, "label": "a new task", "kind": "prediction"}
+                | {"estimate": r.mean_diff, "lo": r.pred_lo, "hi": r.pred_hi, "decision": "undecided"}
+            )
     return pd.DataFrame(rows, columns=["arm", "fraction", "label", "kind", "estimate", "lo", "hi", "decision"])
 
 
