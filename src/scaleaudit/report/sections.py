@@ -1098,6 +1098,7 @@ def shift_methods(res: Results) -> list:
                 # no large arm with a small partner: no corrupted comparison, so no family
                 family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max()) if paired(table) else None,
                 below_224=bool((res.shift["size"] < 224).any()),
+                test_sample=res.curves is not None,
             )
         ),
     ]
