@@ -109,7 +109,8 @@ def main() -> None:
         )
     scen = calibration.scenarios(min(args.replicates, 4000))
     print(
-        "\nScenarios (5 seeds; nominal coverage 0.95, false better <= 0.025; FDR row: power and false discovery rate):"
+        "\nScenarios (5 seeds, the sequential row adaptive; nominal coverage 0.95, false better <= 0.025; FDR row: power "
+        "and false discovery rate):"
     )
     print(f"{'scenario':44} {'coverage':>9} {'false better':>13} {'P(better)+0.05':>15} {'FDR':>6}")
     for r in scen:
