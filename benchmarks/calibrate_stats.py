@@ -10,7 +10,7 @@ repeated confidence intervals and for the fixed-n interval re-checked each round
 axis: coverage and false "better" of a ladder's gain per 10x (calibration.trend_table). One row per scenario of
 issue 19 (calibration.scenarios): heterogeneous datasets, correlated val/test with 3 small arms, beta noise near
 AUC 1, divergence 10 % and 20 % (and the divergence rules, calibration.divergence_table), per-cell FDR power,
-test-sample noise crossed with seeds. ``--write`` stores the
+test-sample noise crossed with seeds, and the sequential design with test-sample variance. ``--write`` stores the
 figures (all but the scale axis's) in
 src/scaleaudit/calibration.json, which the report's Methods quotes.
 
@@ -109,18 +109,25 @@ def main() -> None:
         )
     scen = calibration.scenarios(min(args.replicates, 4000))
     print(
-        "\nScenarios (5 seeds; nominal coverage 0.95, false better <= 0.025; FDR row: power and false discovery rate):"
+        "\nScenarios (5 seeds, the sequential row adaptive; nominal coverage 0.95, false better <= 0.025; FDR row: power "
+        "and false discovery rate):"
     )
-    print(f"{'scenario':42} {'coverage':>9} {'false better':>13} {'P(better)+0.05':>15} {'FDR':>6}")
+    print(f"{'scenario':44} {'coverage':>9} {'false better':>13} {'P(better)+0.05':>15} {'FDR':>6}")
     for r in scen:
         print(
-            f"{r['scenario']:42} {r.get('coverage', float('nan')):9.3f} {r.get('false_better', float('nan')):13.3f} "
+            f"{r['scenario']:44} {r.get('coverage', float('nan')):9.3f} {r.get('false_better', float('nan')):13.3f} "
             f"{r.get('power_0.05', float('nan')):15.3f} {r.get('fdr', float('nan')):6.3f}"
         )
     for r in (r for r in scen if "test_share" in r):
         print(
             f"(test sample: the seeds' interval alone covers {r['coverage_seeds_only']:.3f}; the test sample holds "
             f"{r['test_share']:.0%} of the variance)"
+        )
+    for r in (r for r in scen if r["scenario"] == calibration.SEQUENTIAL_TEST_SAMPLE):
+        print(
+            f"(sequential, seeds {r['seeds']}, gain on the ROPE edge: the seeds' repeated interval alone covers "
+            f"{r['coverage_seeds_only']:.3f} and says better in {r['better_seeds_only']:.3f}; mean seeds "
+            f"{r['mean_seeds']:.1f})"
         )
     print("(divergence: the truth is the expected gain, failures included; the arm's rate pooled over its runs)")
     print(

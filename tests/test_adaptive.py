@@ -139,3 +139,68 @@ def test_report_shows_rounds_decisions_and_compute_saved():
     # a planned run that is missing is flagged
     short = report.Results.of(done[~((done["dataset"] == "pneumoniamnist") & (done["seed"] == 4))], cfg)
     assert len(short.missing) == 3
+
+
+def adaptive_agreeing(n_test: int = 24):
+    """Round 1 of a comparison whose seeds agree on a tiny test set (test_testsample), under adaptive seeds, with each
+    run's metric on the test resamples."""
+    from test_testsample import agreeing_scores
+
+    runs, scores = agreeing_scores(n_test, seeds=3)
+    cfg = make_config(runs)
+    cfg["design"]["seeds"] = dict(SEEDS)
+    return runs, cfg, scores
+
+
+def test_the_next_round_is_decided_with_the_test_sample_as_the_report_is():
+    runs, cfg, scores = adaptive_agreeing()
+    seeds_only = adaptive.verdict(runs, cfg).iloc[0]
+    assert seeds_only["decision"] == "better" and adaptive.next_round(runs, cfg, 2) == []  # about these 24 images
+    both = adaptive.verdict(runs, cfg, scores).iloc[0]
+    assert both["decision"] == "undecided" and both["test_var"] > 10 * both["seed_var"]
+    assert both["lo"] < seeds_only["lo"] and both["diff"] == seeds_only["diff"]
+    nxt = pd.DataFrame(adaptive.next_round(runs, cfg, 2, scores))
+    assert set(nxt["seed"]) == {4, 5} and len(nxt) == 6
+    assert len(adaptive.planned(runs, cfg, scores)) == len(list(design.runs(cfg))) + 6
+
+
+def test_next_round_cli_reads_the_predictions_and_names_a_missing_file(tmp_path, capsys):
+    import json
+
+    from runtable import write_run_folders
+
+    from scaleaudit import aggregate, cli, testsample
+
+    runs, cfg = planted({"breastmnist": 0.0}, seeds=3)
+    paths = [str(p) for p in write_run_folders(runs, tmp_path / "runs", n_test=30)]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    args = ["next-round", "--round", "2", "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "r2.json")]
+    assert cli.main(args + paths) == 0
+    scores = testsample.load(paths, "auc").scores
+    expected = adaptive.next_round(aggregate.collect(paths), cfg, 2, scores)
+    assert json.loads((tmp_path / "r2.json").read_text())["runs"] == expected
+    gone = tmp_path / "runs" / "breastmnist_28" / "cnn_small" / "frac1.0" / "seed2" / "predictions.npz"
+    gone.unlink()
+    (tmp_path / "r2.json").unlink()
+    assert cli.main(args + paths) == 2
+    assert f"{gone} is missing" in capsys.readouterr().err and not (tmp_path / "r2.json").exists()
+
+
+def test_the_report_of_adaptive_seeds_takes_the_test_sample(tmp_path):
+    from pathlib import Path
+
+    from runtable import write_run_folders
+
+    from scaleaudit import report
+    from scaleaudit.report import curves
+
+    runs, cfg = planted({"breastmnist": 0.1, "pneumoniamnist": 0.0}, seeds=3)
+    paths = write_run_folders(runs, tmp_path, n_test=60)
+    given = curves.load(paths, runs)
+    res = report.Results.of(runs, cfg, curves=given)
+    assert (res.comparisons["test_var"] > 0).all() and list(res.test_sample["test_images"]) == [60, 60]
+    expected = adaptive.verdict(runs, cfg, given.test_sample.scores)
+    assert res.comparisons["adj_lo"].tolist() == pytest.approx(expected["adj_lo"].tolist())
+    figs = {name: [Path(f"/figs/{name}_1.png")] for name in ("scores", "calibration", "pareto", "forest")}
+    md = " ".join(report.to_markdown(report.document(res, figs), Path("/")).split())
+    assert "With adaptive seeds each look's repeated interval takes the test-sample variance" in md

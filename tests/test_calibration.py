@@ -90,7 +90,7 @@ def test_per_cell_fdr_has_power_and_holds_its_rate():
 
 def test_every_scenario_has_its_row_nominal_against_measured():
     rows = {r["scenario"]: r for r in calibration.measured()["scenarios"]}
-    assert len(rows) == 7
+    assert len(rows) == 8
     divergence = [name for name in rows if name.startswith("divergence")]
     assert len(divergence) == 2
     for name in (
@@ -105,6 +105,9 @@ def test_every_scenario_has_its_row_nominal_against_measured():
     test_sample = rows["test sample of 156 images x seeds"]  # the interval takes the test sample; the seeds' alone fail
     assert test_sample["coverage"] >= 0.93 and test_sample["false_better"] <= 1.5 * test_sample["nominal_false"]
     assert test_sample["coverage_seeds_only"] < 0.8 and test_sample["test_share"] > 0.5
+    sequential = rows[calibration.SEQUENTIAL_TEST_SAMPLE]  # adaptive seeds take the test sample too
+    assert sequential["coverage"] >= 0.93 and sequential["false_better"] <= 1.5 * sequential["nominal_false"]
+    assert sequential["coverage_seeds_only"] < 0.8 and sequential["seeds"] == [3, 5, 7, 9, 11, 13, 15]
     fresh = calibration.scenarios(1000, seed=1)
     for r in fresh[:3]:
         assert abs(r["coverage"] - rows[r["scenario"]]["coverage"]) < 0.03

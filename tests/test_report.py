@@ -383,3 +383,24 @@ def test_each_dataset_says_how_much_of_its_uncertainty_is_seeds_and_how_much_the
     assert "a claim about these test images and these seeds, not about patients like them" in text
     width = res.comparisons["hi"] - res.comparisons["lo"]
     assert (width > seeds_only.comparisons["hi"] - seeds_only.comparisons["lo"]).all()
+
+
+def test_forest_plot_pools_and_predicts_only_across_datasets():
+    """One dataset has no pooled claim and no new task's range: the forest plot and its caption show neither."""
+    from scaleaudit.report import figures
+
+    one, three = (
+        report.Results.of(runs, make_config(runs))
+        for runs in (make_runs({"vit_b16_pretrained": 0.05}), make_runs({"vit_b16_pretrained": 0.05}, datasets=THREE))
+    )
+    assert set(one.task_forest["kind"]) == {"dataset"}
+    assert set(three.task_forest["kind"]) == {"dataset", "pooled", "prediction"}
+    figs = FIGS | {"task_forest": [Path("/figs/task_forest_1.png")]}
+    caption = " ".join(report.to_markdown(report.document(one, figs), Path("/")).split())
+    assert "No pooled gain and no range for a new task" in caption and "the pooled gain" not in caption
+    caption = " ".join(report.to_markdown(report.document(three, figs), Path("/")).split())
+    assert "the pooled gain across datasets (diamond)" in caption and "a new task's gain would likely fall" in caption
+    fig = figures.task_forest(figures.Canvas.of(one), "vit_b16_pretrained")
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert ticks == ["breastmnist @ 28 px"] and "pooled" not in fig.get_supxlabel()
+    figures.plt.close(fig)

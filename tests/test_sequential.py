@@ -19,6 +19,15 @@ def test_one_look_is_the_fixed_interval():
     assert sequential.interval((4,))([np.array([0.01, 0.03, 0.02, 0.05])], 0.95) == pytest.approx(fixed)
 
 
+def test_a_look_takes_the_test_samples_variance_at_its_nominal_level():
+    d, looks = [np.array([0.01, 0.03, 0.02, 0.05, 0.04])], (3, 5, 7)
+    both = sequential.interval(looks)(d, 0.95, extra=[0.02**2], extra_df=199)
+    nominal = sequential.nominal_confidence(looks, 5, 0.95)
+    assert both == pytest.approx(stats.t_interval(d, nominal, extra=[0.02**2], extra_df=199))
+    seeds_only = sequential.interval(looks)(d, 0.95)
+    assert both[1] < seeds_only[1] < seeds_only[2] < both[2]
+
+
 def test_boundaries_match_published_lan_demets_values():
     # five equally spaced looks, two-sided alpha 0.05 (gsDesign sfLDOF / sfLDPocock; Jennison & Turnbull 2000)
     of = sequential.boundaries((1, 2, 3, 4, 5), 0.05, "obrien_fleming")
@@ -75,6 +84,14 @@ def test_expected_seeds_per_cell_fall_with_the_true_gain():
         ", ".join(f"gain {g:+.2f}: {n:.1f}" for g, n in seeds.items()),
     )
     assert seeds[0.05] < 7 < seeds[0.02] < seeds[0.01] <= 15 and seeds[0.0] > 14
+
+
+def test_repeated_looks_with_the_test_sample_cover_the_population_gain():
+    """Per-image noise crossed with seeds (156 images): the seeds' repeated interval alone is about the test images
+    drawn; with the test sample's variance each look holds its level for the population gain."""
+    r = calibration.simulate_sequential_test_sample(ROPE, 200, np.random.default_rng(13))
+    assert r["coverage"] >= 0.93 and r["better"] <= 0.035
+    assert r["coverage_seeds_only"] < 0.8 and r["better_seeds_only"] > 0.1
 
 
 def test_stored_sequential_figures_are_those_of_the_current_code():

@@ -296,3 +296,27 @@ def test_shift_eval_stops_with_the_workflow_like_training(monkeypatch, tmp_path)
     argv = ["shift-eval", "--run", str(tmp_path), "--corrupted", str(tmp_path / "corrupted.json")]
     assert cli.main(argv + ["--data", str(tmp_path / "data.json"), "--out", str(tmp_path / "shift.json")]) == 0
     assert calls == ["stop_with_workflow", "evaluate"]
+
+
+def test_the_clean_row_takes_the_test_sample_and_the_corrupted_rows_stay_seed_only():
+    """The clean test split is the study's test images, so the clean verdict is the main one, test sample included;
+    the corrupted sets have no per-image predictions, so their rows are over seeds only."""
+    from test_testsample import agreeing_scores
+
+    from scaleaudit import testsample
+
+    runs, scores = agreeing_scores(24)
+    sh = _shift_table(runs, {})
+    v = shift.verdicts(runs, sh, scores=scores).set_index("condition")
+    main = stats.compare(runs, test_var=testsample.variances(runs, scores, "auc")).iloc[0]
+    assert v.loc["clean", "decision"] == main["decision"] == "undecided"
+    assert v.loc["clean", "adj_lo"] == pytest.approx(main["adj_lo"]) and v.loc["clean", "test_var"] > 0
+    seeds_only = shift.verdicts(runs, sh).set_index("condition")
+    assert seeds_only.loc["clean", "decision"] == "better"  # a claim about these 24 images
+    assert v.loc["blur", "adj_lo"] == pytest.approx(seeds_only.loc["blur", "adj_lo"])
+    assert pd.isna(v.loc["blur", "test_var"])
+    # adaptive seeds: the repeated intervals take it too
+    repeated = sequential.interval((3, 5, 7))
+    a = shift.verdicts(runs, sh, interval=repeated, fdr=False, scores=scores).set_index("condition")
+    b = stats.compare(runs, interval=repeated, fdr=False, test_var=testsample.variances(runs, scores, "auc")).iloc[0]
+    assert a.loc["clean", "adj_lo"] == pytest.approx(b["adj_lo"]) and a.loc["clean", "test_var"] > 0

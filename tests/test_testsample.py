@@ -64,8 +64,14 @@ def test_bootstrap_variance_of_a_paired_auc_difference_is_delongs():
 
 
 def agreeing_seeds(n_test: int, seeds: int = 5):
-    """A run table whose large arm gains over the small arms with (almost) the same predictions on every seed, the
-    metrics recomputed on the bootstrap's resamples, keyed like the run table."""
+    """A run table whose large arm gains over the small arms with (almost) the same predictions on every seed, and
+    the test sample's variances of its comparisons (``testsample.variances``)."""
+    runs, resampled = agreeing_scores(n_test, seeds)
+    return runs, testsample.variances(runs, resampled, "auc")
+
+
+def agreeing_scores(n_test: int, seeds: int = 5):
+    """``agreeing_seeds``' run table, and each run's metric on the bootstrap's resamples, keyed like the run table."""
     rng = np.random.default_rng(1)
     y, strong, weak = binormal(n_test, rng, separation=1.2)
     runs = make_runs(seeds=seeds)
@@ -78,7 +84,7 @@ def agreeing_seeds(n_test: int, seeds: int = 5):
         resampled[(r["dataset"], r["size"], r["fraction"], r["arm"], r["seed"])] = testsample.resampled(
             y, p, "binary", "auc", testsample.weights(n_test)
         )
-    return runs, testsample.variances(runs, resampled, "auc")
+    return runs, resampled
 
 
 def test_seeds_that_agree_on_a_tiny_test_set_decide_nothing():
@@ -103,3 +109,23 @@ def test_a_run_without_predictions_leaves_its_comparison_seed_only_and_says_so()
     # the study-level won/tied/lost counts follow the per-cell decisions that take the test sample
     assert stats.overall(runs, test_var=test_var).iloc[0]["won"] == 0
     assert stats.overall(runs).iloc[0]["won"] == 1
+
+
+def test_load_reads_each_runs_predictions_and_names_a_missing_file(tmp_path):
+    from runtable import write_run_folders
+
+    from scaleaudit.errors import ScaleauditError
+    from scaleaudit.records import RunResult
+
+    runs = make_runs(seeds=2)
+    paths = write_run_folders(runs, tmp_path, n_test=40)
+    sample = testsample.load(paths, "auc")
+    assert set(sample.scores) == set(runs[["dataset", "size", "fraction", "arm", "seed"]].itertuples(index=False))
+    assert sample.images == {("breastmnist", 28): 40}
+    run = RunResult.load(paths[0]).run
+    with np.load(paths[0].parent / "predictions.npz") as p:
+        expected = testsample.resampled(p["labels"], p["probabilities"], "binary", "auc", testsample.weights(40))
+    np.testing.assert_array_equal(sample.scores[run.dataset, run.size, run.fraction, run.arm, run.seed], expected)
+    (paths[1].parent / "predictions.npz").unlink()
+    with pytest.raises(ScaleauditError, match=f"{paths[1].parent / 'predictions.npz'} is missing"):
+        testsample.load(paths, "auc")

@@ -5,8 +5,10 @@ comparison (a cell and one large arm) is judged on the runs of the rounds so far
 intervals of ``sequential`` (looks at the round sizes, the per-cell Bonferroni family as in a fixed study). A
 comparison keeps the first decision it reaches, frozen at that round, and gets no more runs; each one still undecided
 below ``max`` gets the next round's seeds for its large arm and for every small arm of its cell, so its pairs stay
-complete and its small partner is chosen as in a fixed study. The run table is all it takes to re-derive every
-round's decisions, the plan and the compute saved.
+complete and its small partner is chosen as in a fixed study. Given the runs' metric on the test resamples
+(``scores``, ``testsample.load``: ``scaleaudit next-round`` and the report read them from the run folders), each
+look's interval also takes the test sample's variance of that look's seeds. The run table (with those scores) is
+all it takes to re-derive every round's decisions, the plan and the compute saved.
 
 Across datasets the study-level summaries use the first round only: those seeds ran in every cell whatever the data,
 so the fixed-n t-interval stays valid there; later rounds were chosen by the data and only serve their own cell.
@@ -18,7 +20,7 @@ import math
 
 import pandas as pd
 
-from . import design, ledger, sequential, stats
+from . import design, ledger, sequential, stats, testsample
 from .design import RUN_KEY
 
 KEY = design.CELL + ["arm"]
@@ -39,13 +41,20 @@ def first_round(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     return runs[with_rounds(runs, config)["round"] == 1] if design.is_adaptive(config) else runs
 
 
-def history(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+def _look(runs: pd.DataFrame, scores: dict | None, metric: str, **kw) -> pd.DataFrame:
+    """``stats.compare`` on the runs of one look, with the test sample's variance of that look's seeds where the
+    runs' ``scores`` on the test resamples are given (``testsample``)."""
+    test_var = testsample.variances(runs, scores, metric) if scores is not None else None
+    return stats.compare(runs, metric, test_var=test_var, **kw)
+
+
+def history(runs: pd.DataFrame, config: dict, scores: dict | None = None) -> pd.DataFrame:
     """Every round's look: ``stats.compare`` on the runs of rounds 1..r with the repeated confidence intervals,
-    one block per round r present in the table (column ``round``)."""
+    one block per round r present in the table (column ``round``). ``scores``: each run's metric on the test
+    resamples (``testsample.load``), so that each look's interval takes the test sample's variance too."""
     v = config["verdict"]
     runs = with_rounds(runs, config)
     kw = dict(
-        metric=v["metric"],
         rope=v["rope"],
         confidence=v["confidence"],
         family=design.families(config)[0],
@@ -55,7 +64,7 @@ def history(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     last = int(runs["round"].max()) if len(runs) else 0
     return (
         pd.concat(
-            [stats.compare(runs[runs["round"] <= r], **kw).assign(round=r) for r in range(1, last + 1)],
+            [_look(runs[runs["round"] <= r], scores, v["metric"], **kw).assign(round=r) for r in range(1, last + 1)],
             ignore_index=True,
         )
         if last
@@ -63,11 +72,11 @@ def history(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
     )
 
 
-def verdict(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+def verdict(runs: pd.DataFrame, config: dict, scores: dict | None = None) -> pd.DataFrame:
     """Per comparison: the row of ``stats.compare`` at the round its decision was reached (frozen there), or at its
     last round if it stayed undecided, with ``rounds`` (rounds it ran), ``decided_round`` and ``stopped``
-    (why it got no more seeds: decided, or max)."""
-    h = history(runs, config)
+    (why it got no more seeds: decided, or max). ``scores``: as ``history``'s."""
+    h = history(runs, config, scores)
     if h.empty:
         return h.assign(rounds=pd.Series(dtype=int), decided_round=pd.Series(dtype="Int64"), stopped="")
     open_ = _open(h)
@@ -97,20 +106,21 @@ def _open(h: pd.DataFrame) -> pd.Series:
     return ~decided_before.astype(bool).sort_index()
 
 
-def undecided(runs: pd.DataFrame, config: dict, r: int) -> pd.DataFrame:
+def undecided(runs: pd.DataFrame, config: dict, r: int, scores: dict | None = None) -> pd.DataFrame:
     """The comparisons (cell, large arm) that round ``r`` continues: undecided after round r - 1 (and at every round
-    before), still below ``max``. ``runs`` may hold later rounds too; only rounds < r are looked at."""
+    before), still below ``max``. ``runs`` may hold later rounds too; only rounds < r are looked at. ``scores``: as
+    ``history``'s, so the decision is the report's."""
     if r > len(design.looks(design.adaptive_seeds(config))):
         return pd.DataFrame(columns=KEY)
     earlier = with_rounds(runs, config)
-    v = verdict(earlier[earlier["round"] < r], config)
+    v = verdict(earlier[earlier["round"] < r], config, scores)
     return v.loc[(v["decision"] == "undecided") & (v["rounds"] == r - 1), KEY].reset_index(drop=True)
 
 
-def next_round(runs: pd.DataFrame, config: dict, r: int) -> list[dict]:
+def next_round(runs: pd.DataFrame, config: dict, r: int, scores: dict | None = None) -> list[dict]:
     """The runs of round ``r`` (r >= 2), as wildcard values: its seeds for the large arm of every comparison still
-    undecided and for all the small arms of that comparison's cell."""
-    go = undecided(runs, config, r)
+    undecided and for all the small arms of that comparison's cell. ``scores``: as ``history``'s."""
+    go = undecided(runs, config, r, scores)
     small = design.arms(config, "small")
     seeds = design.round_seeds(design.adaptive_seeds(config), r)
     out: dict[tuple, dict] = {}
@@ -128,12 +138,12 @@ def next_round(runs: pd.DataFrame, config: dict, r: int) -> list[dict]:
     return sorted(out.values(), key=lambda x: tuple(x[k] for k in RUN_KEY))
 
 
-def planned(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+def planned(runs: pd.DataFrame, config: dict, scores: dict | None = None) -> pd.DataFrame:
     """Every run the procedure asked for, given the runs of the table: round 1 of the design, then each later round
-    that the table's decisions called for (up to one round past the table's last)."""
+    that the table's decisions called for (up to one round past the table's last). ``scores``: as ``history``'s."""
     plan = [dict(run, round=1) for run in design.runs(config)]
     r = 2
-    while new := next_round(runs, config, r):
+    while new := next_round(runs, config, r, scores):
         plan += [dict(run, round=r) for run in new]
         r += 1
     return pd.DataFrame(plan, columns=list(plan[0]) if plan else RUN_KEY + ["round"])
@@ -172,10 +182,10 @@ def summary(saved: pd.DataFrame) -> dict:
     }
 
 
-def designed(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+def designed(runs: pd.DataFrame, config: dict, scores: dict | None = None) -> pd.DataFrame:
     """Every run the design asks for, with whether the table has it (``present``); with adaptive seeds, the rounds
-    the table's decisions called for."""
-    want = (planned(runs, config) if design.is_adaptive(config) else pd.DataFrame(design.runs(config)))[RUN_KEY]
+    the table's decisions called for (``scores``: as ``history``'s)."""
+    want = (planned(runs, config, scores) if design.is_adaptive(config) else pd.DataFrame(design.runs(config)))[RUN_KEY]
     have = want.merge(runs[RUN_KEY].drop_duplicates(), on=RUN_KEY, how="left", indicator=True)
     have["present"] = have.pop("_merge") == "both"
     return have

@@ -246,6 +246,42 @@ PREVALENCE = 0.27  # its share of malignant images (42 of 156)
 # A run's score of an image: y * mu + the image's effect shared by every run (sd 1) + the arm's own view of it,
 # the same for every seed (ARM_IMAGE_SD: what makes the test sample matter beyond the seeds) + the seed's (RUN_IMAGE_SD)
 ARM_IMAGE_SD, RUN_IMAGE_SD = 0.7, 0.3
+SEQUENTIAL_TEST_SAMPLE = "sequential design with test-sample variance"
+
+
+def test_sample_differences(
+    seeds: int,
+    true_diff: float,
+    replicates: int,
+    rng: np.random.Generator,
+    images: int = TEST_IMAGES,
+    small_auc: float = 0.85,
+) -> np.ndarray:
+    """Test-sample noise crossed with seeds, paired AUC differences of shape (replicates, seeds, 1 + resamples):
+    each replicate draws a test set of ``images`` patients (labels at PREVALENCE) and, per arm and seed, scores
+    (ARM_IMAGE_SD), mu varying over seeds so that a run's AUC has seed sd ~RUN_SD; column 0 on the test set itself,
+    then on each of ``testsample``'s resamples. The truth is the population gain ``true_diff``, the expected AUC over
+    seeds and patients (binormal: Phi(mu / sqrt(c^2 + tau^2)), c^2 twice the score variance), ``small_auc`` for the
+    small arm."""
+    c = np.sqrt(2 * (1 + ARM_IMAGE_SD**2 + RUN_IMAGE_SD**2))
+    tau = RUN_SD * c / norm.pdf(norm.ppf(small_auc))  # seed sd of mu that gives a run's AUC seed sd ~RUN_SD
+    wide = np.sqrt(c**2 + tau**2)
+    mu = np.array([norm.ppf(small_auc + true_diff), norm.ppf(small_auc)]) * wide  # large, small
+    w = np.vstack([np.ones(images), testsample.weights(images)])  # row 0: the test set itself
+    out = np.empty((replicates, seeds, len(w)))
+    for r in range(replicates):
+        y = (rng.uniform(size=images) < PREVALENCE).astype(int)
+        image = rng.standard_normal(images) + ARM_IMAGE_SD * rng.standard_normal((2, 1, images))
+        mus = mu[:, None] + tau * rng.standard_normal((2, seeds))
+        score = mus[..., None] * y + image + RUN_IMAGE_SD * rng.standard_normal((2, seeds, images))
+        auc = np.array([[testsample.resampled(y, np.stack([-s, s], 1), "binary", "auc", w) for s in a] for a in score])
+        out[r] = auc[0] - auc[1]
+    return out
+
+
+def test_variance(d: np.ndarray) -> np.ndarray:
+    """The test sample's variance of the mean over seeds (``testsample.variances``) of ``test_sample_differences``."""
+    return d[..., 1:].mean(axis=-2).var(axis=-1, ddof=1)
 
 
 def simulate_test_sample(
@@ -257,25 +293,11 @@ def simulate_test_sample(
     images: int = TEST_IMAGES,
     small_auc: float = 0.85,
 ) -> dict:
-    """Test-sample noise crossed with seeds: each replicate draws a test set of ``images`` patients (labels at
-    PREVALENCE) and, per arm and seed, scores (ARM_IMAGE_SD), mu varying over seeds so that a run's AUC has seed sd
-    ~RUN_SD. The truth is the population gain, the expected AUC over seeds and patients (binormal: Phi(mu / sqrt(c^2
-    + tau^2)), c^2 twice the score variance), ``small_auc`` for the small arm. The per-cell interval with the test sample's bootstrap variance (``testsample``, the report's) against the
-    seeds' alone: coverage of the population gain, decisions, and the test sample's share of the variance."""
-    c = np.sqrt(2 * (1 + ARM_IMAGE_SD**2 + RUN_IMAGE_SD**2))
-    tau = RUN_SD * c / norm.pdf(norm.ppf(small_auc))  # seed sd of mu that gives a run's AUC seed sd ~RUN_SD
-    wide = np.sqrt(c**2 + tau**2)
-    mu = np.array([norm.ppf(small_auc + true_diff), norm.ppf(small_auc)]) * wide  # large, small
-    w = np.vstack([np.ones(images), testsample.weights(images)])  # row 0: the test set itself
-    diffs, test_var = np.empty((replicates, seeds)), np.empty(replicates)
-    for r in range(replicates):
-        y = (rng.uniform(size=images) < PREVALENCE).astype(int)
-        image = rng.standard_normal(images) + ARM_IMAGE_SD * rng.standard_normal((2, 1, images))
-        mus = mu[:, None] + tau * rng.standard_normal((2, seeds))
-        score = mus[..., None] * y + image + RUN_IMAGE_SD * rng.standard_normal((2, seeds, images))
-        auc = np.array([[testsample.resampled(y, np.stack([-s, s], 1), "binary", "auc", w) for s in a] for a in score])
-        d = auc[0] - auc[1]  # (seeds, 1 + resamples)
-        diffs[r], test_var[r] = d[:, 0], d[:, 1:].mean(axis=0).var(ddof=1)
+    """The per-cell interval with the test sample's bootstrap variance (``testsample``, the report's) against the
+    seeds' alone, on ``test_sample_differences``: coverage of the population gain, decisions, and the test sample's
+    share of the variance."""
+    d = test_sample_differences(seeds, true_diff, replicates, rng, images, small_auc)
+    diffs, test_var = d[..., 0], test_variance(d)
     interval = partial(stats.t_interval, extra=[test_var], extra_df=testsample.RESAMPLES - 1)
     a, seeds_only = stats.assess([diffs], rope, 0.95, interval=interval), stats.assess([diffs], rope, 0.95)
     seed_var = np.maximum(diffs.var(axis=1, ddof=1), stats.SD_FLOOR**2) / seeds
@@ -292,7 +314,8 @@ def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
     interval), skewed beta noise near AUC 1, divergence 10 % / 20 % (``divergence_scenarios``), test-sample noise
     crossed with seeds (the per-cell interval with the bootstrap's variance, beside the seeds' alone; its replicates
     an eighth, each bootstraps), per-cell FDR (power at +0.05 with half the family true, and the false discovery
-    rate)."""
+    rate), and the same test sample under adaptive seeds (``simulate_sequential_test_sample``, the gain on the ROPE
+    edge)."""
     rng = np.random.default_rng(seed)
     het = simulate_heterogeneous(5, rope, 0.02, replicates, rng, rope)
     partners = simulate_partners(5, rope, 3, replicates, rng, rope)
@@ -312,7 +335,18 @@ def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
         {"scenario": f"test sample of {TEST_IMAGES} images x seeds", "coverage": t["coverage"]}
         | {"false_better": t["better"], "coverage_seeds_only": t["coverage_seeds_only"], "test_share": t["test_share"]}
     )
-    return [{"seeds": 5, "nominal_coverage": 0.95, "nominal_false": 0.025} | r for r in rows]
+    nominal = {"nominal_coverage": 0.95, "nominal_false": 0.025}
+    rows = [{"seeds": 5} | nominal | r for r in rows]
+    # adaptive seeds (looks at 3, 5, ..., 15) with the test sample (a tenth of the replicates: each bootstraps every seed)
+    q = simulate_sequential_test_sample(rope, max(replicates // 10, 100), np.random.default_rng([seed, 19, 1]))
+    rows.append(
+        {"seeds": list(design.looks(ADAPTIVE))}
+        | nominal
+        | {"scenario": SEQUENTIAL_TEST_SAMPLE}
+        | {"coverage": q["coverage"], "false_better": q["better"]}
+        | {k: q[k] for k in ("coverage_seeds_only", "better_seeds_only", "mean_seeds")}
+    )
+    return rows
 
 
 def planted_tasks(seeds: int, true_mean, kind: str, shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:
@@ -516,6 +550,40 @@ def sequential_table(
                 {"method": method, "noise": kind, "true_diff": rope, "family": family, "any_better": fam["any_better"]}
             )
     return {"seeds": dict(seeds), "rows": rows}
+
+
+def simulate_sequential_test_sample(
+    true_diff: float,
+    replicates: int,
+    rng: np.random.Generator,
+    seeds: dict = ADAPTIVE,
+    rope: float = 0.01,
+    confidence: float = 0.95,
+    images: int = TEST_IMAGES,
+) -> dict:
+    """Adaptive seeds with the test sample's variance (``adaptive``'s looks with ``testsample``'s): per-image noise
+    crossed with seed noise (``test_sample_differences``, one test set per replicate), looked at after every round,
+    each look's repeated interval adding the test-sample variance of that look's seeds, stopped at the first
+    decision. Coverage of the population gain at stopping and the decisions, beside the repeated interval of the
+    seeds alone (``coverage_seeds_only``, ``better_seeds_only``: claims about the test images drawn), and the mean
+    seeds."""
+    looks = design.looks(seeds)
+    interval = sequential.interval(looks, seeds.get("spending", "pocock"))
+    d = test_sample_differences(looks[-1], true_diff, replicates, rng, images)
+    out = {}
+    for name, extra in (("", True), ("_seeds_only", False)):
+        decision = np.full(replicates, "undecided", dtype=object)
+        used, lo, hi = np.full(replicates, looks[-1]), np.full(replicates, np.nan), np.full(replicates, np.nan)
+        for n in looks:
+            kw = {"extra": [test_variance(d[:, :n])], "extra_df": testsample.RESAMPLES - 1} if extra else {}
+            a = stats.assess([d[:, :n, 0]], rope, confidence, interval=partial(interval, **kw))
+            stop = (decision == "undecided") & ((a["decision"] != "undecided") | (n == looks[-1]))
+            decision[stop], used[stop], lo[stop], hi[stop] = a["decision"][stop], n, a["lo"][stop], a["hi"][stop]
+        out[f"coverage{name}"] = float(np.mean((lo <= true_diff) & (true_diff <= hi)))
+        out[f"better{name}"] = float(np.mean(decision == "better"))
+        if extra:
+            out |= {"mean_seeds": float(used.mean())} | rates(decision.astype(str))
+    return out
 
 
 # --- the scale axis: the trend of a ladder (scaling.slope_interval) -----------------------------------------------

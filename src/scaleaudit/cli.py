@@ -185,7 +185,7 @@ def cmd_shift_verdict(args) -> None:
 
 
 def cmd_next_round(args) -> None:
-    from . import adaptive, aggregate
+    from . import adaptive, aggregate, testsample
 
     cfg = read_json(args.config)
     if not design.is_adaptive(cfg):
@@ -194,7 +194,9 @@ def cmd_next_round(args) -> None:
             "give design.seeds as {initial, step, max} for adaptive seeds",
         )
     table = aggregate.collect(args.metrics)
-    runs = adaptive.next_round(table, cfg, args.round)
+    # the test sample's variance in every look, as in the report: the runs' predictions beside their metrics.json
+    scores = testsample.load(args.metrics, cfg["verdict"]["metric"]).scores
+    runs = adaptive.next_round(table, cfg, args.round, scores)
     cells = sorted({(r["dataset"], r["size"], r["fraction"]) for r in runs})
     write_json(
         args.out,
@@ -338,7 +340,9 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_shift_verdict)
 
     s = sub.add_parser("next-round", help="adaptive seeds: the runs of the next round (comparisons still undecided)")
-    s.add_argument("metrics", nargs="+", help="metrics.json files of every run of the earlier rounds")
+    s.add_argument(
+        "metrics", nargs="+", help="metrics.json files of every run of the earlier rounds (predictions.npz beside each)"
+    )
     s.add_argument("--config", required=True, help="resolved study config (JSON) written by validate-config")
     s.add_argument("--round", type=int, required=True, help="the round to plan (2, 3, ...)")
     s.add_argument("--out", required=True, help="the round's runs (JSON)")

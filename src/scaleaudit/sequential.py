@@ -19,6 +19,7 @@ Bonferroni families combine as with the fixed-n interval (alpha / m spent over t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -91,12 +92,19 @@ def nominal_confidence(looks: tuple[int, ...], n: int, confidence: float, spendi
 
 
 def interval(looks, spending: str = "pocock"):
-    """A ``stats.Interval``: the repeated confidence interval at the look the tasks' values reached."""
+    """A ``stats.Interval``: the repeated confidence interval at the look the tasks' values reached. ``extra``,
+    ``extra_df``: as ``t_interval``'s (the test sample's variance, ``testsample``), at the same nominal confidence.
+    The test images are the same at every look, so their error is shared by all looks (not an increment per round,
+    as the boundaries model the seeds): the looks are more alike than the boundaries assume, which in the calibration
+    keeps the intervals conservative (``calibration.simulate_sequential_test_sample``)."""
     looks = tuple(int(n) for n in looks)
 
-    def repeated_t_interval(tasks, confidence: float) -> tuple:
+    def repeated_t_interval(
+        tasks, confidence: float, extra: Sequence | None = None, extra_df: float = math.inf
+    ) -> tuple:
         n = min(np.shape(t)[-1] for t in tasks) if len(tasks) else 0
-        return t_interval(tasks, nominal_confidence(looks, n, confidence, spending) if n else confidence)
+        nominal = nominal_confidence(looks, n, confidence, spending) if n else confidence
+        return t_interval(tasks, nominal, extra, extra_df)
 
     repeated_t_interval.__name__ = f"repeated_t_interval({spending}, looks {list(looks)})"
     return repeated_t_interval

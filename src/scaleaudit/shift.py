@@ -10,7 +10,8 @@ task-specific: mean over its corruptions and their 5 severities) and ``all`` (me
 Multiplicity: the clean verdicts stay in the study's per-cell family; the shift claims (each corrupted condition's
 comparison, and whether the gain changed under shift) form one family of their own, of cells x large arms x
 (corruption families + 1) x 2, decided by the main verdict's per-cell criterion (Benjamini-Hochberg, or Bonferroni
-with adaptive seeds); whether the gain changed: Bonferroni over that family.
+with adaptive seeds); whether the gain changed: Bonferroni over that family. The clean verdicts take the test
+sample's variance where the runs' predictions are given (``testsample``); the corrupted conditions are seed-only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 
 import pandas as pd
 
-from . import stats
+from . import stats, testsample
 from .design import CELL, RUN_KEY
 from .files import read_json
 
@@ -80,6 +81,7 @@ def verdicts(
     cells: int | None = None,
     interval: stats.Interval = stats.t_interval,
     fdr: bool = True,
+    scores: dict | None = None,
 ) -> pd.DataFrame:
     """Per cell, large arm and condition: the paired difference to the small partner and its decision
     (``stats.compare``), and for corrupted conditions the change of that gain from clean (``change``: the paired
@@ -87,19 +89,25 @@ def verdicts(
     it shrinks) and a plain reading (``reading``). ``family``: the shift family's size (module docstring).
     On the main verdict's footing: ``cells`` is the design's per-cell family (design.families; at least the
     comparisons present), so comparisons without shift scores do not loosen it, ``interval`` the main verdict's
-    interval method (adaptive seeds: the repeated confidence intervals) and ``fdr`` its per-cell criterion."""
-    scores = condition_scores(shift, metric)
-    conditions = [CLEAN] + sorted(set(scores["condition"]) - {CLEAN, ALL}) + [ALL]
+    interval method (adaptive seeds: the repeated confidence intervals) and ``fdr`` its per-cell criterion.
+    ``scores``: each run's test metric on the test resamples (``testsample.load``): the clean condition is the
+    study's test split, so its intervals take the test sample's variance as the main verdict's do. The corrupted
+    conditions stay seed-only (no per-image predictions are kept for the corrupted sets): claims about these
+    images."""
+    by_condition = condition_scores(shift, metric)
+    conditions = [CLEAN] + sorted(set(by_condition["condition"]) - {CLEAN, ALL}) + [ALL]
     present = len(runs.loc[runs["group"] == "large", CELL + ["arm"]].drop_duplicates())
     cells = max(cells or 0, present)
     family = cells * (len(conditions) - 1) * 2
     kw = dict(interval=interval, fdr=fdr)
-    clean_runs = _with_score(runs, scores, CLEAN, metric)
-    clean = stats.compare(clean_runs, metric, rope, confidence, family=cells, **kw)  # the report's per-cell family
+    clean_runs = _with_score(runs, by_condition, CLEAN, metric)
+    test_var = testsample.variances(clean_runs, scores, metric) if scores is not None else None
+    # the report's per-cell family
+    clean = stats.compare(clean_runs, metric, rope, confidence, family=cells, test_var=test_var, **kw)
     clean_pairs = stats.paired(clean_runs, metric)
     out = [clean.assign(condition=CLEAN)]
     for condition in conditions[1:]:
-        shifted = _with_score(runs, scores, condition, metric)
+        shifted = _with_score(runs, by_condition, condition, metric)
         c = stats.compare(shifted, metric, rope, confidence, family=family, **kw)
         pairs = stats.paired(shifted, metric).merge(
             clean_pairs, on=CELL + ["arm", "seed", "small_arm"], suffixes=("", "_clean")

@@ -13,13 +13,18 @@ ranks (ties half), ACC and balanced accuracy from weighted counts; with unit wei
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import metrics, stats
-from .design import CELL, TASK
+from .design import CELL, RUN_KEY, TASK
+from .errors import ScaleauditError
+from .records import PREDICTIONS, RunResult
 
 RESAMPLES = 200  # bootstrap resamples of the test images: the variance's Monte Carlo error is ~sqrt(2/199) = 10 %
 SEED = 0  # the resamples are fixed per test-set size, so a report is reproducible
@@ -77,6 +82,45 @@ def resampled(y: np.ndarray, scores: np.ndarray, task: str, metric: str, w: np.n
             per_label.append(np.nanmean(recall, axis=0))
         return np.mean(per_label, axis=0)
     raise ValueError(f"no resampled {metric!r}: one of auc, acc, bacc")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The runs' metric on the resamples of their test images, and each task's test images."""
+
+    scores: dict  # run key (RUN_KEY values) -> the metric on each resample (``resampled``)
+    images: dict  # task (dataset, size) -> its test images
+
+
+def predictions(metrics_file: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """The test labels and predicted probabilities a run saved beside its ``metrics.json``."""
+    path = Path(metrics_file).parent / PREDICTIONS
+    if not path.exists():
+        raise ScaleauditError(
+            f"{path} is missing: every finished run writes it before metrics.json",
+            "delete the run folder and train the run again",
+        )
+    with np.load(path) as p:
+        return p["labels"], p["probabilities"]
+
+
+def load(metrics_files: list[str | os.PathLike], metric: str) -> Sample:
+    """Each run's ``metric`` on the resamples of its test images, from the predictions beside its ``metrics.json``;
+    the runs of a task must share their test labels (the resamples pair images across runs)."""
+    scores, labels = {}, {}
+    for path in metrics_files:
+        result = RunResult.load(path)
+        key = tuple(getattr(result.run, k) for k in RUN_KEY)
+        y, probabilities = predictions(path)
+        task = key[:2]
+        if not np.array_equal(labels.setdefault(task, y), y):
+            raise ScaleauditError(
+                f"{Path(path).parent / PREDICTIONS} has other test labels than the other runs on {task[0]} @ "
+                f"{task[1]} px",
+                "the runs of a study share one test split: re-run the runs trained on another copy of the data",
+            )
+        scores[key] = resampled(y, probabilities, result.task, metric, weights(len(y)))
+    return Sample(scores=scores, images={task: len(y) for task, y in labels.items()})
 
 
 def _or(values: np.ndarray, score: float) -> np.ndarray:

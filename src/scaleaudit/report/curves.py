@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .. import metrics, testsample
 from ..design import RUN_KEY
 from ..errors import ScaleauditError
-from ..records import PREDICTIONS, RunResult
+from ..records import RunResult
 
 
 @dataclass
@@ -22,16 +20,15 @@ class Curves:
     history: pd.DataFrame  # RUN_KEY + the history's columns (epoch, train_loss, val_<metric> on eval epochs, ...)
     reliability: pd.DataFrame  # RUN_KEY + bin, confidence, accuracy, count (metrics.reliability)
     missing: pd.DataFrame  # RUN_KEY of the runs in the table whose run files were not given
-    resampled: dict  # run key (RUN_KEY values) -> the verdict metric on each resample of the test images
-    test_images: dict  # task (dataset, size) -> its test images
+    test_sample: testsample.Sample  # the verdict metric of each run on the resamples of its test images
 
 
 def load(metrics_files: list[str | os.PathLike], runs: pd.DataFrame, metric: str = "auc") -> Curves:
     """The curves of the runs whose ``metrics.json`` files are given; each must be a run of the table (same key
-    and config hash), so a stale or foreign run folder cannot slip into the figures; the runs of a task must share
-    their test labels (the resamples pair images across runs)."""
+    and config hash), so a stale or foreign run folder cannot slip into the figures; the test sample's resamples
+    from their predictions (``testsample.load``)."""
     hashes = {tuple(k): h for k, h in zip(runs[RUN_KEY].itertuples(index=False), runs["config_hash"])}
-    history, reliability, seen, resampled, labels = [], [], set(), {}, {}
+    history, reliability, seen = [], [], set()
     for path in metrics_files:
         result = RunResult.load(path)
         key = {k: getattr(result.run, k) for k in RUN_KEY}
@@ -41,24 +38,7 @@ def load(metrics_files: list[str | os.PathLike], runs: pd.DataFrame, metric: str
                 f"hash {result.run.config_hash})",
                 "give the report the metrics.json files the run table was aggregated from (re-run aggregate)",
             )
-        predictions = Path(path).parent / PREDICTIONS
-        if not predictions.exists():
-            raise ScaleauditError(
-                f"{predictions} is missing: every finished run writes it before metrics.json",
-                "delete the run folder and train the run again",
-            )
-        with np.load(predictions) as p:
-            curve = metrics.reliability(p["labels"], p["probabilities"], result.task)
-            task = (key["dataset"], key["size"])
-            if not np.array_equal(labels.setdefault(task, p["labels"]), p["labels"]):
-                raise ScaleauditError(
-                    f"{predictions} has other test labels than the other runs on {task[0]} @ {task[1]} px",
-                    "the runs of a study share one test split: re-run the runs trained on another copy of the data",
-                )
-            w = testsample.weights(len(p["labels"]))
-            resampled[tuple(key.values())] = testsample.resampled(
-                p["labels"], p["probabilities"], result.task, metric, w
-            )
+        curve = metrics.reliability(*testsample.predictions(path), result.task)
         history.append(pd.DataFrame(result.history).assign(**key))
         reliability.append(pd.DataFrame(curve).assign(**key))
         seen.add(tuple(key.values()))
@@ -67,6 +47,5 @@ def load(metrics_files: list[str | os.PathLike], runs: pd.DataFrame, metric: str
         history=pd.concat(history, ignore_index=True) if history else pd.DataFrame(columns=RUN_KEY),
         reliability=pd.concat(reliability, ignore_index=True) if reliability else pd.DataFrame(columns=RUN_KEY),
         missing=missing.reset_index(drop=True),
-        resampled=resampled,
-        test_images={task: len(y) for task, y in labels.items()},
+        test_sample=testsample.load(metrics_files, metric),
     )

@@ -215,11 +215,14 @@ def forest(cv: Canvas):
 
 
 def task_forest(cv: Canvas, arm: str):
-    """One large arm's study-level claim: each dataset's gain and interval, the pooled estimate with its
-    simultaneous interval and a new task's prediction interval, against the ROPE; one panel per fraction."""
+    """One large arm's study-level claim: each dataset's gain and interval, and where ``results.task_forest`` has
+    them the pooled estimate with its simultaneous interval and a new task's prediction interval, against the ROPE;
+    one panel per fraction."""
     f, v, res = cv.res.task_forest, cv.verdict, cv.res
     f = f[f["arm"] == arm]
-    labels = list(dict.fromkeys(f.loc[f["kind"] == "dataset", "label"])) + ["pooled", "a new task"]
+    kinds = set(f["kind"])
+    labels = list(dict.fromkeys(f.loc[f["kind"] == "dataset", "label"]))
+    labels += ["pooled"] * ("pooled" in kinds) + ["a new task"] * ("prediction" in kinds)
     fractions = sorted(f["fraction"].unique())
     fig, axes = plt.subplots(
         1,
@@ -243,8 +246,9 @@ def task_forest(cv: Canvas, arm: str):
         ax.tick_params(axis="x", labelsize=8)
         ax.set_title(f"{res.labels[arm]}" + (f", {fraction:g} of train" if len(fractions) > 1 else ""), fontsize=9)
     axes[0, 0].set_yticks(range(len(labels)), labels[::-1], fontsize=8)
+    pooled = "; pooled: simultaneous CI" if "pooled" in kinds else ""
     fig.supxlabel(
-        f"{res.metric} gain over the best small arm ({v['confidence']:.0%} CI per dataset; pooled: simultaneous CI; "
+        f"{res.metric} gain over the best small arm ({v['confidence']:.0%} CI per dataset{pooled}; "
         f"grey band: ROPE ±{v['rope']:g})",
         fontsize=8,
     )

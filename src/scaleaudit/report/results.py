@@ -97,19 +97,23 @@ class Results:
         kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"])
         why = stats.unusable(runs, v["metric"])
         seq = design.is_adaptive(config)
-        # the test sample's part of each interval, from the runs' predictions where given (not yet for adaptive
-        # seeds: their repeated intervals take no second variance)
-        test_var = testsample.variances(runs, curves.resampled, v["metric"]) if curves and not seq else None
-        # adaptive seeds: each comparison's decision frozen at its round; the study-level summaries from the first
-        # round, the seeds every cell ran whatever the data (see scaleaudit.adaptive)
+        # the test sample's part of each interval, from the runs' predictions where given
+        scores = curves.test_sample.scores if curves else None
+        first = adaptive.first_round(runs, config)
+        test_var = testsample.variances(first, scores, v["metric"]) if curves else None
+        # adaptive seeds: each comparison's decision frozen at its round, each look with its own seeds' test-sample
+        # variance; the study-level summaries from the first round, the seeds every cell ran whatever the data
+        # (see scaleaudit.adaptive)
         cells_verdict = (
-            adaptive.verdict(runs, config) if seq else stats.compare(runs, family=cells, test_var=test_var, **kw)
+            adaptive.verdict(runs, config, scores)
+            if seq
+            else stats.compare(runs, family=cells, test_var=test_var, **kw)
         )
         comparisons = ledger.cost_normalised(runs, cells_verdict)
         summary = ledger.arm_summary(runs, v["metric"])
         model_scale = {axis: scaling.model_scale(runs, config, axis) for axis in scaling.MODEL_AXES}
         savings = adaptive.savings(runs, config) if seq else None
-        overall = stats.overall(adaptive.first_round(runs, config), family=summaries, test_var=test_var, **kw)
+        overall = stats.overall(first, family=summaries, test_var=test_var, **kw)
         has_shift = shift_table is not None and not shift_table.empty
         return cls(
             runs=runs,
@@ -123,7 +127,7 @@ class Results:
             divergence=divergence(runs, v["confidence"]),
             reproduction=reproduction.reproduction(runs, config["arms"]),
             dropped=runs[why != ""].assign(reason=why[why != ""]),
-            missing=missing_runs(runs, config),
+            missing=missing_runs(runs, config, scores),
             total=ledger.study_total(runs),
             efficiency=data_efficiency(comparisons),
             fidelity=fidelity.differences(config),
@@ -151,12 +155,13 @@ class Results:
                 cells=cells,
                 interval=adaptive.interval(config) if seq else stats.t_interval,
                 fdr=not seq,
+                scores=scores,
             )
             if has_shift
             else None,
             severity=shift.severity_curve(shift_table, v["metric"], v["confidence"]) if has_shift else None,
             estimate=estimate if estimate and estimate["study"] == config["study"] else None,
-            test_sample=testsample.split(cells_verdict, curves.test_images) if test_var is not None else None,
+            test_sample=testsample.split(cells_verdict, curves.test_sample.images) if curves else None,
             verified=verified,
         )
 
@@ -165,30 +170,34 @@ class Results:
         return self.config["verdict"]["metric"].upper()
 
 
-def missing_runs(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """Per cell and arm of the design with fewer runs in the table than designed: runs present and designed."""
-    have = adaptive.designed(runs, config)
+def missing_runs(runs: pd.DataFrame, config: dict, scores: dict | None = None) -> pd.DataFrame:
+    """Per cell and arm of the design with fewer runs in the table than designed: runs present and designed (with
+    adaptive seeds, the rounds the decisions called for; ``scores``: ``adaptive.history``'s)."""
+    have = adaptive.designed(runs, config, scores)
     count = have.groupby(design.CELL + ["arm"], sort=True)["present"].agg(present="sum", designed="count").reset_index()
     return count[count["present"] < count["designed"]]
 
 
 def task_forest(comparisons: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFrame:
     """The rows of the forest plot per large arm and fraction: each dataset's gain with its interval and decision,
-    then the pooled study-level claim (random effects, simultaneous interval) and the prediction for a new task."""
+    then, across at least 2 datasets, the pooled study-level claim (random effects, simultaneous interval) and,
+    where it is defined (``stats.heterogeneity``: 3 datasets), the prediction for a new task. One dataset has no
+    pooled row: it would only repeat the dataset's own."""
     rows = [
         {"arm": r.arm, "fraction": r.fraction, "label": cell_name(r), "kind": "dataset"}
         | {"estimate": r.diff, "lo": r.lo, "hi": r.hi, "decision": r.decision}
         for r in comparisons.itertuples()
     ]
-    for r in overall.itertuples():
+    for r in overall[overall["tasks"] >= 2].itertuples():
         rows.append(
             {"arm": r.arm, "fraction": r.fraction, "label": f"pooled ({r.tasks} datasets)", "kind": "pooled"}
             | {"estimate": r.mean_diff, "lo": r.adj_lo, "hi": r.adj_hi, "decision": r.decision}
         )
-        rows.append(
-            {"arm": r.arm, "fraction": r.fraction, "label": "a new task", "kind": "prediction"}
-            | {"estimate": r.mean_diff, "lo": r.pred_lo, "hi": r.pred_hi, "decision": "undecided"}
-        )
+        if math.isfinite(r.pred_lo):
+            rows.append(
+                {"arm": r.arm, "fraction": r.fraction, "label": "a new task", "kind": "prediction"}
+                | {"estimate": r.mean_diff, "lo": r.pred_lo, "hi": r.pred_hi, "decision": "undecided"}
+            )
     return pd.DataFrame(rows, columns=["arm", "fraction", "label", "kind", "estimate", "lo", "hi", "decision"])
 
 

@@ -538,6 +538,8 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
         for r in res.overall.itertuples()
     ]
     thin = [f"{L[r.arm]}, fraction {r.fraction:g}: {r.thin}" for r in res.overall.itertuples() if r.thin]
+    kinds = set(res.task_forest["kind"])  # the forest plot's rows: pooled and a new task only where defined
+    pooled, predicted = "pooled" in kinds, "prediction" in kinds
     score_rows = [
         [L[r.arm], r.group, f"{r.fraction:g}", r.tasks, num(r.iqm), num(r.mean), ci(r.lo, r.hi, ".3f")]
         for r in res.scores.itertuples()
@@ -594,7 +596,10 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
         ),
         *test_sample_blocks(res),
         Heading("Across datasets", 2),
-        *figure_blocks(figs.get("task_forest", []), text("results", "task_forest_figure", confidence=v["confidence"])),
+        *figure_blocks(
+            figs.get("task_forest", []),
+            text("results", "task_forest_figure", confidence=v["confidence"], pooled=pooled, prediction=predicted),
+        ),
         Table(
             [
                 "large arm",
@@ -1093,6 +1098,7 @@ def shift_methods(res: Results) -> list:
                 # no large arm with a small partner: no corrupted comparison, so no family
                 family=int(table.loc[table["condition"] != shift.CLEAN, "family"].max()) if paired(table) else None,
                 below_224=bool((res.shift["size"] < 224).any()),
+                test_sample=res.curves is not None,
             )
         ),
     ]
