@@ -81,6 +81,11 @@ def make_runs(
                             "energy_kwh": kwh,
                             "co2e_kg": kwh * 0.37,
                             "energy_method": "codecarbon (synthetic)",
+                            "runs_per_gpu": 1,
+                            "gpu_sharing": "exclusive",
+                            "gpu_booking": "",
+                            "gpu_start": np.nan,
+                            "gpu_end": np.nan,
                             "weights_source": "hf-hub:timm/vit_base_patch16_224.augreg_in21k_ft_in1k"
                             if group == "large"
                             else "none (trained from scratch)",

@@ -3,9 +3,13 @@ cost is split."""
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -164,3 +168,99 @@ def test_gpu_slots_are_named_by_the_nodes_gpu(fake_gpus, monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,5")
     assert runtime.pick_device("cuda").index == 0  # GPU 7, the first this job sees, is free (by index it was not)
     assert {p.name.split(".")[0] for p in tmp_path.glob("scaleaudit-gpu-slots-*/*")} == {"gpu5", "gpu7"}
+
+
+@pytest.fixture
+def fake_mps(monkeypatch, tmp_path):
+    """A fake ``nvidia-cuda-mps-control`` on PATH that records each call (arguments, stdin, pipe folder); this
+    process's MPS client settings and share are restored after the test."""
+    from scaleaudit import sharing
+
+    calls = tmp_path / "calls"
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    script = bin_ / sharing.MPS_CONTROL
+    script.write_text(
+        f'#!/bin/sh\nif [ "$1" = "-d" ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; '
+        f'else read cmd; echo "$cmd $CUDA_MPS_PIPE_DIRECTORY" >> {calls}; fi\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+        monkeypatch.setenv(key, "unset")  # restored after the test, whatever join sets
+    monkeypatch.setattr(sharing, "_current", sharing.Share())
+    monkeypatch.setattr(atexit, "register", lambda *a: None)  # the test's members leave by hand
+
+    def recorded() -> list[str]:
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    return recorded
+
+
+def test_a_booking_starts_mps_once_and_its_last_member_stops_it(fake_mps, monkeypatch, tmp_path):
+    from scaleaudit import sharing
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    members = [sharing.join(4, root=tmp_path / "tmp") for _ in range(4)]  # one sbatch job of group gpu_share4
+    pipe = str(tmp_path / "tmp" / "scaleaudit-mps-4242" / "pipe")
+    assert {(m.mode, m.booking, m.runs_per_gpu) for m in members} == {("mps", "4242", 4)}
+    assert fake_mps() == [f"start {pipe}"] and os.environ["CUDA_MPS_PIPE_DIRECTORY"] == pipe  # the clients' pipe
+    for m in members[:3]:
+        sharing.leave(m, tmp_path / "tmp")
+    assert fake_mps() == [f"start {pipe}"]  # a member still runs on the daemon
+    sharing.leave(members[3], tmp_path / "tmp")
+    sharing.leave(members[3], tmp_path / "tmp")  # leaving twice (by hand, then at exit) stops nothing again
+    assert fake_mps() == [f"start {pipe}", f"quit {pipe}"]
+
+
+def test_a_killed_member_stops_counting_and_its_booking_is_closed_by_the_next(fake_mps, tmp_path):
+    """A member killed without leaving (its lock dropped by the kernel): the next member to arrive finds no one
+    running, stops the orphaned daemon and opens a new booking."""
+    from scaleaudit import sharing
+
+    root = tmp_path / "tmp"
+    first = sharing.join(2, root=root)
+    first.member.close()  # killed: its file stays, its lock is gone
+    second = sharing.join(2, root=root)
+    assert [c.split()[0] for c in fake_mps()] == ["start", "quit", "start"]
+    sharing.leave(second, root)
+    assert [c.split()[0] for c in fake_mps()] == ["start", "quit", "start", "quit"]
+
+
+def test_without_the_mps_binary_the_gpu_is_time_sliced(fake_mps, monkeypatch, tmp_path):
+    from scaleaudit import sharing
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    members = [sharing.join(2, root=tmp_path) for _ in range(2)]
+    assert {(m.mode, m.booking) for m in members} == {("time-slicing", "7")}
+    assert os.environ["CUDA_MPS_PIPE_DIRECTORY"] == "unset" and fake_mps() == []
+
+
+def test_a_run_alone_on_its_gpu_or_on_the_cpu_shares_nothing(fake_mps, fake_gpus, tmp_path):
+    """A whole-GPU run is exclusive (no daemon, no state); a CPU run does not touch the GPU machinery at all."""
+    from scaleaudit import runtime, sharing
+
+    assert runtime.pick_device("cpu", runs_per_gpu=8).type == "cpu" and sharing.current().since is None
+    fake_gpus(1)
+    runtime.pick_device("cuda")
+    assert sharing.current().mode == "exclusive" and fake_mps() == []
+    assert not list(tmp_path.glob("scaleaudit-share-*"))
+
+
+def test_mps_is_set_up_before_cuda_starts(fake_mps, fake_gpus, monkeypatch):
+    """An MPS client finds the daemon when CUDA initialises: the pipe is set before the device is made current."""
+    import torch
+
+    from scaleaudit import runtime, sharing
+
+    fake_gpus(1)
+    pipes = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pipes.append(os.environ["CUDA_MPS_PIPE_DIRECTORY"]))
+    runtime.pick_device("cuda", runs_per_gpu=8)
+    share = sharing.current()
+    assert share.mode == "mps" and pipes == [
+        sharing.mps_env(share.booking, Path(tempfile.gettempdir()))["CUDA_MPS_PIPE_DIRECTORY"]
+    ]
+    sharing.leave(share)
+    assert [c.split()[0] for c in fake_mps()] == ["start", "quit"]

@@ -2,6 +2,7 @@
 
 import shutil
 
+import pandas as pd
 import pytest
 import tiny_study
 
@@ -72,3 +73,32 @@ def test_training_flops_are_recorded_and_a_run_recorded_before_them_reads_as_unk
     for kept in (records.PREDICTIONS, doc["best_weights"]["file"]):  # aggregate checks the metrics against them
         shutil.copy(one_run.parent / kept, tmp_path)
     assert aggregate.collect([tmp_path / "metrics.json"])["train_flops"].isna().all()
+
+
+def test_gpu_sharing_is_recorded_and_a_booking_id_stays_text(one_run, tmp_path):
+    """Each run records how it used its GPU (a CPU run: alone, no booking, no GPU time); a run table keeps a Slurm
+    booking id as text, and a run recorded before sharing was recorded reads as unshared."""
+    result = records.RunResult.load(one_run)
+    assert {k: result.cost[k] for k in ("runs_per_gpu", "gpu_sharing", "gpu_booking", "gpu_start", "gpu_end")} == {
+        "runs_per_gpu": 1,
+        "gpu_sharing": "exclusive",
+        "gpu_booking": "",
+        "gpu_start": None,
+        "gpu_end": None,
+    }
+    row = result.row()
+    assert {k: row[k] for k in ("runs_per_gpu", "gpu_sharing", "gpu_booking")} == {
+        "runs_per_gpu": 1,
+        "gpu_sharing": "exclusive",
+        "gpu_booking": "",
+    }
+    shared = result.to_dict()
+    shared["cost"] |= {"runs_per_gpu": 8, "gpu_sharing": "mps", "gpu_booking": "0042", "gpu_start": 1.5, "gpu_end": 9.5}
+    table = pd.DataFrame([records.RunResult.from_dict(shared).row()])
+    table.to_csv(tmp_path / "runs.csv", index=False)
+    back = records.read_runs(tmp_path / "runs.csv").iloc[0]
+    assert (back["gpu_booking"], back["gpu_sharing"], back["runs_per_gpu"], back["gpu_end"]) == ("0042", "mps", 8, 9.5)
+    for key in ("runs_per_gpu", "gpu_sharing", "gpu_booking", "gpu_start", "gpu_end"):
+        del shared["cost"][key]
+    old = records.RunResult.from_dict(shared).row()
+    assert (old["runs_per_gpu"], old["gpu_sharing"], old["gpu_booking"]) == (1, "", "")

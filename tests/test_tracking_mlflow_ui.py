@@ -48,6 +48,9 @@ def test_run_carries_standard_tags_cell_tags_dataset_input_and_system_metrics(
     }
     assert tags["cell"] == "breastmnist_28/cnn_a/f1"  # one value for all seeds of a cell: the UI groups by it
     assert tags["config_hash"] == spec.config_hash and tags["data_sha256"] == tiny_data["sha256"]
+    # how the run used its device: a CPU run shares nothing, has no booking and no GPU time
+    assert (tags["gpu_sharing"], tags["gpu_booking"], run.data.metrics["runs_per_gpu"]) == ("exclusive", "none", 1)
+    assert "gpu_start" not in run.data.metrics
 
     (data_input,) = run.inputs.dataset_inputs
     assert data_input.dataset.name == "breastmnist_28" and data_input.dataset.digest == tiny_data["sha256"][:36]

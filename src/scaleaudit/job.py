@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import timm
 import torch
 
-from . import corrupt, cost, jobcontrol, metrics, models, provenance, runtime, settings, verify
+from . import corrupt, cost, jobcontrol, metrics, models, provenance, runtime, settings, sharing, verify
 from .errors import ScaleauditError
 from .files import atomic_path, file_digest, read_json, write_json
 from .records import PREDICTIONS, RunInfo, RunResult, RunSpec
@@ -74,7 +75,7 @@ def run(
                 )
                 trainer.fit(checkpoint, on_epoch=on_epoch, checkpoint_every_s=checkpoint_every_s)
                 val, test, probs = trainer.test()
-            share = runs_per_gpu if trainer.device.type == "cuda" else 1
+            share = sharing.current() if trainer.device.type == "cuda" else sharing.Share()  # the CPU is its own
             record = _record(spec, trainer, val, test, size, meter, previous_seconds + meter.seconds, share)
             record.provenance = _provenance(data_record, weights) | {"numerics": provenance.numerics(trainer.device)}
             record.tracking = _tracking_record(tracked, tracking)
@@ -145,11 +146,12 @@ def _record(
     size: dict,
     meter: cost.EnergyMeter,
     train_seconds: float,
-    share: int,
+    share: sharing.Share,
 ) -> RunResult:
-    """The finished run's record, its provenance and tracking still to add. Runs sharing a GPU split its hours and
-    energy (``share`` of them): summed over the study they are the GPU's own."""
-    device = trainer.device
+    """The finished run's record, its provenance and tracking still to add. A run sharing a GPU records 1/n of its own
+    time and of the GPU's energy, and its booking and wall-clock GPU use: the report bills the booking's holding time
+    (``ledger.billed``)."""
+    device, n = trainer.device, share.runs_per_gpu
     return RunResult(
         run=RunInfo.of(spec, trainer.input_size),
         task=trainer.task,
@@ -161,14 +163,18 @@ def _record(
         test=test,
         history=trainer.state["history"],
         cost=size
-        | meter.result(gpu_share=1 / share)
+        | meter.result(gpu_share=1 / n)
         | {
             "train_seconds": train_seconds,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "precision": trainer.precision,
-            "device_hours": train_seconds / 3600 / share,
-            "accelerator_hours": train_seconds / 3600 / share if device.type == "cuda" else 0.0,
-            "runs_per_gpu": share,
+            "device_hours": train_seconds / 3600 / n,
+            "accelerator_hours": train_seconds / 3600 / n if device.type == "cuda" else 0.0,
+            "runs_per_gpu": n,
+            "gpu_sharing": share.mode,
+            "gpu_booking": share.booking,
+            "gpu_start": share.since,
+            "gpu_end": time.time() if share.since is not None else None,
             "peak_mem_mb": cost.peak_memory_mb(device),
             "train_flops": cost.training_flops(
                 size["flops_per_image"], trainer.n_train, trainer.state["epoch"], spec.arm_spec, trainer.cached_features
@@ -216,6 +222,8 @@ def _write_outputs(
             step=trainer.state["epoch"],
         )
         tracked.set_tag("diverged", record.diverged or "no")
+        for key in ("gpu_sharing", "gpu_booking"):  # text: not among the metrics above
+            tracked.set_tag(key, record.cost[key] or "none")
         tracked.log_artifacts([out_dir / RUN_CONFIG, out_dir / PREDICTIONS, out_dir / BEST_WEIGHTS])
         if tracking.get("log_model"):
             tracked.log_model(trainer.model, out_dir / "mlflow_model")

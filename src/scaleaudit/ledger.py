@@ -7,12 +7,48 @@ import math
 import pandas as pd
 
 from .design import CELL
+from .sharing import SHARED
 from .stats import score_column
 
 
 def hours_column(runs: pd.DataFrame) -> str:
     """accelerator_hours, or device_hours when no run used an accelerator (a CPU study)."""
     return "accelerator_hours" if runs["accelerator_hours"].fillna(0).gt(0).any() else "device_hours"
+
+
+def billed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with their device- and accelerator-hours as billed. A run alone on its device: its own time. Runs
+    sharing a GPU: their booking held it from its first member's claim to its last member's end (``gpu_start``,
+    ``gpu_end``), plus, where the booking was requeued, its longest member's earlier attempts (the run's training time
+    beyond its last attempt); that holding time is split among the members in proportion to their own training time,
+    so a short run does not pay for the long one's tail and the members' hours add up to the booking's."""
+    shared = (
+        runs["gpu_sharing"].isin(SHARED) & runs["gpu_booking"].ne("") & runs[["gpu_start", "gpu_end"]].notna().all(1)
+    )
+    if not shared.any():
+        return runs
+    g = runs[shared]
+    booking = g.groupby("gpu_booking")
+    earlier = (g["train_seconds"] - (g["gpu_end"] - g["gpu_start"])).clip(lower=0)
+    held = booking["gpu_end"].transform("max") - booking["gpu_start"].transform("min")
+    held += earlier.groupby(g["gpu_booking"]).transform("max")
+    hours = held * g["train_seconds"] / booking["train_seconds"].transform("sum") / 3600
+    return runs.assign(
+        device_hours=runs["device_hours"].mask(shared, hours),
+        accelerator_hours=runs["accelerator_hours"].mask(shared, hours),
+    )
+
+
+def sharing(runs: pd.DataFrame) -> dict | None:
+    """How the study's runs shared GPUs: runs, bookings and the ways (MPS, time-slicing); None when none shared."""
+    shared = runs[runs["gpu_sharing"].isin(SHARED)]
+    if shared.empty:
+        return None
+    return {
+        "runs": len(shared),
+        "bookings": shared["gpu_booking"].nunique(),
+        "modes": sorted(set(shared["gpu_sharing"])),
+    }
 
 
 def cost_normalised(runs: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:

@@ -33,8 +33,21 @@ COST_COLUMNS = (
     "co2e_kg",
     "energy_method",
     "train_flops",
+    "runs_per_gpu",
+    "gpu_sharing",
+    "gpu_booking",
+    "gpu_start",
+    "gpu_end",
 )
-COST_DEFAULTS = {"train_flops": math.nan}  # cost added later than the layout: a run recorded before lacks it
+# cost added later than the layout: a run recorded before lacks it (and shared no GPU: sharing came with runs_per_gpu)
+COST_DEFAULTS = {
+    "train_flops": math.nan,
+    "runs_per_gpu": 1,
+    "gpu_sharing": "",
+    "gpu_booking": "",
+    "gpu_start": math.nan,
+    "gpu_end": math.nan,
+}
 
 
 def _keys(cls) -> set[str]:
@@ -214,7 +227,16 @@ class RunResult:
 
 
 # runs.csv columns that stay text
-TEXT_COLUMNS = ["weights_source", "weights_sha256", "mlflow_run_id", "code_commit", "config_hash", "data_sha256"]
+TEXT_COLUMNS = [
+    "weights_source",
+    "weights_sha256",
+    "mlflow_run_id",
+    "code_commit",
+    "config_hash",
+    "data_sha256",
+    "gpu_sharing",
+    "gpu_booking",  # SLURM_JOB_ID: digits, but an id
+]
 
 
 def read_runs(runs_csv: str | os.PathLike) -> pandas.DataFrame:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import sharing
 from .devices import GPU_SLOTS
 from .errors import ScaleauditError
 
@@ -63,17 +64,21 @@ def cuda_diagnosis() -> str:
 
 def pick_device(requested: str, runs_per_gpu: int = 1) -> torch.device:
     """``cpu``; ``cuda``, which fails at once with the reason when CUDA is not usable; ``auto``: cuda when visible.
-    On CUDA, the GPU this job claims (``claim_gpu``), made the current device.
+    On CUDA, the GPU this job claims (``claim_gpu``), made the current device, shared as ``sharing.join`` sets up.
 
     A run that asks for a GPU must not fall back to the CPU: it would run for hours on one thread and
     time out on every retry instead of failing with the reason.
     """
     if requested == "cpu":
         return torch.device("cpu")
-    if torch.cuda.is_available():
+    # NVML's count, before CUDA initialises: a client of a shared GPU's MPS daemon must be set up first (sharing.join)
+    count = torch.cuda.device_count()
+    if count:
         index = claim_gpu(runs_per_gpu)
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
+        sharing.join(runs_per_gpu, gpu_names(count)[index] if count > 1 else None)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(index)
+            return torch.device("cuda", index)
     if requested == "auto":
         return torch.device("cpu")
     raise ScaleauditError(
@@ -91,8 +96,7 @@ def claim_gpu(runs_per_gpu: int = 1, lock_dir: Path | None = None, poll_s: float
     count = torch.cuda.device_count()
     if count <= 1:
         return 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-    names = visible if len(visible) == count else [str(i) for i in range(count)]  # the node's GPU, not the index
+    names = gpu_names(count)
     lock_dir = Path(lock_dir or Path(tempfile.gettempdir()) / f"scaleaudit-gpu-slots-{os.getuid()}")
     lock_dir.mkdir(parents=True, exist_ok=True)
     need, waited = max(1, GPU_SLOTS // runs_per_gpu), False
@@ -116,6 +120,12 @@ def claim_gpu(runs_per_gpu: int = 1, lock_dir: Path | None = None, poll_s: float
             log(f"no GPU has {need} of {GPU_SLOTS} slots free; waiting")
             waited = True
         time.sleep(poll_s)
+
+
+def gpu_names(count: int) -> list[str]:
+    """The node's name of each visible GPU (CUDA_VISIBLE_DEVICES), not its index in this job."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    return visible if len(visible) == count else [str(i) for i in range(count)]
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

@@ -92,6 +92,7 @@ class Results:
         estimate: dict | None = None,
         verified: bool = False,
     ) -> Results:
+        runs = ledger.billed(runs)  # GPU-hours as billed: a shared GPU's booking by the time it held the GPU
         v = config["verdict"]
         cells, summaries = design.families(config)
         kw = dict(metric=v["metric"], rope=v["rope"], confidence=v["confidence"])

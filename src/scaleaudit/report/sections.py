@@ -985,7 +985,7 @@ def costs_section(res: Results) -> list:
         for r in s.itertuples()
     ]
     t = res.total
-    return [
+    blocks = [
         Heading("Costs"),
         Table(
             [
@@ -1006,7 +1006,9 @@ def costs_section(res: Results) -> list:
             caption=text("costs", "caption"),
         ),
         Para(text("costs", "total", t=t)),
-    ] + ([Para(plan_versus_measured(res.estimate, t))] if res.estimate else [])
+    ]
+    blocks += [Para(text("costs", "sharing", s=shared))] if (shared := ledger.sharing(res.runs)) else []
+    return blocks + ([Para(plan_versus_measured(res.estimate, t))] if res.estimate else [])
 
 
 def appendix_section(res: Results) -> list:
