@@ -12,6 +12,14 @@ from scaleaudit import jobcontrol
 from scaleaudit.synthetic import write_npz
 
 
+def pytest_collection_modifyitems(items):
+    """Files holding end-to-end tests (marked slow) first. ``make test`` hands whole files to the workers in
+    collection order (``--dist loadfile --no-loadscope-reorder``): a file of minutes started last keeps one worker
+    busy while the other idles; started first, the short files fill the other worker meanwhile."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each group keeps its collection order
+
+
 @pytest.fixture(autouse=True)
 def steps_called_in_process_leave_the_test_runner_alone(monkeypatch):
     """A step called in-process (``cli.main``) would arm its job control in the test runner itself: SIGTERM

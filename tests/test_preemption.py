@@ -140,6 +140,7 @@ def comparable(out: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigkill_then_requeue_equals_uninterrupted(job):
     straight, preempted = job / "straight", job / "preempted"
     uninterrupted = start(job, straight)  # side by side with the interrupted one: 2 cores

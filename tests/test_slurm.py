@@ -22,7 +22,7 @@ from mlflow_server import MlflowServer
 
 from scaleaudit.synthetic import write_npz
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 TEST_PROFILE = REPO / "tests" / "slurm" / "profile"

@@ -17,6 +17,7 @@ TINY = {
     "data": {"datasets": [{"flag": "breastmnist", "sizes": [28]}]},
     "design": {"arms": ["cnn_small", "vit_pt"], "fractions": [0.5, 1.0], "seeds": 2},
     "recipes": {"tiny": {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 2}},
+    "shift": {"enabled": False},  # the shift steps run in the catalog study (test_deploy), once
     "arms": {
         "cnn_small": {"recipe": "tiny"},
         "vit_pt": {
@@ -61,6 +62,7 @@ def snakemake(work: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end(study):
     work, env = study
     done = snakemake(work, env)
