@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -62,7 +63,13 @@ def test_gpu_check_runs_on_a_bare_image_and_prints_its_table_on_the_cpu(tmp_path
     (tmp_path / "sitecustomize.py").write_text(BARE_IMAGE)
     env = tiny_study.env() | {"PYTHONPATH": f"{tmp_path}:{REPO / 'src'}"}
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--no-bench"],
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--no-bench",
+            "--out",
+            str(tmp_path / "check.json"),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -73,6 +80,8 @@ def test_gpu_check_runs_on_a_bare_image_and_prints_its_table_on_the_cpu(tmp_path
     for row in ("versions", "every arm", "bitwise equal", "SIGTERM", "kNN search"):
         assert row in table
     assert "energy not measured: no codecarbon" in table and "FAIL" not in table
+    figures = json.loads((tmp_path / "check.json").read_text())  # for scaleaudit plan --gpu-check
+    assert figures["device"] == devices.current("cpu")["name"] and figures["knn_flops_per_s"] > 0
 
 
 def test_resume_check_finds_sigterm_and_resume_equal_to_an_uninterrupted_run(tmp_path):
