@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 RUN    := PATH="$(BIN):$$PATH"
 CORES  ?= all
 
-.PHONY: help install medmnistc-env lock dist demo study test test-slurm lint bench gpu-check clean
+.PHONY: help install medmnistc-env lock dist demo study test test-slurm lint bench gpu-check gpu-wheelhouse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,6 +94,21 @@ bench: $(STAMP)  ## time the training path against the MedMNIST v2 reference loo
 GPU_PYTHON ?= python3
 gpu-check:  ## on a CUDA node, no install: versions, determinism, SIGTERM/resume, kNN, GPU benchmarks, one table
 	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# What a bare CUDA image lacks for the check's energy figures: codecarbon at the lock's version and its dependencies
+# (at the lock's versions), less those such an image carries (numpy, pandas and theirs), as wheels for its Python
+# (WHEEL_PYTHON, manylinux x86_64). Downloaded here (needs a package index), installed there offline (README).
+WHEELHOUSE   ?= wheelhouse
+WHEEL_PYTHON ?= 3.12
+IMAGE_HAS    := numpy pandas python_dateutil pytz tzdata six typing_extensions
+gpu-wheelhouse:  ## download codecarbon and what a bare CUDA image lacks of its dependencies into wheelhouse/ (README)
+	rm -rf $(WHEELHOUSE)
+	$(PYTHON) -m pip --disable-pip-version-check download --quiet --only-binary=:all: --dest $(WHEELHOUSE) \
+	    --python-version $(WHEEL_PYTHON) --implementation cp --abi cp$(subst .,,$(WHEEL_PYTHON)) --abi abi3 --abi none \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    --constraint $(LOCK) "$$(grep '^codecarbon==' $(LOCK))"
+	cd $(WHEELHOUSE) && rm -f $(addsuffix -*.whl,$(IMAGE_HAS))
+	@ls $(WHEELHOUSE) && du -sh $(WHEELHOUSE)
 
 clean:  ## remove results, logs and reports (keeps the venv)
 	rm -rf results logs .snakemake dist report.html reports/*.pdf reports/*.md reports/demo reports/full

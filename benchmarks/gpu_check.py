@@ -17,6 +17,9 @@ runs' energy is not measured; the table says so).
    plan's assumed share, and the aggregate 28 px images/s of 1, 2, 4 and 8 runs started together behind a barrier
    and timed over one shared window (the GPU time-sliced between processes; MPS is not started).
 
+``--out FILE`` also writes the measured figures as JSON (``write_figures``: the device, each ViT's share of the dense
+bf16 peak, the kNN search's FLOP/s), which ``scaleaudit plan --gpu-check FILE`` uses in place of its assumptions.
+
 Exit 1 when a correctness check fails (speed targets are reported, not enforced). Without CUDA it runs every check
 on the CPU at a small size (a couple of minutes) and prints the same table.
 """
@@ -169,11 +172,12 @@ def arm_step_rows(device: str, data_file: Path, batch: int) -> list[tuple[str, s
     return [(f"one strict-determinism step of every arm (batch {batch})", text, not failed)]
 
 
-def knn_row(device: str, support: int, queries: int) -> tuple[str, str, bool]:
-    """The kNN probe's search (knn.Index) on random 768-d features, scaled to PathMNIST's ViT-B vote."""
+def knn_row(device: str, support: int, queries: int, figures: dict) -> tuple[str, str, bool]:
+    """The kNN probe's search (knn.Index) on random 768-d features, scaled to PathMNIST's ViT-B vote; its FLOP/s
+    go to ``figures``."""
     import torch
 
-    from scaleaudit import knn
+    from scaleaudit import cost, knn
 
     gen = torch.Generator().manual_seed(0)
     s, q = torch.randn(support, 768, generator=gen), torch.randn(queries, 768, generator=gen)
@@ -185,9 +189,19 @@ def knn_row(device: str, support: int, queries: int) -> tuple[str, str, bool]:
         return time.perf_counter() - t0
 
     search()
-    seconds = search() * (89_996 * 7_180) / (support * queries)
+    measured = search()
+    figures["knn_flops_per_s"] = cost.knn_vote(queries, support, 768, 1.0)[0] / measured
+    seconds = measured * (89_996 * 7_180) / (support * queries)
     scaled = "" if (support, queries) == (89_996, 7_180) else f" (scaled from {support} x {queries})"
     return "kNN search, PathMNIST ViT-B features", f"{seconds:.1f} s for 89,996 x 7,180 x 768{scaled}", True
+
+
+def write_figures(path: str | Path, figures: dict) -> None:
+    """The check's measured figures for ``scaleaudit plan --gpu-check``: ``device`` (CUDA's name for it), ``vit``
+    (per model: batch_size, images_per_s, share_of_peak, None where the peak is unknown) and ``knn_flops_per_s``."""
+    from scaleaudit import files
+
+    files.write_json(path, {"vit": [], **figures})  # no ViT figures without the benchmarks (--no-bench)
 
 
 def _train_cmd(job: Path, out: Path) -> list[str]:
@@ -304,7 +318,10 @@ def resume_check(
     return [twice, (label, f"stopped after epoch {stopped_at}; resumed run equals the uninterrupted one exactly", True)]
 
 
-def bench_rows(device: str, flag: str, data_file: Path, workdir: Path, sizes: dict) -> list[tuple[str, str, bool]]:
+def bench_rows(
+    device: str, flag: str, data_file: Path, workdir: Path, sizes: dict, figures: dict
+) -> list[tuple[str, str, bool]]:
+    """The speed benchmarks (bench_train.py) as rows; each ViT's share of the dense bf16 peak goes to ``figures``."""
     from scaleaudit import plan
 
     out = workdir / "bench.json"
@@ -351,8 +368,17 @@ def bench_rows(device: str, flag: str, data_file: Path, workdir: Path, sizes: di
                 True,
             )
         )
+    figures["vit"] = []
     for r in summary["vit"]:
         share = r["achieved_flops"] / r["bf16_peak"] if r["bf16_peak"] else None
+        figures["vit"].append(
+            {
+                "model": r["model"],
+                "batch_size": r["batch_size"],
+                "images_per_s": r["images_per_s"],
+                "share_of_peak": share,
+            }
+        )
         text = f"{r['images_per_s']:.0f} img/s, {r['achieved_flops'] / 1e12:.0f} TFLOP/s, " + (
             f"{share:.1%} of dense bf16 peak (the plan assumes {plan.DEFAULT_UTILIZATION:.0%})"
             if share is not None
@@ -386,11 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when visible, else the CPU at small sizes")
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the speed benchmarks")
+    p.add_argument("--out", help="also write the measured figures as JSON (for scaleaudit plan --gpu-check)")
     args = p.parse_args(argv)
 
     import torch
 
-    from scaleaudit import runtime
+    from scaleaudit import devices, runtime
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -399,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cpu":
         print(f"gpu-check on the CPU at small sizes ({runtime.cuda_diagnosis()})", flush=True)
     sizes = SIZES[device]
+    figures = {"device": devices.current(device)["name"]}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         tmp = Path(tmp)
@@ -410,20 +438,23 @@ def main(argv: list[str] | None = None) -> int:
             lambda: environment_rows(device),
             lambda: arm_step_rows(device, stand_in, sizes["arm_batch"]),
             lambda: resume_check(device, small, tmp, sizes["model"], epochs=3, stop_after=1),
-            lambda: [knn_row(device, *sizes["knn"])],
+            lambda: [knn_row(device, *sizes["knn"], figures)],
         ]
         if sizes["vit_twice"]:
             checks.append(lambda: [identical_runs_row(device, small, tmp, "vit_tiny_patch16_224", input_size=32)])
         if args.bench:
             flag = sizes["bench_flag"]
             bench_data = synthetic.write_npz(tmp / f"{flag}.npz", flag=flag)  # the dataset's own split lengths
-            checks.append(lambda: bench_rows(device, flag, bench_data, tmp, sizes))
+            checks.append(lambda: bench_rows(device, flag, bench_data, tmp, sizes, figures))
         rows = []
         for check in checks:
             t0 = time.perf_counter()
             rows += check()
             print(f"gpu-check: {rows[-1][0]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     print_table(rows)
+    if args.out:
+        write_figures(args.out, figures)
+        print(f"figures: {args.out}")
     return 0 if all(ok for _, _, ok in rows) else 1
 
 

@@ -188,3 +188,20 @@ def test_corrupted_set_is_written_with_the_mode_of_any_new_file(medmnistc_python
     assert done.returncode == 0, done.stderr[-2000:]
     assert stat.S_IMODE(out.stat().st_mode) == 0o644 and stat.S_IMODE(out.with_suffix(".json").stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.npz", "clean.npz"]
+
+
+def test_corruption_counts_are_medmnistc_s(medmnistc_python):
+    """corrupt.N_CORRUPTIONS (the plan's count, without the corruption environment) is what medmnistc defines."""
+    done = subprocess.run(
+        [
+            str(medmnistc_python),
+            "-c",
+            "import json; from medmnistc.corruptions.registry import CORRUPTIONS_DS as c; "
+            "print(json.dumps({k: len(v) for k, v in c.items()}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(done.stdout) == corrupt.N_CORRUPTIONS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -62,7 +63,13 @@ def test_gpu_check_runs_on_a_bare_image_and_prints_its_table_on_the_cpu(tmp_path
     (tmp_path / "sitecustomize.py").write_text(BARE_IMAGE)
     env = tiny_study.env() | {"PYTHONPATH": f"{tmp_path}:{REPO / 'src'}"}
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--no-bench"],
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--no-bench",
+            "--out",
+            str(tmp_path / "check.json"),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -73,6 +80,8 @@ def test_gpu_check_runs_on_a_bare_image_and_prints_its_table_on_the_cpu(tmp_path
     for row in ("versions", "every arm", "bitwise equal", "SIGTERM", "kNN search"):
         assert row in table
     assert "energy not measured: no codecarbon" in table and "FAIL" not in table
+    figures = json.loads((tmp_path / "check.json").read_text())  # for scaleaudit plan --gpu-check
+    assert figures["device"] == devices.current("cpu")["name"] and figures["knn_flops_per_s"] > 0
 
 
 def test_resume_check_finds_sigterm_and_resume_equal_to_an_uninterrupted_run(tmp_path):
@@ -127,3 +136,17 @@ def test_shared_runs_start_behind_a_barrier_and_share_the_window(tmp_path, monke
     assert rate == pytest.approx(
         sum(r["images"] for r in results) / (max(r["end"] for r in results) - results[0]["start"])
     )
+
+
+def test_the_check_writes_its_knn_rate_and_vit_shares_for_the_plan(tmp_path):
+    """knn_row's measured FLOP/s and the ViT shares go into the figures JSON that scaleaudit plan --gpu-check reads."""
+    from scaleaudit import files, plan
+
+    figures = {"device": devices.current("cpu")["name"]}
+    label, result, ok = gpu_check.knn_row("cpu", 2000, 100, figures)
+    assert ok and figures["knn_flops_per_s"] > 0
+    gpu_check.write_figures(tmp_path / "check.json", figures)
+    written = files.read_json(tmp_path / "check.json")
+    assert written["knn_flops_per_s"] == figures["knn_flops_per_s"] and plan.gpu_check_shares(written) == {}
+    written["vit"] = [{"model": "vit_small_patch16_224", "share_of_peak": 0.25}, {"model": "x", "share_of_peak": None}]
+    assert plan.gpu_check_shares(written) == {"vit_small_patch16_224": 0.25}

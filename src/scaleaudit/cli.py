@@ -121,12 +121,18 @@ def cmd_plan(args) -> None:
     from . import config, plan
 
     cfg = config.load(*args.configs)
+    runs = Path(args.runs) if args.runs else design.run_table_path(cfg)
+    measured = args.runs is not None or runs.exists()  # measured stop epochs, once the study has runs
+    if measured:
+        print(f"plan: stop epochs measured in {runs}", file=sys.stderr)
     estimate = plan.make(
         cfg,
         calibrate_steps=args.calibration_steps,
         gpu_name=args.gpu,
         utilization=args.utilization,
         log=lambda msg: print(msg, file=sys.stderr),
+        stops=plan.measured_stops(runs) if measured else None,
+        gpu_check=read_json(args.gpu_check) if args.gpu_check else None,
     )
     out = Path(args.out) if args.out else design.plan_path(cfg)
     write_json(out, estimate)
@@ -304,6 +310,16 @@ def parser() -> argparse.ArgumentParser:
         help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default 0.35)",
     )
     s.add_argument("--calibration-steps", type=int, default=2, help="timed training steps per arm (0: no calibration)")
+    s.add_argument(
+        "--runs",
+        help="run table whose median epochs_run per arm replaces the modelled early stop "
+        "(default: results/<study>/runs.csv if it exists)",
+    )
+    s.add_argument(
+        "--gpu-check",
+        help="figures of benchmarks/gpu_check.py --out: its measured share of the bf16 peak per model (and kNN rate) "
+        "replace the assumed ones",
+    )
     s.add_argument("--brief", action="store_true", help="print only the summary line")
     s.set_defaults(func=cmd_plan)
 

@@ -33,6 +33,22 @@ from . import jobcontrol
 from .files import atomic_path, file_digest, write_text
 
 SEVERITIES = (1, 2, 3, 4, 5)
+# The number of corruptions medmnistc 0.1.0 defines per dataset (len(CORRUPTIONS_DS[flag])), for what needs the
+# count without the corruption environment (the plan); tests/test_corrupt.py checks it against medmnistc.
+N_CORRUPTIONS = {
+    "pathmnist": 11,
+    "chestmnist": 13,
+    "dermamnist": 15,
+    "octmnist": 6,
+    "pneumoniamnist": 13,
+    "retinamnist": 8,
+    "breastmnist": 7,
+    "bloodmnist": 11,
+    "tissuemnist": 8,
+    "organamnist": 13,
+    "organcmnist": 13,
+    "organsmnist": 13,
+}
 LABELS = "labels"
 
 

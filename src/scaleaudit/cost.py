@@ -4,6 +4,7 @@ and the estimates that the plan (``plan.py``) builds from the same terms before 
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import sys
 import threading
@@ -22,6 +23,15 @@ T = TypeVar("T")
 LAUNCH_S = 8e-6  # eager PyTorch: host time per dispatched op, the floor of a launch-bound GPU step
 EVAL_SHARE = 1 / 3  # an inference image costs about a third of a training image (forward only)
 STARTUP_S = 20.0  # per run: process start, data to the device, model build, first kernels
+# Early stopping: the epoch of the best validation score as a share of the recipe's epochs. Fine-tuning from
+# pretrained weights (MedMNIST+: AdamW 1e-4, cosine) reaches its best validation loss within the first few epochs
+# and overfits after; a tenth of 100 epochs plus the patience gives the 10-25 epochs such runs take. Measured stop
+# epochs (the run table's epochs_run) replace this once runs exist.
+TYPICAL_BEST_SHARE = 0.1
+# The kNN vote's float64 distances (knn.py): GEMM FLOPs per second on a data-centre GPU (about half an H100 SXM's
+# 67 TFLOP/s FP64 tensor-core peak), and on one CPU core (~0.17 us per 768-d query-support pair).
+KNN_GPU_FLOPS = 30e12
+KNN_CPU_FLOPS_PER_THREAD = 9e9
 
 
 def train_factor(arm: dict) -> int:
@@ -55,13 +65,51 @@ def gpu_seconds_per_image(
     }
 
 
+def stop_epoch(recipe: dict, measured: float | None = None) -> int:
+    """Epochs a run of ``recipe`` is expected to run: all of them without early stopping; with it, the median
+    ``measured`` stop epoch of such runs, else the typical best epoch (``TYPICAL_BEST_SHARE``) plus the patience
+    (counted in validations, every ``eval_every`` epochs)."""
+    epochs, patience = recipe["epochs"], recipe.get("early_stop_patience")
+    if patience is None:
+        return epochs
+    if measured is not None:
+        return min(epochs, math.ceil(measured))
+    return min(epochs, math.ceil(TYPICAL_BEST_SHARE * epochs) + patience * recipe.get("eval_every", 1))
+
+
+def inference_seconds_per_image(per_image: dict, arm: dict) -> float:
+    """Seconds per evaluated image: a training image's share (``EVAL_SHARE``), all of it for a probe (whose
+    per-image time is already a forward pass)."""
+    return per_image["seconds_per_image"] * (1.0 if arm["train"] == "linear_probe" else EVAL_SHARE)
+
+
+def knn_vote(queries: int, support: int, dim: int, flops_per_s: float) -> tuple[float, float]:
+    """(FLOPs, seconds) of the kNN vote's brute-force search: every query against every support row's ``dim``
+    features (a multiply-add counts 2), at ``flops_per_s``."""
+    flops = 2.0 * queries * support * dim
+    return flops, flops / flops_per_s
+
+
+def shift_estimate(
+    flops_per_image: float, seconds_per_image: float, n_test: int, sets: int, share: int
+) -> tuple[float, float]:
+    """(FLOPs, seconds) of one run's shift evaluation without its kNN votes: the clean test split and ``sets``
+    corrupted copies of it (corruptions x severities) through the kept weights at ``seconds_per_image`` per
+    evaluated image, plus the job's start-up (shared among ``share`` runs on one GPU)."""
+    images = n_test * (1 + sets)
+    return flops_per_image * images, seconds_per_image * images + STARTUP_S / share
+
+
 def run_estimate(per_image: dict, arm: dict, recipe: dict, n_train: int, n_val: int, n_test: int, share: int):
-    """(FLOPs, seconds) of one end-to-end run from the per-image costs, start-up included (shared among ``share``
-    runs on one GPU)."""
+    """(FLOPs, seconds) of one end-to-end run of ``recipe["epochs"]`` epochs (``stop_epoch``) from the per-image
+    costs, start-up included (shared among ``share`` runs on one GPU)."""
     trained, inferred = images_per_run(recipe, n_train, n_val, n_test)
-    eval_share = 1.0 if arm["train"] == "linear_probe" else EVAL_SHARE
     flops = per_image["flops_per_image"] * (train_factor(arm) * trained + inferred)
-    seconds = per_image["seconds_per_image"] * (trained + eval_share * inferred) + STARTUP_S / share
+    seconds = (
+        per_image["seconds_per_image"] * trained
+        + inference_seconds_per_image(per_image, arm) * inferred
+        + STARTUP_S / share
+    )
     return flops, seconds
 
 

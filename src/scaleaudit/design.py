@@ -86,6 +86,11 @@ def plan_path(config: dict) -> Path:
     return Path("results") / config["study"] / "plan.json"
 
 
+def run_table_path(config: dict) -> Path:
+    """Where the workflow aggregates the study's run table (runs.csv); the plan reads measured stop epochs there."""
+    return Path("results") / config["study"] / "runs.csv"
+
+
 LADDER_SHARED = ("group", "pretrained", "weights_tag", "train", "recipe", "input_size")
 
 

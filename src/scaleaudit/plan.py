@@ -4,10 +4,14 @@ The estimator on top of the cost model (``cost.py``). FLOPs come from torch's co
 images the recipe trains and evaluates. Time comes from a short calibration: a few training steps of each arm's real
 training path (``Trainer.train_step`` on a synthetic batch) on the device its runs will use. Where that device is a GPU
 and this machine has none, time is FLOPs over a share of a named GPU's dense bf16 peak (``devices.py``) instead, and
-the plan says so. Energy is time times the device's board power (a data-sheet upper bound) or, on a CPU, an assumed
-draw per thread.
+the plan says so; a table from ``benchmarks/gpu_check.py --out`` replaces that assumed share with each model's
+measured one (and the kNN search's assumed rate with the measured one). Energy is time times the device's board
+power (a data-sheet upper bound) or, on a CPU, an assumed draw per thread.
 
-Early stopping can only shorten a run, so the plan is an upper bound for recipes that stop early.
+Recipes with early stopping run ``cost.stop_epoch`` epochs: the median measured stop epoch of the study's run table
+(``epochs_run``) where it has runs of the arm, else the modelled one. Beside training, the plan counts the kNN
+probes' votes and the shift stage (every run's kept weights on each corrupted test set, ``corrupt.N_CORRUPTIONS`` x
+``corrupt.SEVERITIES``), each in its own column.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import config as study_config
-from . import cost, data, design, devices, features, models, runtime, synthetic
+from . import corrupt, cost, data, design, devices, features, models, runtime, synthetic
 from .errors import ScaleauditError
-from .records import RunSpec
+from .records import RunSpec, read_runs
 from .train import Trainer
 
 DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
@@ -98,11 +102,34 @@ def count_step(spec: RunSpec) -> dict:
     with _CountOps() as ops:
         F.cross_entropy(model(x), y).backward()
     fused_optimizer_ops = 2
-    return {"flops_per_image": cost.flops_per_image(model, chans, size), "ops_per_step": ops.n + fused_optimizer_ops}
+    return {
+        "flops_per_image": cost.flops_per_image(model, chans, size),
+        "ops_per_step": ops.n + fused_optimizer_ops,
+        "features": getattr(model, "num_features", 0),  # the kNN probe's feature dimension
+    }
+
+
+def measured_stops(runs_csv: str | Path) -> dict:
+    """Median ``epochs_run`` of the run table's runs, by (arm, dataset) and by arm."""
+    runs = read_runs(runs_csv)
+    by_task = runs.groupby(["arm", "dataset"])["epochs_run"].median()
+    return {**by_task.to_dict(), **runs.groupby("arm")["epochs_run"].median().to_dict()}
+
+
+def gpu_check_shares(figures: dict) -> dict[str, float]:
+    """Each model's measured share of the dense bf16 peak, from ``gpu_check.py --out``'s figures."""
+    return {r["model"]: r["share_of_peak"] for r in figures["vit"] if r["share_of_peak"] is not None}
 
 
 def per_image(
-    spec: RunSpec, steps: int, measure_here: bool, gpu: str, utilization: float, share: int, log=print
+    spec: RunSpec,
+    steps: int,
+    measure_here: bool,
+    gpu: str,
+    utilization: float,
+    share: int,
+    log=print,
+    utilization_from: str = "assumed",
 ) -> dict:
     """An arm's costs per image at one size: FLOPs and ops counted, seconds measured on this machine's device (its
     CPU, or its GPU), else for a GPU not here estimated from the FLOPs (``cost.gpu_seconds_per_image``)."""
@@ -123,39 +150,70 @@ def per_image(
         est = cost.gpu_seconds_per_image(
             counted["flops_per_image"], counted["ops_per_step"], spec.arm_spec, batch, peak, utilization, share
         )
-        method = f"{utilization:.0%} of {gpu} bf16 peak" + (", launch-bound" if est.pop("launch_bound") else "")
+        method = f"{utilization:.0%} of {gpu} bf16 peak ({utilization_from})" + (
+            ", launch-bound" if est.pop("launch_bound") else ""
+        )
         return counted | est | {"method": method}
     return counted | {"seconds_per_image": math.nan, "forward_seconds_per_image": math.nan, "method": "not calibrated"}
 
 
-def arm_row(config: dict, spec: RunSpec, costs: dict, gpu: str, threads: int, share: int) -> dict:
-    """The plan of one arm on one task: every fraction and seed of the design, from its costs per image."""
+def arm_row(
+    config: dict, spec: RunSpec, costs: dict, gpu: str, threads: int, share: int, stop: float | None, knn_rate: float
+) -> dict:
+    """The plan of one arm on one task: every fraction and seed of the design, from its costs per image; training,
+    the kNN votes and the shift stage apart. ``stop``: the measured median stop epoch, if any."""
     fractions, seeds = config["design"]["fractions"], design.seeds(config)
-    meta, on_gpu = data.info(spec.dataset), spec.device == "cuda"
+    meta, on_gpu, arm = data.info(spec.dataset), spec.device == "cuda", spec.arm_spec
     n_val, n_test = meta["n_samples"]["val"], meta["n_samples"]["test"]
     watts = (devices.board_power(gpu) or math.nan) if on_gpu else devices.CPU_WATTS_PER_THREAD * threads
-    flops = seconds = 0.0
-    if features.usable(spec):  # the backbone's features once per dataset, then a linear layer: start-up dominates
+    epochs = cost.stop_epoch(spec.recipe, stop)
+    recipe = dict(spec.recipe, epochs=epochs)
+    sets = corrupt.N_CORRUPTIONS[spec.dataset] * len(corrupt.SEVERITIES) if config["shift"]["enabled"] else None
+    cached = features.usable(spec)
+    infer_s = costs["forward_seconds_per_image"] if cached else cost.inference_seconds_per_image(costs, arm)
+    flops = dict.fromkeys(("train", "knn", "shift"), 0.0)
+    seconds = dict.fromkeys(("train", "knn", "shift"), 0.0)
+    if cached:  # the backbone's features once per dataset, then a linear layer or a vote: start-up dominates
         n_all = sum(meta["n_samples"].values())
-        flops = costs["flops_per_image"] * n_all
-        seconds = costs["forward_seconds_per_image"] * n_all + len(fractions) * len(seeds) * cost.STARTUP_S
-    else:
-        for fraction in fractions:
-            f, s = cost.run_estimate(
-                costs, spec.arm_spec, spec.recipe, n_train_of(spec.dataset, fraction), n_val, n_test, share
-            )
-            flops, seconds = flops + len(seeds) * f, seconds + len(seeds) * s
+        flops["train"] = costs["flops_per_image"] * n_all
+        seconds["train"] = costs["forward_seconds_per_image"] * n_all + len(fractions) * len(seeds) * cost.STARTUP_S
+    for fraction in fractions:
+        n_train = n_train_of(spec.dataset, fraction)
+        parts = {}
+        if not cached:
+            parts["train"] = cost.run_estimate(costs, arm, recipe, n_train, n_val, n_test, share)
+        if arm["train"] == "knn_probe":
+            parts["knn"] = cost.knn_vote(n_val + n_test, n_train, costs["features"], knn_rate)
+        if sets is not None:
+            f, s = cost.shift_estimate(costs["flops_per_image"], infer_s, n_test, sets, share)
+            if arm["train"] == "knn_probe":  # one index per run, every corrupted set voted on
+                vf, vs = cost.knn_vote(n_test * (1 + sets), n_train, costs["features"], knn_rate)
+                f, s = f + vf, s + vs
+            parts["shift"] = f, s
+        for stage, (f, s) in parts.items():
+            flops[stage] += len(seeds) * f
+            seconds[stage] += len(seeds) * s
+    hours = {stage: s / 3600 for stage, s in seconds.items()}
     return {
         "arm": spec.arm,
         "dataset": spec.dataset,
         "size": spec.size,
         "runs": len(fractions) * len(seeds),
-        "flops": flops,
+        "flops": sum(flops.values()),
         "device": gpu if on_gpu else "cpu",
-        "device_hours": seconds / 3600,
-        "energy_kwh": seconds / 3600 * watts / 1000,
+        "device_hours": sum(hours.values()),
+        "train_hours": hours["train"],
+        "knn_hours": hours["knn"],
+        "shift_hours": hours["shift"],
+        "knn_flops": flops["knn"],
+        "shift_flops": flops["shift"],
+        "energy_kwh": sum(hours.values()) * watts / 1000,
+        "training_energy_kwh": (hours["train"] + hours["knn"]) * watts / 1000,  # what the runs themselves book
         "method": costs["method"],
-        "early_stopping": spec.recipe["early_stop_patience"] is not None,
+        "epochs": epochs,
+        "epochs_from": (
+            "recipe" if spec.recipe["early_stop_patience"] is None else "measured" if stop is not None else "modelled"
+        ),
         "runs_per_gpu": share,
     }
 
@@ -167,10 +225,21 @@ def make(
     utilization: float = DEFAULT_UTILIZATION,
     threads: int = 1,
     log=print,
+    stops: dict | None = None,
+    gpu_check: dict | None = None,
 ) -> dict:
-    """The plan of a validated study config (see the module docstring)."""
+    """The plan of a validated study config (see the module docstring). ``stops``: measured stop epochs
+    (``measured_stops``); ``gpu_check``: the figures ``benchmarks/gpu_check.py --out`` wrote on the GPU planned for."""
     here_cuda = torch.cuda.is_available()
-    gpu = gpu_name or (torch.cuda.get_device_name(0) if here_cuda else DEFAULT_GPU)
+    gpu = gpu_name or (gpu_check or {}).get("device") or (torch.cuda.get_device_name(0) if here_cuda else DEFAULT_GPU)
+    if gpu_check is not None and gpu_check["device"] != gpu:
+        raise ScaleauditError(
+            f"the GPU check ran on {gpu_check['device']!r}, the plan is for {gpu!r}",
+            "give the check of the GPU the study will use, or leave out --gpu",
+        )
+    shares = gpu_check_shares(gpu_check) if gpu_check else {}
+    gpu_knn_rate = gpu_check["knn_flops_per_s"] if gpu_check else cost.KNN_GPU_FLOPS
+    stops = stops or {}
     runtime.configure_torch(0, threads, config["hardware"]["determinism"])  # time what the runs will run
     rows, cache = [], {}
     first = config["design"]["fractions"][0], design.seeds(config)[0]
@@ -183,15 +252,32 @@ def make(
             key = (arm_name, meta["n_channels"], meta["n_classes"], size)
             if key not in cache:
                 measure_here = calibrate_steps > 0 and (not on_gpu or (here_cuda and gpu_name is None))
-                cache[key] = per_image(spec, calibrate_steps, measure_here, gpu, utilization, share, log)
-            rows.append(arm_row(config, spec, cache[key], gpu, threads, share))
-    total = {k: sum(r[k] for r in rows) for k in ("runs", "flops", "device_hours", "energy_kwh")}
+                measured = shares.get(spec.arm_spec["model"])
+                cache[key] = per_image(
+                    spec,
+                    calibrate_steps,
+                    measure_here,
+                    gpu,
+                    utilization if measured is None else measured,
+                    share,
+                    log,
+                    "assumed" if measured is None else "measured by gpu-check",
+                )
+            stop = stops.get((arm_name, flag), stops.get(arm_name))
+            knn_rate = gpu_knn_rate if on_gpu else cost.KNN_CPU_FLOPS_PER_THREAD * threads
+            rows.append(arm_row(config, spec, cache[key], gpu, threads, share, stop, knn_rate))
+    keys = ("runs", "flops", "device_hours", "train_hours", "knn_hours", "shift_hours", "energy_kwh")
+    total = {k: sum(r[k] for r in rows) for k in keys}
+    total["training_hours"] = total["train_hours"] + total["knn_hours"]  # the runs' own time: their votes included
+    total["training_energy_kwh"] = sum(r["training_energy_kwh"] for r in rows)
     return {
         "study": config["study"],
         "rows": rows,
         "total": total,
         "gpu": gpu,
         "utilization": utilization,
+        "measured_shares": shares,
+        "knn_gpu_flops_per_s": gpu_knn_rate,
         "startup_s": cost.STARTUP_S,
         "cuda_here": here_cuda,
         "cuda_diagnosis": None if here_cuda else runtime.cuda_diagnosis(),
@@ -200,21 +286,31 @@ def make(
 
 def summary_line(plan: dict) -> str:
     t = plan["total"]
-    gpu_hours = sum(r["device_hours"] for r in plan["rows"] if r["device"] != "cpu")
-    bound = (
-        " (upper bound: early stopping can only shorten runs)" if any(r["early_stopping"] for r in plan["rows"]) else ""
-    )
+    gpu = [r for r in plan["rows"] if r["device"] != "cpu"]
+    stages = ", ".join(f"{k} {sum(r[k + '_hours'] for r in gpu):.3g}" for k in ("train", "knn", "shift"))
+    stops = sorted({(r["epochs"], r["epochs_from"]) for r in plan["rows"] if r["epochs_from"] != "recipe"})
+    early = f"; early stopping at {', '.join(f'{e} epochs ({how})' for e, how in stops)}" if stops else ""
     return (
         f"plan for study {plan['study']!r}: {t['runs']} runs, {t['flops']:.3g} FLOPs, about {t['device_hours']:.3g} "
-        f"device-hours ({gpu_hours:.3g} on {plan['gpu']}) and {t['energy_kwh']:.3g} kWh{bound}"
+        f"device-hours ({sum(r['device_hours'] for r in gpu):.3g} on {plan['gpu']}: {stages}) and "
+        f"{t['energy_kwh']:.3g} kWh{early}"
     )
 
 
 def table(plan: dict) -> str:
-    lines = [f"{'arm':24} {'dataset':18} {'runs':>5} {'PFLOPs':>9} {'device-h':>9} {'kWh':>8}  device (time from)"]
+    lines = [
+        f"{'arm':24} {'dataset':18} {'runs':>5} {'epochs':>6} {'PFLOPs':>9} {'train-h':>8} {'kNN-h':>7} "
+        f"{'shift-h':>8} {'device-h':>9} {'kWh':>8}  device (time from)"
+    ]
     for r in plan["rows"]:
         lines.append(
-            f"{r['arm']:24} {r['dataset'] + '@' + str(r['size']):18} {r['runs']:5} {r['flops'] / 1e15:9.2f} "
+            f"{r['arm']:24} {r['dataset'] + '@' + str(r['size']):18} {r['runs']:5} {r['epochs']:6} "
+            f"{r['flops'] / 1e15:9.2f} {r['train_hours']:8.3g} {r['knn_hours']:7.2g} {r['shift_hours']:8.3g} "
             f"{r['device_hours']:9.3g} {r['energy_kwh']:8.3g}  {r['device']} ({r['method']})"
         )
+    t = plan["total"]
+    lines.append(
+        f"{'total':24} {'':18} {t['runs']:5} {'':6} {t['flops'] / 1e15:9.2f} {t['train_hours']:8.3g} "
+        f"{t['knn_hours']:7.2g} {t['shift_hours']:8.3g} {t['device_hours']:9.3g} {t['energy_kwh']:8.3g}"
+    )
     return "\n".join(lines)

@@ -948,17 +948,19 @@ def reproduction_section(res: Results) -> list:
 
 
 def plan_versus_measured(plan: dict, measured: dict) -> str:
-    """The estimate set against what the study's runs measured (device-hours include per-run start-up in the plan)."""
+    """The estimate set against what the study's runs measured: the training runs only (their kNN votes included;
+    the plan's shift stage is no run's), with per-run start-up in the plan."""
     est = plan["total"]
+    hours, energy = est["training_hours"], est["training_energy_kwh"]
     text_ = (
-        f"Before the study started, scaleaudit plan estimated {est['device_hours']:.3g} device-hours and "
-        f"{est['energy_kwh']:.3g} kWh for {est['runs']} runs; the {measured['runs']} runs measured "
+        f"Before the study started, scaleaudit plan estimated {hours:.3g} device-hours and "
+        f"{energy:.3g} kWh for {est['runs']} training runs; the {measured['runs']} runs measured "
         f"{measured['device_hours']:.3g} device-hours and {measured['energy_kwh']:.3g} kWh"
     )
     if est["runs"] == measured["runs"] and measured["device_hours"] > 0 and measured["energy_kwh"] > 0:
         text_ += (
-            f" (estimate / measured: {est['device_hours'] / measured['device_hours']:.2f}x in time, "
-            f"{est['energy_kwh'] / measured['energy_kwh']:.2f}x in energy)"
+            f" (estimate / measured: {hours / measured['device_hours']:.2f}x in time, "
+            f"{energy / measured['energy_kwh']:.2f}x in energy)"
         )
     return (
         text_
