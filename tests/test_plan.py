@@ -13,7 +13,7 @@ import yaml
 from mirror import REPO
 from runtable import make_config, make_runs
 
-from scaleaudit import cli, config, corrupt, cost, data, design, ledger, plan, report
+from scaleaudit import cli, config, corrupt, cost, data, design, ledger, plan, report, verify
 
 
 def test_images_and_flops_of_a_run_follow_the_recipe():
@@ -176,7 +176,7 @@ def test_cli_plan_calibrates_on_this_machine_and_writes_the_plan(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "plan for study 'tiny': 4 runs" in done.stdout and "calibrating cnn_a at 28 px on cpu" in done.stderr
-    est = json.loads(out.read_text())
+    est = verify.plan(out)  # the layout the report reads
     assert [r["method"] for r in est["rows"]] == ["measured on cpu"] * 2
     assert all(r["device_hours"] > 0 and not math.isnan(r["energy_kwh"]) for r in est["rows"])
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from runtable import make_config, make_runs, write_run_folders
 
-from scaleaudit import adaptive, cli, report, tracking
+from scaleaudit import adaptive, cli, report, tracking, verify
+from scaleaudit.errors import ScaleauditError
 from scaleaudit.files import file_digest, read_json, write_json
 from scaleaudit.records import PREDICTIONS
 
@@ -212,3 +213,12 @@ def test_a_document_not_built_by_the_report_step_says_it_was_not_checked():
     res = report.Results.of(runs, make_config(runs))
     figs = {name: [Path(f"/figs/{name}_1.png")] for name in ("scores", "calibration", "pareto", "forest")}
     assert "The run table was not checked" in report.to_markdown(report.document(res, figs), Path("/"))
+
+
+def test_a_plan_from_an_older_scaleaudit_is_refused_not_compared(tmp_path):
+    """Its total counted the shift stage and no kNN votes: set against the training runs, it would misstate the
+    estimate's error; the report stops and says how to write it again."""
+    old = tmp_path / "plan.json"
+    write_json(old, {"study": "demo", "startup_s": 20.0, "total": {"runs": 12, "device_hours": 1.0, "energy_kwh": 0.1}})
+    with pytest.raises(ScaleauditError, match="older scaleaudit plan: its total has no training_hours"):
+        verify.plan(old)

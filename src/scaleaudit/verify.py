@@ -7,7 +7,8 @@
   ``metrics.json`` (an unreachable store is a warning, and the run table records which runs were compared);
 - every row of ``runs.csv`` equals the ``metrics.json`` it came from (a hand-edited table is refused);
 - every score is in range, and finite or absent (NaN: the run has no such score, and is counted without it);
-- every run the design asks for is in the table.
+- every run the design asks for is in the table;
+- the plan ``scaleaudit plan`` wrote before the study has the layout this version reads (an older plan is refused).
 
 A failed check is a ``ScaleauditError`` naming the run and the fix (exit 2).
 """
@@ -26,7 +27,7 @@ import pandas as pd
 from . import metrics, tracking
 from .design import RUN_KEY
 from .errors import ScaleauditError
-from .files import file_digest
+from .files import file_digest, read_json
 from .records import PREDICTIONS, SPLIT_METRICS, RunResult, read_runs
 
 RECOMPUTED = metrics.METRICS  # the test metrics the predictions give (the loss needs the logits)
@@ -203,3 +204,19 @@ def unique(table: pd.DataFrame) -> None:
             "each (dataset, size, fraction, arm, seed) must appear once: aggregate the metrics.json of one study "
             "only (or remove the duplicated rows of runs.csv)",
         )
+
+
+PLAN_TOTALS = ("runs", "training_hours", "training_energy_kwh")  # what the report sets against the measured cost
+
+
+def plan(path: str | os.PathLike) -> dict:
+    """The plan file, if it holds the totals the report reads; one from an older ``scaleaudit plan`` (its total
+    counted the shift stage and no kNN votes) would be compared as if it were the training runs' own estimate."""
+    estimate = read_json(path)
+    missing = [k for k in PLAN_TOTALS if k not in estimate.get("total", {})]
+    if missing:
+        raise ScaleauditError(
+            f"{path} was written by an older scaleaudit plan: its total has no {', '.join(missing)}",
+            f"write it again (scaleaudit plan <config> --out {path}; make study does) or delete it",
+        )
+    return estimate

@@ -82,7 +82,7 @@ def build(
         config,
         curves=curves.load(metrics, runs, config["verdict"]["metric"]) if metrics else None,
         shift_table=pd.read_csv(shift_csv) if shift_csv else None,
-        estimate=read_json(plan_json) if plan_json else None,
+        estimate=verify.plan(plan_json) if plan_json else None,
         verified=True,
     )
     doc = document(res, figures(res, assets))
