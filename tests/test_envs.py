@@ -1,5 +1,6 @@
 """Software environments: the conda env of the rules, the lock file and the package metadata agree."""
 
+import ast
 import re
 import tomllib
 
@@ -62,10 +63,14 @@ def test_corruption_env_is_pinned_to_its_lock():
 def test_every_imported_distribution_is_declared():
     imports = set()
     for path in (REPO / "src" / "scaleaudit").rglob("*.py"):
-        imports |= set(re.findall(r"^\s*(?:from|import) ([a-z_][a-z0-9_]*)", path.read_text(), re.M))
+        for node in ast.walk(ast.parse(path.read_text())):  # statements, not docstrings that start "from their..."
+            if isinstance(node, ast.Import):
+                imports |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                imports.add(node.module.split(".")[0])
     stdlib = __import__("sys").stdlib_module_names
     third_party = {m for m in imports if m not in stdlib and m != "scaleaudit"}
-    dist = {"yaml": "pyyaml", "sklearn": "scikit-learn"}
+    dist = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow"}
     declared = {_name(d) for extra in PROJECT["optional-dependencies"].values() for d in extra}
     declared |= {_name(d) for d in PROJECT["dependencies"]}
     missing = {dist.get(m, m).replace("_", "-") for m in third_party} - declared
