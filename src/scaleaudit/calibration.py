@@ -490,6 +490,20 @@ ADAPTIVE = {"initial": 3, "step": 2, "max": 15, "spending": "pocock"}  # looks a
 ADAPTIVE_GAINS = (0.0, 0.01, 0.02, 0.05)
 
 
+def stopped(looks: tuple[int, ...], assess_at, shape: tuple) -> tuple:
+    """Comparisons (``shape``) looked at after every round, each stopped at its first decision or at the last look:
+    ``assess_at(n)`` is ``stats.assess`` on the first ``n`` seeds. The decisions, the seeds used and the interval at
+    stopping."""
+    decision = np.full(shape, "undecided", dtype=object)
+    used = np.full(shape, looks[-1])
+    lo, hi = np.full(shape, np.nan), np.full(shape, np.nan)
+    for n in looks:
+        a = assess_at(n)
+        stop = (decision == "undecided") & ((a["decision"] != "undecided") | (n == looks[-1]))
+        decision[stop], used[stop], lo[stop], hi[stop] = a["decision"][stop], n, a["lo"][stop], a["hi"][stop]
+    return decision, used, lo, hi
+
+
 def simulate_sequential(
     true_diff: float,
     kind: str,
@@ -510,15 +524,9 @@ def simulate_sequential(
     looks = design.looks(seeds)
     interval = stats.t_interval if rechecked_fixed else sequential.interval(looks, seeds.get("spending", "pocock"))
     d = true_diff + SEED_SD * noise(kind, (replicates, family, looks[-1]), rng)
-    decision = np.full((replicates, family), "undecided", dtype=object)
-    used = np.full((replicates, family), looks[-1])
-    lo, hi = np.full((replicates, family), np.nan), np.full((replicates, family), np.nan)
-    for n in looks:
-        a = stats.assess([d[..., :n]], rope, confidence, family, interval)
-        running = decision == "undecided"
-        stop = running & (a["decision"] != "undecided") | running & (n == looks[-1])
-        decision[stop], used[stop] = a["decision"][stop], n
-        lo[stop], hi[stop] = a["lo"][stop], a["hi"][stop]
+    decision, used, lo, hi = stopped(
+        looks, lambda n: stats.assess([d[..., :n]], rope, confidence, family, interval), (replicates, family)
+    )
     covered = (lo[:, 0] <= true_diff) & (true_diff <= hi[:, 0])
     return {
         "coverage": float(covered.mean()),
@@ -572,13 +580,12 @@ def simulate_sequential_test_sample(
     d = test_sample_differences(looks[-1], true_diff, replicates, rng, images)
     out = {}
     for name, extra in (("", True), ("_seeds_only", False)):
-        decision = np.full(replicates, "undecided", dtype=object)
-        used, lo, hi = np.full(replicates, looks[-1]), np.full(replicates, np.nan), np.full(replicates, np.nan)
-        for n in looks:
+
+        def assess_at(n: int, extra: bool = extra) -> dict:
             kw = {"extra": [test_variance(d[:, :n])], "extra_df": testsample.RESAMPLES - 1} if extra else {}
-            a = stats.assess([d[:, :n, 0]], rope, confidence, interval=partial(interval, **kw))
-            stop = (decision == "undecided") & ((a["decision"] != "undecided") | (n == looks[-1]))
-            decision[stop], used[stop], lo[stop], hi[stop] = a["decision"][stop], n, a["lo"][stop], a["hi"][stop]
+            return stats.assess([d[:, :n, 0]], rope, confidence, interval=partial(interval, **kw))
+
+        decision, used, lo, hi = stopped(looks, assess_at, (replicates,))
         out[f"coverage{name}"] = float(np.mean((lo <= true_diff) & (true_diff <= hi)))
         out[f"better{name}"] = float(np.mean(decision == "better"))
         if extra:
