@@ -315,8 +315,10 @@ def with_divergence(interval: Interval, failed, total: int, gain_lo: float, gain
         est, lo, hi = interval(tasks, confidence)
         p_lo, p_hi = divergence_rate(failed, total, confidence)
         p = np.asarray(failed) / total
+        # versus_best's upper end may lie below its estimate (the partner's): each end recovers from its own side
+        up = np.fmin(est, hi)
         low = (1 - p) * est + p * gain_lo - np.hypot((1 - p) * (est - lo), np.abs(est - gain_lo) * (p_hi - p))
-        high = (1 - p) * est + p * gain_hi + np.hypot((1 - p) * (hi - est), np.abs(est - gain_hi) * (p - p_lo))
+        high = (1 - p) * up + p * gain_hi + np.hypot((1 - p) * (hi - up), np.abs(up - gain_hi) * (p - p_lo))
         return (1 - p) * est + p * (gain_lo + gain_hi) / 2, low, high
 
     interval_with_divergence.__name__ = f"with_divergence({getattr(interval, '__name__', 'interval')})"
