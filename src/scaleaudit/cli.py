@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__, design
+from . import __version__, design, devices
 from .errors import ScaleauditError
 from .files import read_json, write_json
 from .provenance import package_versions
@@ -301,13 +301,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--gpu",
         help="estimate GPU arms for this device (its full CUDA name, see devices.py) from FLOPs; "
-        "default: measured on this machine's GPU, else NVIDIA H100 80GB HBM3",
+        f"default: measured on this machine's GPU, else {devices.DEFAULT_GPU}",
     )
     s.add_argument(
         "--utilization",
         type=float,
-        default=0.35,
-        help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default 0.35)",
+        default=devices.DEFAULT_UTILIZATION,
+        help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default %(default)s)",
     )
     s.add_argument("--calibration-steps", type=int, default=2, help="timed training steps per arm (0: no calibration)")
     s.add_argument(
