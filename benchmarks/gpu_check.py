@@ -322,7 +322,7 @@ def bench_rows(
     device: str, flag: str, data_file: Path, workdir: Path, sizes: dict, figures: dict
 ) -> list[tuple[str, str, bool]]:
     """The speed benchmarks (bench_train.py) as rows; each ViT's share of the dense bf16 peak goes to ``figures``."""
-    from scaleaudit import plan
+    from scaleaudit import devices
 
     out = workdir / "bench.json"
     cmd = [
@@ -380,7 +380,7 @@ def bench_rows(
             }
         )
         text = f"{r['images_per_s']:.0f} img/s, {r['achieved_flops'] / 1e12:.0f} TFLOP/s, " + (
-            f"{share:.1%} of dense bf16 peak (the plan assumes {plan.DEFAULT_UTILIZATION:.0%})"
+            f"{share:.1%} of dense bf16 peak (the plan assumes {devices.DEFAULT_UTILIZATION:.0%})"
             if share is not None
             else "peak unknown (add the device to devices.py)"
         )

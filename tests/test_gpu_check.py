@@ -59,7 +59,8 @@ for name in ("jsonschema", "codecarbon", "mlflow", "snakemake"):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run; on CUDA it is the full check")
 def test_gpu_check_runs_on_a_bare_image_and_prints_its_table_on_the_cpu(tmp_path):
     """A CUDA image's python3 with PYTHONPATH=src: no jsonschema, codecarbon, mlflow or snakemake (here: hidden from
-    this process and every one it starts). Without CUDA every check runs on the CPU and the table is printed."""
+    this process and every one it starts). Without CUDA every check runs on the CPU and the table is printed, the
+    resume check's rows included."""
     (tmp_path / "sitecustomize.py").write_text(BARE_IMAGE)
     env = tiny_study.env() | {"PYTHONPATH": f"{tmp_path}:{REPO / 'src'}"}
     done = subprocess.run(
@@ -80,21 +81,10 @@ def test_gpu_check_runs_on_a_bare_image_and_prints_its_table_on_the_cpu(tmp_path
     for row in ("versions", "every arm", "bitwise equal", "SIGTERM", "kNN search"):
         assert row in table
     assert "energy not measured: no codecarbon" in table and "FAIL" not in table
+    # the resume path (the same code runs on CUDA): two runs bitwise equal, then SIGTERM after epoch 1 and resume
+    assert "equal over 3 epochs" in table and "equals the uninterrupted one exactly" in table
     figures = json.loads((tmp_path / "check.json").read_text())  # for scaleaudit plan --gpu-check
     assert figures["device"] == devices.current("cpu")["name"] and figures["knn_flops_per_s"] > 0
-
-
-def test_resume_check_finds_sigterm_and_resume_equal_to_an_uninterrupted_run(tmp_path):
-    """The gpu-check's resume path, on the CPU: the same code runs on CUDA there."""
-    from scaleaudit import synthetic
-
-    data = synthetic.write_npz(tmp_path / "breastmnist.npz", splits=synthetic.small_splits(2000))
-    (twice, twice_result, twice_ok), (label, result, ok) = gpu_check.resume_check(
-        "cpu", data, tmp_path, model="scaleaudit_cnn_small", epochs=3, stop_after=1
-    )
-    assert twice_ok and twice_result == "equal over 3 epochs", twice_result
-    assert ok, result
-    assert "equals the uninterrupted one exactly" in result
 
 
 def test_shared_throughput_counts_only_runs_that_shared_one_window():

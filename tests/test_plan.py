@@ -25,9 +25,11 @@ def test_images_and_flops_of_a_run_follow_the_recipe():
 
 
 def test_plan_of_the_full_study_counts_every_run_and_its_flops():
-    """No calibration: GPU arms from FLOPs at a share of a named GPU's peak, never faster than launches allow."""
+    """No calibration: GPU arms from FLOPs at a share of a named GPU's peak, never faster than launches allow (three
+    arms on two datasets of the full study; test_docs plans all of it)."""
     cfg = config.load(REPO / "config" / "config.yaml")
     cfg["design"]["arms"] = ["resnet18_scratch", "vit_b16_pretrained", "vit_b16_linear_probe"]
+    cfg["data"]["datasets"] = [d for d in cfg["data"]["datasets"] if d["flag"] in ("breastmnist", "pathmnist")]
     est = plan.make(cfg, calibrate_steps=0, gpu_name="NVIDIA H100 80GB HBM3", utilization=0.5, log=lambda m: None)
     assert est["total"]["runs"] == sum(1 for _ in design.runs(cfg))
     row = next(r for r in est["rows"] if r["arm"] == "vit_b16_pretrained" and r["dataset"] == "pathmnist")

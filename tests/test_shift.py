@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -282,6 +283,46 @@ def test_report_has_the_robustness_section_with_figure_and_table(tmp_path):
     report.build(tmp_path / "runs.csv", tmp_path / "config.json", tmp_path / "plain.pdf", assets=tmp_path / "plain")
     assert "Robustness" not in (tmp_path / "plain.md").read_text()
     assert not (tmp_path / "plain" / "shift_severity.png").exists()
+
+
+def test_the_shift_verdict_cli_gives_the_report_s_table_and_names_a_missing_prediction(tmp_path, capsys):
+    """`scaleaudit shift-verdict` reads the runs' predictions as the report does, so its clean rows take the test
+    sample's variance (wider than over seeds only) and its table is the report's on the same inputs."""
+    import json
+
+    from runtable import make_config, make_runs, write_run_folders
+
+    from scaleaudit import aggregate, cli, report
+    from scaleaudit.records import read_runs
+    from scaleaudit.report import curves
+
+    runs = make_runs({"vit_b16_pretrained": 0.05}, seeds=8)
+    paths = [str(p) for p in write_run_folders(runs, tmp_path / "runs", n_test=30)]
+    aggregate.write(aggregate.collect(paths), tmp_path / "runs.csv")  # as the workflow writes the run table
+    cfg = make_config(runs)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    sh = _shift_table(runs, {"vit_b16_pretrained": 0.05})
+    sh.to_csv(tmp_path / "runs_shift.csv", index=False)
+    out = tmp_path / "shift_verdict.csv"
+    argv = ["shift-verdict", "--runs", str(tmp_path / "runs.csv"), "--shift", str(tmp_path / "runs_shift.csv")]
+    argv += ["--config", str(tmp_path / "config.json"), "--out", str(out), "--metrics", *paths]
+    assert cli.main(argv) == 0
+    # the report's inputs as report.build reads them
+    table, sh = read_runs(tmp_path / "runs.csv"), pd.read_csv(tmp_path / "runs_shift.csv")
+    res = report.Results.of(table, cfg, curves=curves.load(paths, table), shift_table=sh)
+    aggregate.write(res.shift_verdicts, tmp_path / "report_shift_verdict.csv")
+    assert out.read_text() == (tmp_path / "report_shift_verdict.csv").read_text()
+    got = pd.read_csv(out)
+    clean = got[got["condition"] == "clean"].set_index(["arm", "small_arm"])
+    seeds_only = report.Results.of(table, cfg, shift_table=sh).shift_verdicts
+    seeds_only = seeds_only[seeds_only["condition"] == "clean"].set_index(["arm", "small_arm"])
+    width = clean["adj_hi"] - clean["adj_lo"]
+    assert (clean["test_var"] > 0).all() and (width > 1.5 * (seeds_only["adj_hi"] - seeds_only["adj_lo"])).all()
+    gone = Path(paths[1]).parent / "predictions.npz"
+    gone.unlink()
+    out.unlink()
+    assert cli.main(argv) == 2
+    assert f"{gone} is missing" in capsys.readouterr().err and not out.exists()
 
 
 def test_shift_eval_stops_with_the_workflow_like_training(monkeypatch, tmp_path):

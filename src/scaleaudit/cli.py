@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__, design
+from . import __version__, design, devices
 from .errors import ScaleauditError
 from .files import read_json, write_json
 from .provenance import package_versions
@@ -180,12 +180,16 @@ def cmd_aggregate_shift(args) -> None:
 def cmd_shift_verdict(args) -> None:
     import pandas as pd
 
-    from . import aggregate, shift
+    from . import aggregate, shift, testsample, verify
+    from .records import read_runs
 
-    verdict = read_json(args.config)["verdict"]
-    table = shift.verdicts(
-        pd.read_csv(args.runs), pd.read_csv(args.shift), verdict["metric"], verdict["rope"], verdict["confidence"]
-    )
+    cfg = read_json(args.config)
+    runs = read_runs(args.runs)
+    # as the report: the given run folders are the table's runs, and their predictions give the clean rows' test
+    # sample variance (a missing predictions.npz is named, exit 2)
+    verify.rows(runs, args.metrics, args.runs)
+    scores = testsample.load(args.metrics, cfg["verdict"]["metric"]).scores
+    table = shift.study_verdicts(runs, pd.read_csv(args.shift), cfg, scores)
     aggregate.write(table, args.out)
     print(f"{args.out}: {len(table)} comparisons")
 
@@ -301,13 +305,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--gpu",
         help="estimate GPU arms for this device (its full CUDA name, see devices.py) from FLOPs; "
-        "default: measured on this machine's GPU, else NVIDIA H100 80GB HBM3",
+        f"default: measured on this machine's GPU, else {devices.DEFAULT_GPU}",
     )
     s.add_argument(
         "--utilization",
         type=float,
-        default=0.35,
-        help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default 0.35)",
+        default=devices.DEFAULT_UTILIZATION,
+        help="share of the GPU's bf16 peak where GPU arms are estimated from FLOPs (default %(default)s)",
     )
     s.add_argument("--calibration-steps", type=int, default=2, help="timed training steps per arm (0: no calibration)")
     s.add_argument(
@@ -348,10 +352,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="CSV table")
     s.set_defaults(func=cmd_aggregate_shift)
 
-    s = sub.add_parser("shift-verdict", help="the verdict on clean and on corrupted test sets, and the change of gain")
+    s = sub.add_parser(
+        "shift-verdict",
+        help="the verdict on clean and on corrupted test sets, and the change of gain (the report's shift table)",
+    )
     s.add_argument("--runs", required=True, help="the run table (runs.csv)")
     s.add_argument("--shift", required=True, help="the shift table (runs_shift.csv)")
-    s.add_argument("--config", required=True, help="the resolved config (verdict metric, ROPE, confidence)")
+    s.add_argument(
+        "--metrics",
+        nargs="+",
+        required=True,
+        metavar="METRICS_JSON",
+        help="the runs' metrics.json files (predictions.npz beside each): the clean rows take the test sample's "
+        "variance, as the report's do",
+    )
+    s.add_argument(
+        "--config", required=True, help="the resolved config (verdict metric, ROPE, confidence, design, seeds)"
+    )
     s.add_argument("--out", required=True, help="CSV table")
     s.set_defaults(func=cmd_shift_verdict)
 

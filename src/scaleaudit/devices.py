@@ -1,4 +1,5 @@
-"""Accelerator data sheets: dense bf16 peak and board power, keyed by the exact name CUDA reports; a GPU's slots.
+"""Accelerator data sheets: dense bf16 peak and board power, keyed by the exact name CUDA reports; a GPU's slots; the
+GPU and share of peak a plan assumes where it cannot measure.
 
 Names are matched whole, never by substring: "NVIDIA H100 NVL" is not an H100 SXM, "NVIDIA L40" is not
 an L4. A device that is not listed has no peak (a share of peak is then not printed) rather than a guess.
@@ -30,6 +31,10 @@ DATASHEET: dict[str, tuple[float, float]] = {
     "NVIDIA RTX 6000 Ada Generation": (364e12, 300),
     "NVIDIA RTX A6000": (155e12, 300),
 }
+# What `scaleaudit plan` assumes for a GPU it cannot measure: the device, and the share of its bf16 peak a run
+# reaches (replaced by a GPU check's measured shares, `plan --gpu-check`).
+DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
+DEFAULT_UTILIZATION = 0.35
 # Where no data sheet applies (a CPU): an assumed draw per busy core, for estimates only.
 CPU_WATTS_PER_THREAD = 10.0
 

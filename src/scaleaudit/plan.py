@@ -31,8 +31,6 @@ from .errors import ScaleauditError
 from .records import RunSpec, read_runs
 from .train import Trainer
 
-DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
-DEFAULT_UTILIZATION = 0.35
 CPU_CALIBRATION_BATCH = 16  # keeps a CPU calibration of a ViT-B short; GPUs use the recipe's batch
 
 
@@ -222,7 +220,7 @@ def make(
     config: dict,
     calibrate_steps: int = 2,
     gpu_name: str | None = None,
-    utilization: float = DEFAULT_UTILIZATION,
+    utilization: float = devices.DEFAULT_UTILIZATION,
     threads: int = 1,
     log=print,
     stops: dict | None = None,
@@ -231,7 +229,11 @@ def make(
     """The plan of a validated study config (see the module docstring). ``stops``: measured stop epochs
     (``measured_stops``); ``gpu_check``: the figures ``benchmarks/gpu_check.py --out`` wrote on the GPU planned for."""
     here_cuda = torch.cuda.is_available()
-    gpu = gpu_name or (gpu_check or {}).get("device") or (torch.cuda.get_device_name(0) if here_cuda else DEFAULT_GPU)
+    gpu = (
+        gpu_name
+        or (gpu_check or {}).get("device")
+        or (torch.cuda.get_device_name(0) if here_cuda else devices.DEFAULT_GPU)
+    )
     if gpu_check is not None and gpu_check["device"] != gpu:
         raise ScaleauditError(
             f"the GPU check ran on {gpu_check['device']!r}, the plan is for {gpu!r}",

@@ -12,6 +12,7 @@ comparison, and whether the gain changed under shift) form one family of their o
 (corruption families + 1) x 2, decided by the main verdict's per-cell criterion (Benjamini-Hochberg, or Bonferroni
 with adaptive seeds); whether the gain changed: Bonferroni over that family. The clean verdicts take the test
 sample's variance where the runs' predictions are given (``testsample``); the corrupted conditions are seed-only.
+``study_verdicts`` sets all this from the study's config: the report and ``scaleaudit shift-verdict`` both call it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 
 import pandas as pd
 
-from . import stats, testsample
+from . import adaptive, design, stats, testsample
 from .design import CELL, RUN_KEY
 from .files import read_json
 
@@ -151,6 +152,26 @@ def verdicts(
         for _, r in table_.iterrows()
     ]
     return table_
+
+
+def study_verdicts(runs: pd.DataFrame, shift: pd.DataFrame, config: dict, scores: dict | None = None) -> pd.DataFrame:
+    """``verdicts`` on the study's main verdict's footing, from its resolved ``config``: its metric, ROPE and
+    confidence, the design's per-cell family, and with adaptive seeds the repeated confidence intervals with the
+    Bonferroni criterion. ``scores``: the runs' metric on the test resamples (``testsample.load``), for the clean
+    rows' test-sample variance."""
+    v = config["verdict"]
+    seq = design.is_adaptive(config)
+    return verdicts(
+        runs,
+        shift,
+        v["metric"],
+        v["rope"],
+        v["confidence"],
+        cells=design.families(config)[0],
+        interval=adaptive.interval(config) if seq else stats.t_interval,
+        fdr=not seq,
+        scores=scores,
+    )
 
 
 def reading(clean: str, shifted: str, change: str | None) -> str:

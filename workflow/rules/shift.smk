@@ -93,10 +93,12 @@ rule aggregate_shift:
 
 
 rule shift_verdict:
-    """The verdict on clean and on corrupted test sets (per corruption and averaged), and the change of gain."""
+    """The verdict on clean and on corrupted test sets (per corruption family and averaged), and the change of gain:
+    the report's shift table (its clean rows take the test sample from the runs' predictions, as the report's do)."""
     input:
         runs=RUN_TABLE,
         shift=SHIFT_TABLE,
+        metrics=all_metrics,  # their folders hold the test predictions
         config=f"{RESULTS}/config.resolved.json",
     output:
         SHIFT_VERDICT,
@@ -105,5 +107,5 @@ rule shift_verdict:
     conda:
         CONDA_ENV
     shell:
-        "scaleaudit shift-verdict --runs {input.runs} --shift {input.shift} --config {input.config} "
-        "--out {output} > {log} 2>&1"
+        "scaleaudit shift-verdict --runs {input.runs} --shift {input.shift} --metrics {input.metrics} "
+        "--config {input.config} --out {output} > {log} 2>&1"

@@ -149,17 +149,7 @@ class Results:
             savings_total=adaptive.summary(savings) if seq else None,
             curves=curves,
             shift=shift_table if has_shift else None,
-            shift_verdicts=shift.verdicts(
-                runs,
-                shift_table,
-                **kw,
-                cells=cells,
-                interval=adaptive.interval(config) if seq else stats.t_interval,
-                fdr=not seq,
-                scores=scores,
-            )
-            if has_shift
-            else None,
+            shift_verdicts=shift.study_verdicts(runs, shift_table, config, scores) if has_shift else None,
             severity=shift.severity_curve(shift_table, v["metric"], v["confidence"]) if has_shift else None,
             estimate=estimate if estimate and estimate["study"] == config["study"] else None,
             test_sample=testsample.split(cells_verdict, curves.test_sample.images) if curves else None,
