@@ -107,10 +107,10 @@ def test_elementary_statistics_match_hand_values():
     assert stats.iqm([[1, 2, 3, 4], [5, 6, 7, 8]]) == 4.5  # pooled over tasks, as rliable
     assert stats.prob_improvement([0.1, 0.0, -0.2, 0.3]) == 0.625  # 2 wins + 1 tie of 4 seeds
     assert stats.family_confidence(0.95, 10) == pytest.approx(0.995)
-    assert stats.seeds_needed([0.1], 0.01, 0.95) is None
+    assert stats.seeds_needed([[0.1]], 0.01, 0.95) is None
     # mean 0.04, sd 0.05, nearest ROPE edge 0.03 away: t(12)*0.05/sqrt(13) = 0.0302 > 0.03, t(13)*0.05/sqrt(14) = 0.0289
-    assert stats.seeds_needed([0.09, -0.01, 0.04], 0.01, 0.95) == 14
-    assert stats.seeds_needed([0.011, 0.009, 0.010], 0.01, 0.95) is None  # on the edge: no number of seeds decides
+    assert stats.seeds_needed([[0.09, -0.01, 0.04]], 0.01, 0.95) == 14
+    assert stats.seeds_needed([[0.011, 0.009, 0.010]], 0.01, 0.95) is None  # on the edge: no number of seeds decides
 
 
 # --- pairing and the choice of the small arm ---------------------------------------------------------------------
@@ -208,6 +208,18 @@ def test_a_cell_without_a_diverged_seed_answers_for_the_arms_failures():
     d = decision(runs)[:, VIT]
     assert d["pneumoniamnist"] != "better" and d["dermamnist"] != "better"
     assert stats.overall(runs).loc[0, "decision"] != "better"
+
+
+def test_the_seeds_needed_are_those_that_bound_the_divergence_rate_too():
+    """5 seeds of a clear +0.05 would decide on seed noise alone; what keeps the cells undecided is the arm's 15 runs
+    (its unseen rate may be 22 %). The seeds needed are those that give the arm enough runs, and that many decide."""
+    c = stats.compare(make_runs({VIT: 0.05}, datasets=DATASETS)).iloc[0]
+    diffs = stats.paired(make_runs({VIT: 0.05}, datasets=DATASETS), "auc").query("dataset == 'breastmnist'")["diff"]
+    assert (
+        stats.decide(*stats.t_interval([diffs], c["adj_level"])[1:], 0.01) == "better" and c["decision"] == "undecided"
+    )
+    assert c["seeds_needed"] > 10
+    assert set(decision(make_runs({VIT: 0.05}, seeds=int(c["seeds_needed"]), datasets=DATASETS))) == {"better"}
 
 
 def test_no_decision_from_fewer_than_three_pairs():
