@@ -287,7 +287,7 @@ def test_report_has_the_robustness_section_with_figure_and_table(tmp_path):
 
 def test_the_shift_verdict_cli_gives_the_report_s_table_and_names_a_missing_prediction(tmp_path, capsys):
     """`scaleaudit shift-verdict` reads the runs' predictions as the report does, so its clean rows take the test
-    sample's variance (wider than over seeds only) and its table is the report's on the same inputs."""
+    sample's variance (wider than over seeds only, which it outweighs here) and its table is the report's on the same inputs."""
     import json
 
     from runtable import make_config, make_runs, write_run_folders
@@ -317,7 +317,10 @@ def test_the_shift_verdict_cli_gives_the_report_s_table_and_names_a_missing_pred
     seeds_only = report.Results.of(table, cfg, shift_table=sh).shift_verdicts
     seeds_only = seeds_only[seeds_only["condition"] == "clean"].set_index(["arm", "small_arm"])
     width = clean["adj_hi"] - clean["adj_lo"]
-    assert (clean["test_var"] > 0).all() and (width > 1.5 * (seeds_only["adj_hi"] - seeds_only["adj_lo"])).all()
+    # (8 runs of the arm, none diverged, leave its divergence rate's bound most of the width; the test part adds)
+    assert (clean["test_var"] > clean["seed_var"]).all() and (
+        width > seeds_only["adj_hi"] - seeds_only["adj_lo"]
+    ).all()
     gone = Path(paths[1]).parent / "predictions.npz"
     gone.unlink()
     out.unlink()

@@ -178,6 +178,7 @@ def divergence_table(
 
 
 FDR_FAMILY = 210  # the full design's per-cell comparisons (7 datasets x 3 fractions x 2 sizes x 5 large arms)
+FDR_ARMS = 5  # its large arms: each arm's runs (cells x seeds) bound its divergence rate
 
 
 def simulate_fdr(
@@ -193,16 +194,22 @@ def simulate_fdr(
 ) -> dict:
     """A per-cell family of ``family`` comparisons, a share ``true_share`` of them with a true gain ``gain`` and the
     others on the ROPE edge (+rope: any claim there is false), each with ``seeds`` paired differences of sd SEED_SD,
-    decided as ``stats.compare`` does: Benjamini-Hochberg (``fdr``) or Bonferroni. Power: the share of true gains
-    called better; fdr: the mean share of false claims among the claims; any_false: the chance of one or more."""
+    decided as ``stats.compare`` does: Benjamini-Hochberg (``fdr``) or Bonferroni, each claim on the expected gain
+    with the divergence rate that the arm's runs (``family`` / FDR_ARMS cells x ``seeds``, none diverged) cannot
+    exclude (``stats.with_divergence``, a partner at SMALL_SCORE). Power: the share of true gains called better; fdr:
+    the mean share of false claims among the claims; any_false: the chance of one or more."""
     real = np.arange(family) < round(true_share * family)
     truth = np.where(real, gain, rope)[:, None]
     tasks = [truth + SEED_SD * rng.standard_normal((replicates, family, seeds))]
+    score_lo, score_hi = stats.diverged_score("auc")
+    interval = stats.with_divergence(
+        stats.t_interval, 0, family // FDR_ARMS * seeds, score_lo - SMALL_SCORE, score_hi - SMALL_SCORE
+    )
     if fdr:
-        level = stats.fdr_confidence(stats.claim_level(tasks, rope), confidence, family)[:, None]
+        level = stats.fdr_confidence(stats.claim_level(tasks, rope, interval), confidence, family)[:, None]
     else:
         level = stats.family_confidence(confidence, family)
-    _, lo, hi = stats.t_interval(tasks, level)
+    _, lo, hi = interval(tasks, level)
     decision = stats.decide(lo, hi, rope)
     claims, false = decision != "undecided", (decision != "undecided") & ~real
     return {
