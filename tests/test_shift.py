@@ -318,9 +318,7 @@ def test_the_shift_verdict_cli_gives_the_report_s_table_and_names_a_missing_pred
     seeds_only = seeds_only[seeds_only["condition"] == "clean"].set_index(["arm", "small_arm"])
     width = clean["adj_hi"] - clean["adj_lo"]
     # (8 runs of the arm, none diverged, leave its divergence rate's bound most of the width; the test part adds)
-    assert (clean["test_var"] > clean["seed_var"]).all() and (
-        width > seeds_only["adj_hi"] - seeds_only["adj_lo"]
-    ).all()
+    assert (clean["test_var"] > clean["seed_var"]).all() and (width > seeds_only["adj_hi"] - seeds_only["adj_lo"]).all()
     gone = Path(paths[1]).parent / "predictions.npz"
     gone.unlink()
     out.unlink()
