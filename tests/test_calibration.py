@@ -64,19 +64,20 @@ def test_stored_figures_are_those_of_the_current_code():
                     assert abs(value - old[r["noise"], r["seeds"]][key]) < 0.03, (kind, r["noise"], r["seeds"], key)
 
 
-def test_divergence_rule_holds_its_level_and_keeps_power_without_failures():
-    """An arm over 7 datasets x 5 seeds diverging in 10 % / 20 % of its runs, its expected gain (failures included)
-    on the ROPE edge: the verdict's rule (rate pooled over the arm's runs) says "better" within 1.5x nominal and
-    covers the expected gain, where keeping diverged runs at their score in their cell said "better" in a third to
-    a half of cells. Without divergence it finds +0.05 as often as the plain interval; the mixture alone would not."""
+def test_divergence_rule_holds_its_level_at_every_rate():
+    """An arm over 7 datasets x 5 seeds diverging in 0-20 % of its runs, its expected gain (failures included) on the
+    ROPE edge: the verdict's rule (rate pooled over the arm's runs) says "better" within 1.5x nominal and covers the
+    expected gain at every rate, also at 5 %, where a study often sees no failure (taking the cell's own interval
+    then said "better" in 6 %); keeping diverged runs at their score in their cell said it in a quarter to a half of
+    cells. With the full design's 210 runs per arm and none diverged it finds +0.05 as often as the plain interval."""
     rng = np.random.default_rng(7)
-    for rate in calibration.DIVERGENCE_RATES:
-        edge = calibration.simulate_divergence(5, calibration.trained_gain(0.01, rate), rate, 300, rng)
+    for rate in (0.0, 0.05, 0.1, 0.2):
+        edge = calibration.simulate_divergence(5, calibration.trained_gain(0.01, rate), rate, 600, rng)
         assert edge["better"] <= 0.0375 and edge["coverage"] >= 0.93, (rate, edge)
-        keep = calibration.simulate_divergence(5, calibration.trained_gain(0.01, rate), rate, 300, rng, "keep")
-        assert keep["better"] > 0.2
-    assert calibration.simulate_divergence(5, 0.05, 0.0, 300, rng)["better"] >= 0.8
-    assert calibration.simulate_divergence(5, 0.05, 0.0, 300, rng, "mixture")["better"] < 0.05
+        if rate:
+            keep = calibration.simulate_divergence(5, calibration.trained_gain(0.01, rate), rate, 300, rng, "keep")
+            assert keep["better"] > 0.2
+    assert calibration.simulate_divergence(5, 0.05, 0.0, 300, rng, datasets=42)["better"] >= 0.8
 
 
 def test_per_cell_fdr_has_power_and_holds_its_rate():
@@ -90,9 +91,9 @@ def test_per_cell_fdr_has_power_and_holds_its_rate():
 
 def test_every_scenario_has_its_row_nominal_against_measured():
     rows = {r["scenario"]: r for r in calibration.measured()["scenarios"]}
-    assert len(rows) == 8
+    assert len(rows) == 9
     divergence = [name for name in rows if name.startswith("divergence")]
-    assert len(divergence) == 2
+    assert len(divergence) == 3
     for name in (
         "heterogeneous datasets (tau 0.02)",
         "val/test correlated, 3 small arms",

@@ -85,8 +85,8 @@ def simulate_partners(
 
 
 SMALL_SCORE = 0.85  # a partner's mean test AUC in the divergence check
-DIVERGENCE_RATES = (0.1, 0.2)
-DIVERGENCE_RULES = ("keep", "mixture", "conditional")
+DIVERGENCE_RATES = (0.05, 0.1, 0.2)
+DIVERGENCE_RULES = ("keep", "mixture")
 STUDY_DATASETS = 7  # cells per large arm in the divergence check: the arm's rate is pooled over all of them
 
 
@@ -96,7 +96,7 @@ def simulate_divergence(
     rate: float,
     replicates: int,
     rng: np.random.Generator,
-    rule: str = "conditional",
+    rule: str = "mixture",
     rope: float = 0.01,
     confidence: float = 0.95,
     datasets: int = STUDY_DATASETS,
@@ -104,9 +104,8 @@ def simulate_divergence(
     """A large arm over ``datasets`` cells of ``seeds`` seeds, gaining ``gain`` over its partner when it trains and
     diverging in a share ``rate`` of its runs (its score then near chance, uniform on 0.45-0.55). The truth is the
     expected gain of training the arm, failures included. Rules: ``keep`` (diverged runs counted at their score in
-    their cell, the rule before), ``mixture`` (``stats.with_divergence``: the cell's non-diverged seeds mixed with the
-    arm's rate pooled over all its runs) and ``conditional`` (the same, but the cell's own interval when no run of
-    the arm diverged, the verdict's rule). Coverage of the expected gain and the decisions, over all cells (family
+    their cell, the rule before) and ``mixture`` (``stats.with_divergence``, the verdict's: the cell's non-diverged
+    seeds mixed with the arm's rate pooled over all its runs). Coverage of the expected gain and the decisions, over all cells (family
     of one each)."""
     small = SMALL_SCORE + RUN_SD * rng.standard_normal((replicates, datasets, seeds))
     large = SMALL_SCORE + gain + RUN_SD * rng.standard_normal(small.shape)
@@ -131,7 +130,6 @@ def simulate_divergence(
                     datasets * seeds,
                     score_lo - small[cells].max(axis=-1),
                     score_hi - small[cells].min(axis=-1),
-                    rule == "conditional",
                 )
                 a = stats.assess([d[cells][~failed[cells]].reshape(-1, k)], rope, confidence, interval=interval)
                 lo[cells], hi[cells], decision[cells] = a["lo"], a["hi"], a["decision"]
@@ -144,7 +142,7 @@ def trained_gain(expected: float, rate: float) -> float:
 
 
 def divergence_scenarios(replicates: int, rng: np.random.Generator, rope: float = 0.01) -> list[dict]:
-    """The scenario rows of divergence 10 % / 20 % under the verdict's rule: coverage of the expected gain and false
+    """The scenario rows of divergence 5 % / 10 % / 20 % under the verdict's rule: coverage of the expected gain and false
     "better" with it on the ROPE edge, power with it +0.05 (5 seeds, STUDY_DATASETS cells per arm)."""
     rows = []
     for rate in DIVERGENCE_RATES:
@@ -160,7 +158,7 @@ def divergence_scenarios(replicates: int, rng: np.random.Generator, rope: float 
 
 
 def divergence_table(
-    replicates: int, seeds: int = 5, rope: float = 0.01, seed: int = 0, rates_=(0.0, 0.05, *DIVERGENCE_RATES)
+    replicates: int, seeds: int = 5, rope: float = 0.01, seed: int = 0, rates_=(0.0, *DIVERGENCE_RATES)
 ) -> list[dict]:
     """Per divergence rate and rule (``simulate_divergence``): coverage of the expected gain and false "better" with
     it on the ROPE edge, and power with it +0.05."""
@@ -180,6 +178,7 @@ def divergence_table(
 
 
 FDR_FAMILY = 210  # the full design's per-cell comparisons (7 datasets x 3 fractions x 2 sizes x 5 large arms)
+FDR_ARMS = 5  # its large arms: each arm's runs (cells x seeds) bound its divergence rate
 
 
 def simulate_fdr(
@@ -195,16 +194,22 @@ def simulate_fdr(
 ) -> dict:
     """A per-cell family of ``family`` comparisons, a share ``true_share`` of them with a true gain ``gain`` and the
     others on the ROPE edge (+rope: any claim there is false), each with ``seeds`` paired differences of sd SEED_SD,
-    decided as ``stats.compare`` does: Benjamini-Hochberg (``fdr``) or Bonferroni. Power: the share of true gains
-    called better; fdr: the mean share of false claims among the claims; any_false: the chance of one or more."""
+    decided as ``stats.compare`` does: Benjamini-Hochberg (``fdr``) or Bonferroni, each claim on the expected gain
+    with the divergence rate that the arm's runs (``family`` / FDR_ARMS cells x ``seeds``, none diverged) cannot
+    exclude (``stats.with_divergence``, a partner at SMALL_SCORE). Power: the share of true gains called better; fdr:
+    the mean share of false claims among the claims; any_false: the chance of one or more."""
     real = np.arange(family) < round(true_share * family)
     truth = np.where(real, gain, rope)[:, None]
     tasks = [truth + SEED_SD * rng.standard_normal((replicates, family, seeds))]
+    score_lo, score_hi = stats.diverged_score("auc")
+    interval = stats.with_divergence(
+        stats.t_interval, 0, family // FDR_ARMS * seeds, score_lo - SMALL_SCORE, score_hi - SMALL_SCORE
+    )
     if fdr:
-        level = stats.fdr_confidence(stats.claim_level(tasks, rope), confidence, family)[:, None]
+        level = stats.fdr_confidence(stats.claim_level(tasks, rope, interval), confidence, family)[:, None]
     else:
         level = stats.family_confidence(confidence, family)
-    _, lo, hi = stats.t_interval(tasks, level)
+    _, lo, hi = interval(tasks, level)
     decision = stats.decide(lo, hi, rope)
     claims, false = decision != "undecided", (decision != "undecided") & ~real
     return {

@@ -182,28 +182,36 @@ def iqm(values) -> float:
     return float(sps.trim_mean(pooled, 0.25)) if len(pooled) else math.nan
 
 
-def seeds_needed(diffs, rope: float, confidence: float) -> int | None:
-    """Seeds in all that would likely decide, assuming the observed mean difference and sd stay: the smallest n whose
-    t-interval half-width t(n-1) * sd / sqrt(n), at the confidence the decision uses, is below the distance from
-    the mean to the nearest ROPE edge. None when that distance is ~0, the spread is unknown or n > MAX_SEEDS."""
-    d = np.asarray(diffs, dtype=float)
-    if len(d) < 2:
+def seeds_needed(
+    tasks: Sequence, rope: float, confidence: float, interval: Callable[[int], Interval] = lambda n: t_interval
+) -> int | None:
+    """Seeds per task that would likely decide, assuming each task's observed mean and sd stay: the smallest n at
+    which ``interval(n)``, the interval for n seeds per task, decides at ``confidence`` on tasks of n values with those
+    means and sds (the interval may change with n beyond its data: e.g. the bound on an arm's divergence rate
+    narrows with its runs, a test-sample variance does not). None when a task has fewer than 2 values or no n up
+    to MAX_SEEDS decides (e.g. a mean on a ROPE edge)."""
+    tasks = [np.asarray(t, dtype=float) for t in tasks]
+    if min(len(t) for t in tasks) < 2:
         return None
-    mean, sd = d.mean(), d.std(ddof=1)
-    gap = min(abs(mean - rope), abs(mean + rope))
-    if gap < 1e-9 or sd == 0:
+
+    def decides(n: int) -> bool:
+        z = sps.norm.ppf((np.arange(n) + 0.5) / n)
+        z = (z - z.mean()) / z.std(ddof=1)  # n values of mean 0 and sd 1
+        _, lo, hi = interval(n)([t.mean() + t.std(ddof=1) * z for t in tasks], confidence)
+        return decide(lo, hi, rope) != "undecided"
+
+    low, high = max(len(t) for t in tasks), MAX_SEEDS
+    if not decides(high):
         return None
-    n = np.arange(len(d) + 1, MAX_SEEDS + 1)
-    ok = np.flatnonzero(sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n) < gap)
-    return int(n[ok[0]]) if len(ok) else None
+    while high - low > 1:  # deciding is monotone in n: the interval narrows as seeds are added
+        mid = (low + high) // 2
+        low, high = (low, mid) if decides(mid) else (mid, high)
+    return high
 
 
 # --- the run table: usable runs, diverged runs, choice of the small arm, pairs -------------------------------------
 
 CHANCE = {"auc": metrics.CHANCE_AUC}  # the score of a run that learned nothing, where the metric has one
-# A rule of no divergence seen in an arm's runs: the claim is then the cell's own (conditional on training), not the
-# mixture with the rate's upper bound (``with_divergence``; calibration.divergence_table measures both).
-CONDITIONAL_WHEN_NONE = True
 
 
 def diverged(runs: pd.DataFrame) -> pd.Series:
@@ -301,34 +309,39 @@ def divergences(runs: pd.DataFrame) -> pd.DataFrame:
     return large.assign(failed=diverged(large)).groupby("arm")["failed"].agg(["sum", "size"])
 
 
-def with_divergence(
-    interval: Interval, failed, total: int, gain_lo: float, gain_hi: float, conditional: bool = CONDITIONAL_WHEN_NONE
-) -> Interval:
-    """An interval for the expected gain of training a large arm, failures included, from ``interval``, the gain
-    when it trains (the pairs of its non-diverged runs). The arm diverged in ``failed`` of its ``total`` runs of the
-    study, pooled over datasets, sizes, fractions and seeds: divergence is taken to be a property of the arm and
-    its recipe, not of the cell (a 5-seed cell sees no failure of an arm that fails 10 % of the time in 59 % of
-    cells). A diverged run gains between ``gain_lo`` and ``gain_hi`` (its score, ``diverged_score``, minus the
-    partner's). At confidence 1 - alpha, alpha is split (Bonferroni) between the rate's Clopper-Pearson interval
-    [p_lo, p_hi] and the trained interval [L, U]: lower end (1 - p_hi) L + p_hi gain_lo, upper end
-    (1 - p_lo) U + p_lo gain_hi; the estimate mixes at the observed rate. ``conditional``: with no divergence seen
-    the trained interval at the full level, a claim about the arm when it trains (the report gives the rate's bound
-    beside it). ``calibration.divergence_table`` measures both rules. Vectorised over ``failed``."""
+def with_divergence(interval: Interval, failed, total: int, gain_lo: float, gain_hi: float) -> Interval:
+    """An interval for the expected gain of training a large arm, failures included, E = (1 - p) g + p f, from
+    ``interval``, the gain g when it trains (the pairs of its non-diverged runs). The arm diverged in ``failed`` of its
+    ``total`` runs of the study, pooled over datasets, sizes, fractions and seeds: divergence is taken to be a
+    property of the arm and its recipe, not of the cell (a 5-seed cell sees no failure of an arm that fails 10 % of
+    the time in 59 % of cells). A diverged run gains f between ``gain_lo`` and ``gain_hi`` (its score,
+    ``diverged_score``, minus the partner's). The ends combine the trained interval [L, U] and the rate's
+    Clopper-Pearson interval [p_lo, p_hi], both at the full level, as the method of variance estimates recovery
+    does (MOVER, Zou & Donner 2008) for E = g - p (g - f): lower end (1 - p) g + p gain_lo minus the root of the
+    summed squares of (1 - p)(g - L) and (g - gain_lo)(p_hi - p), the upper end alike; p = failed / total. With no
+    failure seen p_hi stays above 0 (0 of 35 runs: 0.10), so the claim still pays for the failures it could not
+    see. One rule at every rate; ``calibration.divergence_table`` measures it. Vectorised over ``failed``."""
 
     def interval_with_divergence(tasks, confidence: float) -> tuple:
-        split = 1 - (1 - confidence) / 2
-        est, lo, hi = interval(tasks, split)
-        p_lo, p_hi = divergence_rate(failed, total, split)
+        est, lo, hi = interval(tasks, confidence)
+        p_lo, p_hi = divergence_rate(failed, total, confidence)
         p = np.asarray(failed) / total
-        mixed = ((1 - p) * est + p * (gain_lo + gain_hi) / 2, (1 - p_hi) * lo + p_hi * gain_lo)
-        mixed += ((1 - p_lo) * hi + p_lo * gain_hi,)
-        none = np.asarray(failed) == 0
-        if not (conditional and none.any()):
-            return mixed
-        return tuple(np.where(none, a, b) for a, b in zip(interval(tasks, confidence), mixed))
+        # versus_best's upper end may lie below its estimate (the partner's): each end recovers from its own side
+        up = np.fmin(est, hi)
+        low = (1 - p) * est + p * gain_lo - np.hypot((1 - p) * (est - lo), np.abs(est - gain_lo) * (p_hi - p))
+        high = (1 - p) * up + p * gain_hi + np.hypot((1 - p) * (hi - up), np.abs(up - gain_hi) * (p - p_lo))
+        return (1 - p) * est + p * (gain_lo + gain_hi) / 2, low, high
 
     interval_with_divergence.__name__ = f"with_divergence({getattr(interval, '__name__', 'interval')})"
     return interval_with_divergence
+
+
+def with_seeds(
+    interval: Interval, failed, total: int, seeds: int, gain_lo: float, gain_hi: float
+) -> Callable[[int], Interval]:
+    """``with_divergence`` for s seeds per cell instead of ``seeds`` (``seeds_needed``): the arm's runs and failures
+    scale by s / seeds, its rate staying as seen."""
+    return lambda s: with_divergence(interval, failed * s / seeds, total * s / seeds, gain_lo, gain_hi)
 
 
 # --- per cell: each large arm against its small partner -------------------------------------------------------
@@ -388,7 +401,8 @@ def compare(
     has_small = set(map(tuple, runs.loc[runs["group"] == "small", CELL].drop_duplicates().to_numpy()))
     by = {k: g for k, g in pairs.groupby(CELL + ["arm"], sort=False)}
     by_every = {k: g for k, g in every.groupby(CELL + ["arm"], sort=False)}
-    rows, tasks, bound = [], {}, {}  # the decidable comparisons' paired differences and their interval, by row
+    rows, tasks, bound, projected = [], {}, {}, {}  # the decidable comparisons' paired differences, their interval
+    # and the interval projected to more seeds (seeds_needed), by row
     tv = (
         {}
         if test_var is None
@@ -437,7 +451,9 @@ def compare(
                     trained = partial(trained, extra=[v for v, _ in parts], extra_df=df)
                     row["test_var"] = parts[0][0]
             tasks[i] = t
-            bound[i] = with_divergence(trained, k, n, score_lo - g["small"].max(), score_hi - g["small"].min())
+            gains = score_lo - g["small"].max(), score_hi - g["small"].min()
+            bound[i] = with_divergence(trained, k, n, *gains)
+            projected[i] = with_seeds(trained, k, n, len(g), *gains)
             est, lo, hi = (float(x) for x in bound[i](t, confidence))
             row |= {"diff": est, "lo": lo, "hi": hi}
             if k:
@@ -455,7 +471,7 @@ def compare(
         _, lo, hi = bound[i](t, level)
         rows[i] |= {"adj_lo": float(lo), "adj_hi": float(hi), "decision": decide(lo, hi, rope), "adj_level": level}
         if rows[i]["decision"] == "undecided":
-            rows[i]["seeds_needed"] = seeds_needed(t[0], rope, level)
+            rows[i]["seeds_needed"] = seeds_needed(t, rope, level, projected[i])
     out = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     out["seeds_needed"] = out["seeds_needed"].astype("Int64")
     return out
