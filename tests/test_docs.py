@@ -265,7 +265,18 @@ def calibration_tables() -> dict[str, list[str]]:
         f"| {r['rate']:.0%} | {r['rule']} | {pct(r['coverage'])} | {pct(r['false_better'])} | {pct(r['power_0.05'])} |"
         for r in cal["divergence"]
     ]
+
+    def seeds(r) -> str:
+        return f"{r['seeds'][0]}–{r['seeds'][-1]}" if isinstance(r["seeds"], list) else str(r["seeds"])
+
+    scenarios = [
+        f"| {r['scenario']} | {seeds(r)} "
+        + "".join(f"| {pct(r[k]) if k in r else '–'} " for k in ("coverage", "false_better", "power_0.05", "fdr"))
+        + "|"
+        for r in cal["scenarios"]
+    ]
     return {
+        '| scenario | seeds | coverage | false "better" | "better" at +0.05 | false discoveries |': scenarios,
         '| divergence | rule | coverage | false "better" | "better" at +0.05 |': divergence,
         '| noise | seeds | coverage at +0.02 | "better" at +ROPE | "worse" at −ROPE | "equivalent" at +ROPE '
         '| "better" at +0.02 | "better" at +0.05 | "equivalent" at 0 |': cell,

@@ -135,6 +135,12 @@ def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_c
     assert f"covered the planted difference in {lo:.1%}–{hi:.1%} of the studies" in md
     # the seeds' interval is the t-interval, not a percentile bootstrap of seeds (the bootstrap is over test images)
     assert "Wilcoxon" not in md and "percentile bootstrap" not in md and "bootstrap over test images" in md
+    # every scenario of real studies, its error rates and its power beside them (calibration.json)
+    het = next(r for r in calibration.measured()["scenarios"] if r["scenario"].startswith("heterogeneous"))
+    assert (
+        f"| {het['scenario']} | 5 | {het['coverage']:.1%} | {het['false_better']:.1%} | {het['power_0.05']:.0%} |" in md
+    )
+    assert md.count("| divergence ") == 3 and "| sequential design with test-sample variance | 3–15 |" in md
 
 
 def test_verdict_sentence_is_a_claim_for_the_study_per_fraction():

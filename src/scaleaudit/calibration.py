@@ -320,17 +320,25 @@ def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
     crossed with seeds (the per-cell interval with the bootstrap's variance, beside the seeds' alone; its replicates
     an eighth, each bootstraps), per-cell FDR (power at +0.05 with half the family true, and the false discovery
     rate), and the same test sample under adaptive seeds (``simulate_sequential_test_sample``, the gain on the ROPE
-    edge)."""
+    edge). Beside each error rate, the power: how often the same scenario with a true +0.05 says "better" (the beta
+    noise's arms then at 0.94 and 0.99)."""
     rng = np.random.default_rng(seed)
+    power = np.random.default_rng([seed, 5])  # its own generator, so that the error rows keep their draws
     het = simulate_heterogeneous(5, rope, 0.02, replicates, rng, rope)
     partners = simulate_partners(5, rope, 3, replicates, rng, rope)
     skew = simulate_beta(5, rope, replicates, rng, rope)
+    found = (
+        simulate_heterogeneous(5, 0.05, 0.02, replicates, power, rope),
+        simulate_partners(5, 0.05, 3, replicates, power, rope),
+        simulate_beta(5, 0.05, replicates, power, rope, mean=0.94),
+    )
     rows = [
         {"scenario": "heterogeneous datasets (tau 0.02)", "coverage": het["coverage"], "false_better": het["better"]},
         {"scenario": "val/test correlated, 3 small arms", "coverage": partners["coverage"]}
         | {"false_better": partners["better"]},
         {"scenario": "beta noise near AUC 1", "coverage": skew["coverage"], "false_better": skew["better"]},
     ]
+    rows = [r | {"power_0.05": f["better"]} for r, f in zip(rows, found)]
     rows += divergence_scenarios(replicates, rng, rope)
     f = simulate_fdr(5, 0.05, 0.5, max(replicates // 20, 50), rng)
     rows.append({"scenario": "per-cell FDR, half the family +0.05", "power_0.05": f["power"], "fdr": f["fdr"]})
@@ -339,6 +347,7 @@ def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
     rows.append(
         {"scenario": f"test sample of {TEST_IMAGES} images x seeds", "coverage": t["coverage"]}
         | {"false_better": t["better"], "coverage_seeds_only": t["coverage_seeds_only"], "test_share": t["test_share"]}
+        | {"power_0.05": simulate_test_sample(5, 0.05, max(replicates // 8, 100), power, rope)["better"]}
     )
     nominal = {"nominal_coverage": 0.95, "nominal_false": 0.025}
     rows = [{"seeds": 5} | nominal | r for r in rows]
@@ -350,6 +359,7 @@ def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
         | {"scenario": SEQUENTIAL_TEST_SAMPLE}
         | {"coverage": q["coverage"], "false_better": q["better"]}
         | {k: q[k] for k in ("coverage_seeds_only", "better_seeds_only", "mean_seeds")}
+        | {"power_0.05": simulate_sequential_test_sample(0.05, max(replicates // 10, 100), power)["better"]}
     )
     return rows
 
