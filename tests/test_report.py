@@ -141,6 +141,8 @@ def test_methods_state_the_interval_equivalence_test_multiplicity_and_measured_c
         f"| {het['scenario']} | 5 | {het['coverage']:.1%} | {het['false_better']:.1%} | {het['power_0.05']:.0%} |" in md
     )
     assert md.count("| divergence ") == 3 and "| sequential design with test-sample variance | 3–15 |" in md
+    # the seeds-needed column says what its dash means
+    assert "– where none up to 1000 would (a mean on a ROPE edge, or a test sample too small" in " ".join(md.split())
 
 
 def test_verdict_sentence_is_a_claim_for_the_study_per_fraction():

@@ -622,7 +622,12 @@ def results_section(res: Results, figs: dict[str, list[Path]]) -> list:
             comp_rows,
             widths=[1.3, 0.5, 1.6, 1.6, 0.5, 0.7, 1.4, 1.4, 0.6, 0.9, 0.7],
             size=7,
-            caption=text("results", "comparisons_caption", family=int(c["family"].max()) if len(c) else 0),
+            caption=text(
+                "results",
+                "comparisons_caption",
+                family=int(c["family"].max()) if len(c) else 0,
+                max_seeds=stats.MAX_SEEDS,
+            ),
         ),
         *test_sample_blocks(res),
         Heading("Across datasets", 2),
