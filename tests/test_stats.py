@@ -213,8 +213,9 @@ def test_a_cell_without_a_diverged_seed_answers_for_the_arms_failures():
 def test_the_seeds_needed_are_those_that_bound_the_divergence_rate_too():
     """5 seeds of a clear +0.05 would decide on seed noise alone; what keeps the cells undecided is the arm's 15 runs
     (its unseen rate may be 22 %). The seeds needed are those that give the arm enough runs, and that many decide."""
-    c = stats.compare(make_runs({VIT: 0.05}, datasets=DATASETS)).iloc[0]
-    diffs = stats.paired(make_runs({VIT: 0.05}, datasets=DATASETS), "auc").query("dataset == 'breastmnist'")["diff"]
+    runs = make_runs({VIT: 0.05}, datasets=DATASETS)
+    c = stats.compare(runs).iloc[0]
+    diffs = stats.paired(runs, "auc").query("dataset == 'breastmnist'")["diff"]
     assert (
         stats.decide(*stats.t_interval([diffs], c["adj_level"])[1:], 0.01) == "better" and c["decision"] == "undecided"
     )

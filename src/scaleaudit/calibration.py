@@ -177,8 +177,8 @@ def divergence_table(
     return rows
 
 
-FDR_FAMILY = 210  # the full design's per-cell comparisons (7 datasets x 3 fractions x 2 sizes x 5 large arms)
-FDR_ARMS = 5  # its large arms: each arm's runs (cells x seeds) bound its divergence rate
+FDR_ARMS = 5  # the full design's large arms: each arm's runs (cells x seeds) bound its divergence rate
+FDR_FAMILY = STUDY_DATASETS * 3 * 2 * FDR_ARMS  # its per-cell comparisons (datasets x 3 fractions x 2 sizes x arms)
 
 
 def simulate_fdr(
@@ -343,23 +343,25 @@ def scenarios(replicates: int, seed: int = 0, rope: float = 0.01) -> list[dict]:
     f = simulate_fdr(5, 0.05, 0.5, max(replicates // 20, 50), rng)
     rows.append({"scenario": "per-cell FDR, half the family +0.05", "power_0.05": f["power"], "fdr": f["fdr"]})
     # its own generator, so that the rows above keep their draws
-    t = simulate_test_sample(5, rope, max(replicates // 8, 100), np.random.default_rng([seed, 19]), rope)
+    few = max(replicates // 8, 100)
+    t = simulate_test_sample(5, rope, few, np.random.default_rng([seed, 19]), rope)
     rows.append(
         {"scenario": f"test sample of {TEST_IMAGES} images x seeds", "coverage": t["coverage"]}
         | {"false_better": t["better"], "coverage_seeds_only": t["coverage_seeds_only"], "test_share": t["test_share"]}
-        | {"power_0.05": simulate_test_sample(5, 0.05, max(replicates // 8, 100), power, rope)["better"]}
+        | {"power_0.05": simulate_test_sample(5, 0.05, few, power, rope)["better"]}
     )
     nominal = {"nominal_coverage": 0.95, "nominal_false": 0.025}
     rows = [{"seeds": 5} | nominal | r for r in rows]
     # adaptive seeds (looks at 3, 5, ..., 15) with the test sample (a tenth of the replicates: each bootstraps every seed)
-    q = simulate_sequential_test_sample(rope, max(replicates // 10, 100), np.random.default_rng([seed, 19, 1]))
+    looked = max(replicates // 10, 100)
+    q = simulate_sequential_test_sample(rope, looked, np.random.default_rng([seed, 19, 1]))
     rows.append(
         {"seeds": list(design.looks(ADAPTIVE))}
         | nominal
         | {"scenario": SEQUENTIAL_TEST_SAMPLE}
         | {"coverage": q["coverage"], "false_better": q["better"]}
         | {k: q[k] for k in ("coverage_seeds_only", "better_seeds_only", "mean_seeds")}
-        | {"power_0.05": simulate_sequential_test_sample(0.05, max(replicates // 10, 100), power)["better"]}
+        | {"power_0.05": simulate_sequential_test_sample(0.05, looked, power)["better"]}
     )
     return rows
 

@@ -452,8 +452,8 @@ def compare(
                     row["test_var"] = parts[0][0]
             tasks[i] = t
             gains = score_lo - g["small"].max(), score_hi - g["small"].min()
-            bound[i] = with_divergence(trained, k, n, *gains)
             projected[i] = with_seeds(trained, k, n, len(g), *gains)
+            bound[i] = projected[i](len(g))
             est, lo, hi = (float(x) for x in bound[i](t, confidence))
             row |= {"diff": est, "lo": lo, "hi": hi}
             if k:

@@ -334,12 +334,12 @@ def seeds_text(cfg: dict) -> str:
     return text("methods", "adaptive_seeds", s=s, looks=design.looks(s))
 
 
-def sequential_paras(res: Results) -> list:
-    """Methods of adaptive seeds: the procedure, named and cited, and its calibration (calibration.json)."""
+def sequential_paras(res: Results, cal: dict) -> list:
+    """Methods of adaptive seeds: the procedure, named and cited, and its calibration (``cal``: calibration.json)."""
     s = design.adaptive_seeds(res.config)
     if not s:
         return []
-    seq = calibration.measured().get("sequential")
+    seq = cal.get("sequential")
     paras = [Para(text("statistics", "adaptive_seeds", s=s, spending=s["spending"], looks=design.looks(s)))]
     if seq:
         rows = {(r["method"], r["noise"], r["true_diff"]): r for r in seq["rows"] if "family" not in r}
@@ -421,9 +421,8 @@ def adaptive_section(res: Results) -> list:
     ]
 
 
-def calibration_text(confidence: float) -> str:
-    """What the simulation of benchmarks/calibrate_stats.py measured (calibration.json), in one sentence."""
-    cal = calibration.measured()
+def calibration_text(cal: dict, confidence: float) -> str:
+    """What the simulation of benchmarks/calibrate_stats.py measured (``cal``: calibration.json), in one sentence."""
     cell, tasks, study = cal["cell"], cal["tasks"], cal["study"]
 
     def span(rows, key):
@@ -446,6 +445,7 @@ def calibration_text(confidence: float) -> str:
 def statistics_paras(res: Results) -> list:
     v, c, over = res.config["verdict"], res.comparisons, res.overall
     cells, summaries = design.families(res.config)
+    cal = calibration.measured()
     return [
         Para(text("statistics", "estimators", metric=res.metric, min_pairs=stats.MIN_PAIRS)),
         Para(
@@ -475,15 +475,15 @@ def statistics_paras(res: Results) -> list:
                 adaptive=design.is_adaptive(res.config),
             )
         ),
-        Para(calibration_text(v["confidence"])),
-        scenario_table(),
-        *sequential_paras(res),
+        Para(calibration_text(cal, v["confidence"])),
+        scenario_table(cal),
+        *sequential_paras(res, cal),
     ]
 
 
-def scenario_table() -> Table:
-    """The conditions real studies produce (calibration.scenarios), each error rate beside its nominal and its power."""
-    cal = calibration.measured()
+def scenario_table(cal: dict) -> Table:
+    """The conditions real studies produce (``cal``: calibration.json's scenarios), each error rate beside its nominal
+    and its power."""
     rows = [
         [
             r["scenario"],
